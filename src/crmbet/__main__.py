@@ -1,0 +1,5 @@
+"""Allow ``python -m crmbet``."""
+
+from crmbet.cli import main
+
+main()

@@ -1,0 +1,330 @@
+"""The ``crmbet`` command.
+
+Human output goes through Rich (tables, progress bars); logs go to stderr.
+Commands of the serving, streaming, monitoring and scale-out layers live in
+their own modules and register themselves through ``register(app)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from crmbet.config import get_settings
+
+app = typer.Typer(
+    name="crmbet",
+    help="Player segments, risk scores and campaign recommendations for betting CRM.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+features_app = typer.Typer(help="Inspect registered features and their lineage.",
+                           no_args_is_help=True)
+app.add_typer(features_app, name="features")
+console = Console()
+logger = logging.getLogger("crmbet.cli")
+
+#: Modules that add commands of their own; missing ones are skipped.
+COMMAND_MODULES = (
+    "crmbet.serving.commands",
+    "crmbet.streaming.commands",
+    "crmbet.monitoring.commands",
+    "crmbet.features.commands",
+    "crmbet.scale.commands",
+)
+
+TRAIN_STEPS = ("read", "fold", "features", "select-k", "fit", "onnx", "register")
+
+
+@app.callback()
+def _configure(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at DEBUG level.")] = False,
+) -> None:
+    level = logging.DEBUG if verbose else getattr(logging, get_settings().log_level, logging.INFO)
+    logging.basicConfig(
+        level=level, format="%(name)s: %(message)s", datefmt="[%X]",
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False)], force=True,
+    )
+    for noisy in ("mlflow", "alembic", "urllib3", "matplotlib", "skl2onnx", "numba"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@contextmanager
+def training_progress(k_steps: int) -> Iterator[Any]:
+    """Show one progress bar over the training steps; yield the callback."""
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                  TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                  console=console, transient=False) as progress:
+        task = progress.add_task("reading events", total=len(TRAIN_STEPS) - 1 + k_steps)
+
+        def advance(step: str, amount: int) -> None:
+            progress.update(task, advance=amount, description=f"training: {step}")
+
+        yield advance
+        progress.update(task, completed=progress.tasks[0].total, description="training: done")
+
+
+def _parse_k(value: str) -> int | None:
+    if value == "auto":
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise typer.BadParameter(f"--k {value!r} is invalid; pass 'auto' or a positive integer")
+    return int(value)
+
+
+def segment_table(model: Any, title: str = "Segments") -> Table:
+    """Build the Rich table of segments: size, name, key statistics, campaigns."""
+    table = Table(title=title, show_lines=True)
+    for column in ("id", "segment", "players", "share", "key statistics (medians)",
+                   "campaigns"):
+        table.add_column(column, overflow="fold")
+    for profile in model.profiles:
+        stats = ", ".join(f"{k}={v:.3g}" for k, v in profile.key_statistics().items())
+        campaigns = "\n".join(
+            f"{c.title}{' (promotion)' if c.promotion else ''}" for c in profile.campaigns
+        )
+        table.add_row(str(profile.cluster_id), profile.name, f"{profile.size:,}",
+                      f"{profile.share:.1%}", stats, campaigns)
+    return table
+
+
+@app.command()
+def generate(
+    out: Annotated[Path, typer.Option(help="Parquet file to write.")] = Path("synthetic.parquet"),
+    players: Annotated[int, typer.Option(min=1, help="Number of players.")] = 50_000,
+    days: Annotated[int, typer.Option(min=1, help="Days of activity.")] = 30,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same file.")] = 0,
+) -> None:
+    """Write synthetic operator transactions with a ground-truth archetype column."""
+    from crmbet.events.synthetic import write_synthetic
+
+    start = time.perf_counter()
+    rows = write_synthetic(out, players=players, days=days, seed=seed, show_progress=True)
+    console.print(f"wrote {rows:,} transactions for {players:,} players to {out} "
+                  f"in {time.perf_counter() - start:.1f} s")
+
+
+@app.command()
+def train(
+    input: Annotated[Path, typer.Option("--input", "-i", help="Transactions file or folder.")],
+    format: Annotated[str, typer.Option(help="auto, csv, parquet, jsonl or bustabit.")] = "auto",
+    k: Annotated[str, typer.Option(help="'auto' or a fixed number of segments.")] = "auto",
+    k_min: Annotated[int, typer.Option(min=2, help="Smallest k tried by --k auto.")] = 3,
+    k_max: Annotated[int, typer.Option(min=2, help="Largest k tried by --k auto.")] = 12,
+    seed: Annotated[int, typer.Option(help="Seed of every random step.")] = 0,
+    mapping: Annotated[str | None, typer.Option(
+        help="JSON object mapping canonical fields to source columns.")] = None,
+    report: Annotated[Path | None, typer.Option(help="Also write the HTML report here.")] = None,
+) -> None:
+    """Train a segmentation model on transactions and register it."""
+    from crmbet.events.validation import ColumnMapping
+    from crmbet.training import run_training
+
+    fixed_k = _parse_k(k)
+    column_mapping = ColumnMapping(columns=json.loads(mapping)) if mapping else None
+    settings = get_settings()
+    with training_progress(0 if fixed_k else k_max - k_min + 1) as advance:
+        result = run_training(input, settings=settings, source_format=format,  # type: ignore[arg-type]
+                              mapping=column_mapping, k=fixed_k, k_range=(k_min, k_max),
+                              seed=seed, progress=advance)
+    _save_online_snapshot(result)
+    _print_training(result)
+    if report:
+        from crmbet.reporting import write_report
+
+        console.print(f"report: {write_report(result.model, report)}")
+
+
+def _save_online_snapshot(result: Any) -> None:
+    from crmbet.features.online import MemoryOnlineStore
+
+    store = MemoryOnlineStore()
+    store.put_states(result.states)
+    store.snapshot(get_settings().home / "online_store.parquet")
+
+
+def _print_training(result: Any) -> None:
+    model = result.model
+    console.print(segment_table(model, title=f"{model.n_segments} segments, "
+                                             f"model version {result.version}"))
+    console.print(
+        f"players={int(model.metrics['n_players']):,} events={result.n_events:,} "
+        f"dead letters={result.n_dead_letters:,} silhouette={model.metrics['silhouette']:.3f} "
+        f"onnx label mismatches={result.onnx_mismatches}"
+    )
+    if result.adjusted_rand_index is not None:
+        console.print(f"adjusted Rand index against the archetype column: "
+                      f"{result.adjusted_rand_index:.3f}")
+    timing = ", ".join(f"{k}={v:.2f}" for k, v in result.timings.items() if k.endswith("_s"))
+    console.print(f"timings (s): {timing}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Where to write the HTML report.")] = Path(
+        ".crmbet/report.html"),
+    seed: Annotated[int, typer.Option(help="Seed of every random step.")] = 0,
+) -> None:
+    """Run the main job on the bundled real bustabit bets, end to end."""
+    from crmbet.events.adapters import bundled_bustabit_path
+    from crmbet.reporting import write_report
+    from crmbet.serving.predictor import SegmentPredictor
+    from crmbet.training import run_training
+
+    settings = get_settings()
+    source = bundled_bustabit_path()
+    console.rule("crmbet demo: 50,000 real bustabit bets")
+    with training_progress(10) as advance:
+        result = run_training(source, settings=settings, seed=seed, progress=advance)
+    _save_online_snapshot(result)
+    predictor = SegmentPredictor(result.model)
+    batch = predictor.predict_batch(result.features)
+    flagged = int(batch.risk.harm_flag.sum())
+    console.print(f"predicted {len(batch):,} players in {batch.latency_ms:.1f} ms; "
+                  f"{flagged:,} flagged by responsible-gambling markers get no promotions")
+    _print_training(result)
+    console.print(f"report: {write_report(result.model, out)}")
+
+
+@app.command()
+def predict(
+    player: Annotated[str | None, typer.Option(help="Raw player id to look up.")] = None,
+    features: Annotated[str | None, typer.Option(help="JSON object of feature values.")] = None,
+    input: Annotated[Path | None, typer.Option("--input", "-i",
+                                               help="Transactions file: predict every player.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write batch predictions (Parquet or CSV).")] = None,
+    model: Annotated[str, typer.Option(help="Registry alias or version.")] = "champion",
+) -> None:
+    """Predict one player (by id and/or features) or every player of a file."""
+    from crmbet.models.registry import ModelRegistry
+    from crmbet.serving.predictor import SegmentPredictor
+    from crmbet.training import pseudonymizer_from, read_source
+
+    settings = get_settings()
+    predictor = SegmentPredictor.from_registry(ModelRegistry(settings), model)
+    if input is not None:
+        events = read_source(input, settings=settings).events
+        batch = predictor.predict_events(events)
+        table = batch.to_polars()
+        if out is not None:
+            if out.suffix == ".csv":
+                table.write_csv(out)
+            else:
+                table.write_parquet(out)
+            console.print(f"wrote {table.height:,} predictions to {out}")
+        console.print(table.group_by("segment").len().sort("len", descending=True))
+        return
+    if player is None and features is None:
+        raise typer.BadParameter("pass --player, --features or --input")
+    given = json.loads(features) if features else {}
+    source = "request"
+    if player is not None:
+        from crmbet.features.definitions import compute_one
+        from crmbet.features.online import MemoryOnlineStore
+
+        snapshot = settings.home / "online_store.parquet"
+        pseudonym = pseudonymizer_from(settings).pseudonymize(player)
+        if snapshot.exists():
+            store = MemoryOnlineStore.from_snapshot(snapshot)
+            state = store.get_state(pseudonym) or store.get_state(player)
+            if state is not None:
+                given = compute_one(state, store.watermark) | given
+                source = "online store"
+        if source == "request" and not given:
+            source = "cold start"
+    prediction = predictor.predict_features(given, player_id=player)
+    body = prediction.to_dict()
+    body["feature_source"] = source
+    console.print_json(json.dumps(body, default=str))
+
+
+@app.command()
+def segments(
+    model: Annotated[str, typer.Option(help="Registry alias or version.")] = "champion",
+) -> None:
+    """Show the segments of a registered model."""
+    from crmbet.models.registry import ModelRegistry
+
+    loaded = ModelRegistry(get_settings()).load(model)
+    console.print(segment_table(loaded, title=f"{loaded.name} version {loaded.version}"))
+
+
+@app.command()
+def report(
+    out: Annotated[Path, typer.Option(help="HTML file to write.")] = Path(".crmbet/report.html"),
+    model: Annotated[str, typer.Option(help="Registry alias or version.")] = "champion",
+) -> None:
+    """Write the HTML report of a registered model."""
+    from crmbet.models.registry import ModelRegistry
+    from crmbet.reporting import write_report
+
+    loaded = ModelRegistry(get_settings()).load(model)
+    console.print(f"report: {write_report(loaded, out)}")
+
+
+@features_app.command("list")
+def features_list() -> None:
+    """List every registered feature."""
+    from crmbet.features.definitions import FEATURES, SEGMENTATION_FEATURES
+
+    table = Table(title=f"{len(FEATURES)} registered features")
+    for column in ("name", "version", "dtype", "group", "segmentation", "state fields",
+                   "description"):
+        table.add_column(column, overflow="fold")
+    for feature in FEATURES.values():
+        inputs = ", ".join(feature.inputs)
+        table.add_row(feature.name, str(feature.version), feature.dtype, feature.group,
+                      "yes" if feature.name in SEGMENTATION_FEATURES else "",
+                      inputs if len(inputs) < 60 else inputs[:57] + "...", feature.description)
+    console.print(table)
+
+
+@features_app.command("lineage")
+def features_lineage(name: Annotated[str, typer.Argument(help="Feature name.")]) -> None:
+    """Show the raw fields, state fields and related features of one feature."""
+    from crmbet.features.definitions import lineage
+
+    try:
+        info = lineage(name)
+    except KeyError as error:
+        console.print(f"[red]{error.args[0]}[/red]")
+        raise typer.Exit(2) from error
+    console.print_json(json.dumps(info))
+
+
+def _register_extensions() -> None:
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name is None or not module_name.startswith(error.name):
+                raise
+            continue
+        module.register(app)
+
+
+_register_extensions()
+
+
+def main() -> None:
+    """Run the command line, turning crmbet errors into one-line messages."""
+    from crmbet.errors import CrmbetError
+
+    try:
+        app()
+    except (CrmbetError, FileNotFoundError) as error:
+        console.print(f"[red]error:[/red] {error}")
+        sys.exit(2)

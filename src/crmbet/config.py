@@ -1,0 +1,110 @@
+"""Settings read from ``CRMBET_*`` environment variables.
+
+Every external component has an embedded default, so an empty environment
+runs the whole job in one process: the online store lives in memory with a
+snapshot file, the model registry is MLflow on a local SQLite file, and the
+event stream is replayed from a file. Setting ``CRMBET_REDIS_URL``,
+``CRMBET_KAFKA_BOOTSTRAP_SERVERS`` or ``CRMBET_MLFLOW_TRACKING_URI`` selects
+the production backend for that role.
+
+Examples
+--------
+>>> settings = Settings(home="/tmp/crmbet-doc", profile="dev")
+>>> settings.registry_uri.startswith("sqlite:///")
+True
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+logger = logging.getLogger(__name__)
+
+#: Key used for pseudonymisation when none is configured. Identifiers hashed
+#: with it are only as private as this public string, so it is for
+#: development and tests only.
+DEVELOPMENT_PSEUDONYM_KEY = "crmbet-development-key-do-not-use-in-production"
+
+
+class InsecureKeyWarning(UserWarning):
+    """Warning raised when the public development pseudonymisation key is used."""
+
+
+class Settings(BaseSettings):
+    """Runtime settings of crmbet, read from ``CRMBET_*`` environment variables."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CRMBET_", env_file=None, extra="ignore", validate_default=True
+    )
+
+    profile: Literal["dev", "production"] = "dev"
+    home: Path = Field(
+        default=Path(".crmbet"),
+        description="Folder for the local registry, snapshots, reports and dead letters.",
+    )
+    pseudonym_key: SecretStr | None = Field(
+        default=None,
+        description="HMAC-SHA256 key that pseudonymises player identifiers.",
+    )
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        description="MLflow tracking and registry URI; a SQLite file under home by default.",
+    )
+    mlflow_enable_telemetry: bool = False
+    model_name: str = "crmbet-segments"
+    redis_url: SecretStr | None = Field(
+        default=None,
+        description="Redis URL of the online store; the embedded store when unset.",
+    )
+    kafka_bootstrap_servers: str | None = None
+    log_level: str = "INFO"
+
+    @property
+    def registry_uri(self) -> str:
+        """Return the MLflow URI, defaulting to a SQLite file under ``home``."""
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        return f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
+
+    @property
+    def artifact_root(self) -> Path:
+        """Return the folder where the local registry stores model artifacts."""
+        return (self.home / "mlartifacts").resolve()
+
+    def pseudonym_key_bytes(self) -> bytes:
+        """Return the pseudonymisation key, warning when it is the development key."""
+        if self.pseudonym_key is not None and self.pseudonym_key.get_secret_value():
+            return self.pseudonym_key.get_secret_value().encode()
+        if self.profile == "production":
+            raise ValueError(
+                "CRMBET_PSEUDONYM_KEY is missing but CRMBET_PROFILE=production: "
+                "set CRMBET_PSEUDONYM_KEY to a random secret of at least 32 bytes."
+            )
+        warnings.warn(
+            "player identifiers are pseudonymised with the public development key; "
+            "set CRMBET_PSEUDONYM_KEY to a secret before using real player data",
+            InsecureKeyWarning,
+            stacklevel=2,
+        )
+        return DEVELOPMENT_PSEUDONYM_KEY.encode()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Return the process-wide settings, read once from the environment."""
+    return Settings()
+
+
+def configure_mlflow_environment(settings: Settings) -> None:
+    """Switch MLflow's usage telemetry off unless the settings enable it."""
+    if not settings.mlflow_enable_telemetry:
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        os.environ.setdefault("DO_NOT_TRACK", "true")

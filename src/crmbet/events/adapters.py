@@ -1,0 +1,308 @@
+"""Source adapters: CSV, Parquet, JSON lines and the bundled bustabit bets.
+
+Each adapter reads raw records in batches and hands them to
+:func:`crmbet.events.validation.normalize`, so every source gets the same
+checks, the same dead-letter handling and the same pseudonymisation.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import orjson
+import polars as pl
+
+from crmbet.events.pseudonym import Pseudonymizer
+from crmbet.events.schema import EVENT_SCHEMA, Event, empty_events
+from crmbet.events.validation import (
+    DEAD_LETTER_SCHEMA,
+    ColumnMapping,
+    ValidationResult,
+    normalize,
+)
+
+logger = logging.getLogger(__name__)
+
+SourceFormat = Literal["auto", "csv", "parquet", "jsonl", "bustabit"]
+
+#: Columns of the bustabit export; a CSV with this header is read as bustabit.
+BUSTABIT_COLUMNS = (
+    "Id", "GameID", "Username", "Bet", "CashedOut", "Bonus", "Profit", "BustedAt",
+    "PlayDate",
+)
+DEFAULT_BATCH_SIZE = 2_000_000
+
+
+def bundled_bustabit_path() -> Path:
+    """Return the path of the bustabit bets shipped inside the package."""
+    return Path(str(resources.files("crmbet") / "data" / "bustabit_bets.csv.gz"))
+
+
+@dataclass
+class IngestResult:
+    """Pseudonymised canonical events and dead letters read from one source."""
+
+    events: pl.DataFrame
+    dead_letters: pl.DataFrame = field(
+        default_factory=lambda: pl.DataFrame(schema=DEAD_LETTER_SCHEMA)
+    )
+    extra: pl.DataFrame | None = None
+    source: str = ""
+
+    @property
+    def n_read(self) -> int:
+        """Number of records read, valid or not."""
+        return self.events.height + self.dead_letters.height
+
+
+def detect_format(path: Path) -> SourceFormat:
+    """Guess a source's format from its name and, for CSV, its header."""
+    name = path.name.lower()
+    if path.is_dir() or name.endswith((".parquet", ".pq")):
+        return "parquet"
+    if name.endswith((".jsonl", ".ndjson", ".json", ".jsonl.gz", ".ndjson.gz")):
+        return "jsonl"
+    if name.endswith((".csv", ".csv.gz", ".tsv")):
+        opener = gzip.open if name.endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8", errors="replace") as handle:
+            header = handle.readline().strip().split(",")
+        if tuple(header) == BUSTABIT_COLUMNS:
+            return "bustabit"
+        return "csv"
+    raise ValueError(
+        f"input format of {path} is not recognised from its name; pass "
+        "--format csv, parquet, jsonl or bustabit"
+    )
+
+
+def bustabit_to_raw(frame: pl.DataFrame) -> pl.DataFrame:
+    """Convert bustabit rows (one crash bet each) to raw canonical columns.
+
+    A won bet pays ``Bet × CashedOut + Bet × Bonus / 100``, the formula behind
+    the export's ``Profit`` column (``Profit`` is that payout minus the
+    stake). A lost bet (``CashedOut`` missing) pays nothing. Values are kept
+    as text where possible so that validation reports the original value.
+    """
+    stake = pl.col("Bet").cast(pl.Float64, strict=False)
+    cashed_out = pl.col("CashedOut").cast(pl.Float64, strict=False)
+    bonus_pct = pl.col("Bonus").cast(pl.Float64, strict=False).fill_null(0.0)
+    bonus = stake * bonus_pct / 100.0
+    won = pl.col("CashedOut").is_not_null()
+    return frame.select(
+        pl.concat_str(pl.lit("bustabit-"), pl.col("Id").cast(pl.String)).alias("event_id"),
+        pl.col("Username").alias("player_id"),
+        pl.col("PlayDate").alias("ts"),
+        pl.lit("bet").alias("event_type"),
+        pl.col("Bet").alias("amount"),
+        pl.when(won).then(stake * cashed_out + bonus).otherwise(0.0).alias("payout"),
+        pl.when(won).then(bonus).otherwise(0.0).alias("bonus_amount"),
+        pl.lit("crash").alias("product"),
+        pl.col("CashedOut").alias("multiplier"),
+        pl.lit("bustabit").alias("game"),
+        pl.concat_str(pl.lit("round-"), pl.col("GameID").cast(pl.String)).alias(
+            "session_id"
+        ),
+        pl.lit(None, dtype=pl.String).alias("channel"),
+    )
+
+
+def _csv_batches(path: Path, batch_size: int, separator: str) -> Iterator[pl.DataFrame]:
+    # Every column is read as text so that validation, not the CSV parser,
+    # reports a bad value together with its row.
+    reader = pl.scan_csv(
+        path, infer_schema=False, null_values=["NA", ""], separator=separator
+    )
+    offset = 0
+    while True:
+        batch = reader.slice(offset, batch_size).collect()
+        if batch.height == 0:
+            return
+        yield batch
+        offset += batch.height
+        if batch.height < batch_size:
+            return
+
+
+def _parquet_batches(path: Path, batch_size: int) -> Iterator[pl.DataFrame]:
+    source = str(path / "**" / "*.parquet") if path.is_dir() else str(path)
+    frame = pl.scan_parquet(source)
+    total = frame.select(pl.len()).collect().item()
+    for offset in range(0, total, batch_size):
+        yield frame.slice(offset, batch_size).collect()
+
+
+def _jsonl_batches(path: Path, batch_size: int) -> Iterator[pl.DataFrame]:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    rows: list[dict[str, object]] = []
+    with opener(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = orjson.loads(line)
+                if not isinstance(record, dict):
+                    raise orjson.JSONDecodeError("not an object", line.decode(errors="replace"), 0)
+            except orjson.JSONDecodeError as error:
+                record = {"__json_error": f"line {number}: {error}",
+                          "__json_line": line.decode(errors="replace")[:2000]}
+            rows.append({key: None if value is None else str(value)
+                         for key, value in record.items()})
+            if len(rows) >= batch_size:
+                yield pl.DataFrame(rows, infer_schema_length=None)
+                rows = []
+    if rows:
+        yield pl.DataFrame(rows, infer_schema_length=None)
+
+
+def _split_json_errors(batch: pl.DataFrame, offset: int, source: str) -> tuple[
+    pl.DataFrame, pl.DataFrame
+]:
+    if "__json_error" not in batch.columns:
+        return batch, pl.DataFrame(schema=DEAD_LETTER_SCHEMA)
+    numbered = batch.with_row_index("row", offset=offset + 1)
+    broken = numbered.filter(pl.col("__json_error").is_not_null())
+    dead = broken.select(
+        pl.col("row").cast(pl.Int64),
+        pl.concat_list(
+            pl.format("record={} is not a JSON object; {}", pl.col("__json_error"),
+                      pl.lit("fix the producer to write one JSON object per line"))
+        ).alias("errors"),
+        pl.col("__json_line").alias("record"),
+        pl.lit(source).alias("source"),
+    )
+    good = numbered.filter(pl.col("__json_error").is_null()).drop(
+        "row", "__json_error", "__json_line", strict=False
+    )
+    return good, dead.cast(DEAD_LETTER_SCHEMA)
+
+
+def iter_ingest(
+    path: str | Path,
+    *,
+    pseudonymizer: Pseudonymizer,
+    source_format: SourceFormat = "auto",
+    mapping: ColumnMapping | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    keep_columns: tuple[str, ...] = (),
+) -> Iterator[IngestResult]:
+    """Read a source in batches of validated, pseudonymised canonical events.
+
+    ``keep_columns`` names source columns to carry beside the events in
+    ``IngestResult.extra`` (the synthetic generator's ``archetype``, say);
+    they never enter the features.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"input {path} not found; check the path")
+    fmt = detect_format(path) if source_format == "auto" else source_format
+    source = f"{fmt}:{path.name}"
+    if fmt in ("csv", "bustabit"):
+        separator = "\t" if path.name.lower().endswith(".tsv") else ","
+        batches = _csv_batches(path, batch_size, separator)
+    elif fmt == "parquet":
+        batches = _parquet_batches(path, batch_size)
+    elif fmt == "jsonl":
+        batches = _jsonl_batches(path, batch_size)
+    else:
+        raise ValueError(f"source format {fmt!r} is not supported; use csv, parquet, jsonl or bustabit")
+
+    offset = 0
+    for batch in batches:
+        batch_rows = batch.height
+        batch, json_dead = _split_json_errors(batch, offset, source)
+        raw = bustabit_to_raw(batch) if fmt == "bustabit" else batch
+        # JSON rows that parsed keep their own numbering within the batch.
+        result = normalize(raw, mapping, row_offset=offset, source=source)
+        dead = pl.concat([json_dead, result.dead_letters]) if json_dead.height else (
+            result.dead_letters
+        )
+        extra = _extra_columns(batch, result, keep_columns)
+        events = pseudonymizer.pseudonymize_column(result.events)
+        offset += batch_rows
+        yield IngestResult(events=events, dead_letters=dead, extra=extra, source=source)
+
+
+def _extra_columns(
+    batch: pl.DataFrame, result: ValidationResult, keep_columns: tuple[str, ...]
+) -> pl.DataFrame | None:
+    wanted = [c for c in keep_columns if c in batch.columns]
+    if not wanted:
+        return None
+    # Extra columns describe the raw player, so they are keyed by the raw id;
+    # callers join them after pseudonymising that id the same way.
+    valid_ids = result.events.select("event_id")
+    return batch.select("event_id", *wanted).join(valid_ids, on="event_id", how="semi")
+
+
+def ingest(
+    path: str | Path,
+    *,
+    pseudonymizer: Pseudonymizer,
+    source_format: SourceFormat = "auto",
+    mapping: ColumnMapping | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    strict: bool = False,
+    dead_letter_path: str | Path | None = None,
+    keep_columns: tuple[str, ...] = (),
+) -> IngestResult:
+    """Read a whole source into one table of canonical events.
+
+    Invalid records go to the dead letters (written to ``dead_letter_path``
+    as JSON lines when given) and the rest is returned. With ``strict=True``
+    the first invalid batch raises :class:`crmbet.errors.EventValidationError`
+    instead.
+    """
+    parts: list[IngestResult] = []
+    for part in iter_ingest(path, pseudonymizer=pseudonymizer, source_format=source_format,
+                            mapping=mapping, batch_size=batch_size,
+                            keep_columns=keep_columns):
+        if strict and part.dead_letters.height:
+            ValidationResult(part.events, part.dead_letters).raise_if_invalid()
+        parts.append(part)
+    events = pl.concat([p.events for p in parts]) if parts else empty_events()
+    dead = pl.concat([p.dead_letters for p in parts]) if parts else pl.DataFrame(
+        schema=DEAD_LETTER_SCHEMA
+    )
+    extras = [p.extra for p in parts if p.extra is not None]
+    extra = pl.concat(extras) if extras else None
+    source = parts[0].source if parts else str(path)
+    if dead.height and dead_letter_path is not None:
+        write_dead_letters(dead, dead_letter_path)
+    logger.info("read %d events from %s (%d invalid)", events.height, source, dead.height)
+    return IngestResult(events=events, dead_letters=dead, extra=extra, source=source)
+
+
+def ingest_frame(
+    frame: pl.DataFrame,
+    *,
+    pseudonymizer: Pseudonymizer,
+    mapping: ColumnMapping | None = None,
+    source: str = "dataframe",
+) -> IngestResult:
+    """Validate and pseudonymise an in-memory table of raw transactions."""
+    result = normalize(frame, mapping, source=source)
+    events = pseudonymizer.pseudonymize_column(result.events)
+    return IngestResult(events=events, dead_letters=result.dead_letters, source=source)
+
+
+def write_dead_letters(dead_letters: pl.DataFrame, path: str | Path) -> Path:
+    """Append dead letters to a JSON-lines file and return its path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("ab") as handle:
+        for row in dead_letters.iter_rows(named=True):
+            handle.write(orjson.dumps(row) + b"\n")
+    logger.warning("wrote %d dead letters to %s", dead_letters.height, path)
+    return path
+
+
+def iter_events(events: pl.DataFrame) -> Iterator[Event]:
+    """Yield each row of a canonical event table as an :class:`Event`."""
+    for row in events.select(list(EVENT_SCHEMA)).iter_rows(named=True):
+        yield Event.model_validate(row)

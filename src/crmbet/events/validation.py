@@ -1,0 +1,319 @@
+"""Vectorised validation of raw transaction tables into canonical events.
+
+A raw table comes from any source with its own column names. ``normalize``
+renames the columns with a :class:`ColumnMapping`, parses and checks every
+field, and splits the rows into valid canonical events and dead letters.
+A dead letter keeps the whole raw record and one message per invalid field
+naming the row, the field, the value and the fix, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import polars as pl
+
+from crmbet.errors import EventValidationError, FieldError
+from crmbet.events.schema import (
+    EVENT_SCHEMA,
+    EVENT_TYPES,
+    OPTIONAL_TEXT_FIELDS,
+    PRODUCTS,
+    REQUIRED_FIELDS,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Events stamped further ahead than this are rejected as clock errors.
+MAX_FUTURE_SKEW = timedelta(days=1)
+
+DEAD_LETTER_SCHEMA: dict[str, pl.DataType] = {
+    "row": pl.Int64(),
+    "errors": pl.List(pl.String()),
+    "record": pl.String(),
+    "source": pl.String(),
+}
+
+
+@dataclass(frozen=True)
+class ColumnMapping:
+    """Maps canonical event fields to the column names of a source.
+
+    ``columns`` maps a canonical field to the source column holding it,
+    ``constants`` gives a fixed value for a field the source lacks (say
+    ``{"product": "casino"}``) and ``event_type_values`` translates the
+    source's own event-type labels.
+
+    Examples
+    --------
+    >>> mapping = ColumnMapping(columns={"player_id": "customer", "amount": "stake"})
+    >>> mapping.source_column("player_id")
+    'customer'
+    """
+
+    columns: Mapping[str, str] = field(default_factory=dict)
+    constants: Mapping[str, Any] = field(default_factory=dict)
+    event_type_values: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.columns) | set(self.constants)
+        unknown -= set(EVENT_SCHEMA)
+        if unknown:
+            raise ValueError(
+                f"column mapping names unknown event field(s) {sorted(unknown)}; "
+                f"use only {list(EVENT_SCHEMA)}"
+            )
+
+    def source_column(self, name: str) -> str:
+        """Return the source column that holds canonical field ``name``."""
+        return self.columns.get(name, name)
+
+
+@dataclass
+class ValidationResult:
+    """Valid canonical events and the dead letters split off from one table."""
+
+    events: pl.DataFrame
+    dead_letters: pl.DataFrame
+
+    @property
+    def n_invalid(self) -> int:
+        """Number of records that went to the dead letters."""
+        return self.dead_letters.height
+
+    def field_errors(self, limit: int = 50) -> list[FieldError]:
+        """Return the first ``limit`` field errors as structured objects."""
+        errors: list[FieldError] = []
+        for row, messages in self.dead_letters.select("row", "errors").iter_rows():
+            for message in messages:
+                name, _, rest = message.partition("=")
+                value, _, tail = rest.partition(" is ")
+                problem, _, fix = tail.partition("; ")
+                errors.append(FieldError(row, name, value, problem, fix))
+                if len(errors) >= limit:
+                    return errors
+        return errors
+
+    def raise_if_invalid(self) -> None:
+        """Raise :class:`EventValidationError` when any record was invalid."""
+        if self.n_invalid:
+            total = int(self.dead_letters["errors"].list.len().sum())
+            raise EventValidationError(self.field_errors(), total=total)
+
+
+def _text(name: str) -> pl.Expr:
+    return pl.col(name).cast(pl.String, strict=False).str.strip_chars()
+
+
+def _number(name: str) -> pl.Expr:
+    column = pl.col(name)
+    return column.cast(pl.Float64, strict=False)
+
+
+def _parse_timestamp(frame: pl.DataFrame, name: str) -> pl.Expr:
+    dtype = frame.schema[name]
+    column = pl.col(name)
+    if isinstance(dtype, pl.Datetime):
+        if dtype.time_zone is None:
+            return column.dt.replace_time_zone("UTC").dt.cast_time_unit("us")
+        return column.dt.convert_time_zone("UTC").dt.cast_time_unit("us")
+    if dtype.is_numeric():
+        # Numbers are read as Unix epoch seconds.
+        return (column.cast(pl.Float64) * 1_000_000).cast(pl.Int64).cast(
+            pl.Datetime("us", "UTC")
+        )
+    text = column.cast(pl.String).str.strip_chars()
+    return text.str.to_datetime(
+        time_zone="UTC", time_unit="us", strict=False, ambiguous="earliest"
+    )
+
+
+def _message(mask: pl.Expr, name: str, raw: pl.Expr, problem: str, fix: str) -> pl.Expr:
+    text = pl.format("{}={} is {}; {}", pl.lit(name), raw, pl.lit(problem), pl.lit(fix))
+    return pl.when(mask).then(text).otherwise(None)
+
+
+def _raw_repr(name: str) -> pl.Expr:
+    value = pl.col(name).cast(pl.String, strict=False)
+    return pl.when(value.is_null()).then(pl.lit("None")).otherwise(
+        pl.concat_str(pl.lit("'"), value, pl.lit("'"))
+    )
+
+
+def _apply_mapping(raw: pl.DataFrame, mapping: ColumnMapping) -> pl.DataFrame:
+    renames = {
+        source: target
+        for target, source in mapping.columns.items()
+        if source in raw.columns and source != target
+    }
+    frame = raw.drop([t for t in renames.values() if t in raw.columns and t not in renames])
+    frame = frame.rename(renames)
+    for name, value in mapping.constants.items():
+        frame = frame.with_columns(pl.lit(value).alias(name))
+    missing_required = [name for name in REQUIRED_FIELDS if name not in frame.columns]
+    if missing_required:
+        sources = {name: mapping.source_column(name) for name in missing_required}
+        raise EventValidationError(
+            [
+                FieldError(
+                    None,
+                    name,
+                    source,
+                    "missing from the input columns",
+                    f"add a column '{source}' or map '{name}' to an existing column "
+                    f"(available: {raw.columns})",
+                )
+                for name, source in sources.items()
+            ]
+        )
+    for name in EVENT_SCHEMA:
+        if name not in frame.columns:
+            frame = frame.with_columns(pl.lit(None).alias(name))
+    if mapping.event_type_values:
+        frame = frame.with_columns(
+            _text("event_type").replace(dict(mapping.event_type_values)).alias("event_type")
+        )
+    return frame
+
+
+def normalize(
+    raw: pl.DataFrame,
+    mapping: ColumnMapping | None = None,
+    *,
+    row_offset: int = 0,
+    source: str = "",
+    now: datetime | None = None,
+) -> ValidationResult:
+    """Validate a raw table and convert its valid rows to canonical events.
+
+    Parameters
+    ----------
+    raw:
+        Records as read from a source, with any column names and dtypes.
+    mapping:
+        How the source's columns map to the canonical fields.
+    row_offset:
+        Number of records before this table in its source, so that row
+        numbers in messages count from the start of the source (1-based).
+    source:
+        Name of the source, kept with each dead letter.
+    now:
+        Reference time for the future-timestamp check; the current time by
+        default.
+
+    Returns
+    -------
+    ValidationResult
+        The canonical events (player ids not yet pseudonymised) and the dead
+        letters.
+    """
+    mapping = mapping or ColumnMapping()
+    frame = _apply_mapping(raw, mapping)
+    latest = (now or datetime.now(UTC)) + MAX_FUTURE_SKEW
+    frame = frame.with_row_index("__row", offset=row_offset + 1)
+
+    # Parse every field into its canonical dtype; a failed parse becomes null.
+    parsed = frame.with_columns(
+        _text("event_id").alias("__event_id"),
+        _text("player_id").alias("__player_id"),
+        _parse_timestamp(frame, "ts").alias("__ts"),
+        _text("event_type").str.to_lowercase().alias("__event_type"),
+        _number("amount").alias("__amount"),
+        _number("payout").alias("__payout"),
+        _number("bonus_amount").alias("__bonus_amount"),
+        _text("product").str.to_lowercase().alias("__product"),
+        _number("multiplier").alias("__multiplier"),
+        *[_text(name).alias(f"__{name}") for name in OPTIONAL_TEXT_FIELDS],
+    )
+    is_bet = pl.col("__event_type") == "bet"
+    present = {name: pl.col(name).is_not_null() for name in EVENT_SCHEMA}
+
+    def blank(name: str) -> pl.Expr:
+        return pl.col(f"__{name}").is_null() | (pl.col(f"__{name}") == "")
+
+    def unparsable(name: str) -> pl.Expr:
+        return present[name] & pl.col(f"__{name}").is_null()
+
+    def money_checks(name: str, required: bool) -> list[pl.Expr]:
+        value = pl.col(f"__{name}")
+        checks = [
+            _message(unparsable(name), name, _raw_repr(name), "not a number",
+                     "write a plain decimal number such as 12.50"),
+            _message(value < 0, name, _raw_repr(name), "negative",
+                     "send a non-negative amount; the event type says its direction"),
+            _message(value.is_infinite() | value.is_nan(), name, _raw_repr(name),
+                     "not finite", "send a finite amount"),
+        ]
+        if required:
+            checks.append(_message(~present[name], name, _raw_repr(name), "missing",
+                                   f"every event needs '{name}'"))
+        return checks
+
+    checks = [
+        _message(blank("event_id"), "event_id", _raw_repr("event_id"), "missing",
+                 "give every record a unique id so replays are not counted twice"),
+        _message(blank("player_id"), "player_id", _raw_repr("player_id"), "missing",
+                 "give every record the id of the player it belongs to"),
+        _message(~present["ts"], "ts", _raw_repr("ts"), "missing",
+                 "give every record its time as ISO 8601, e.g. 2024-05-01T21:00:00Z"),
+        _message(unparsable("ts"), "ts", _raw_repr("ts"), "not a timestamp",
+                 "write ISO 8601, e.g. 2024-05-01T21:00:00Z, or Unix seconds"),
+        _message(pl.col("__ts") > pl.lit(latest), "ts", _raw_repr("ts"),
+                 "more than 1 day in the future", "check the source's clock and time zone"),
+        _message(~pl.col("__event_type").is_in(EVENT_TYPES), "event_type",
+                 _raw_repr("event_type"), "not a known event type",
+                 f"use one of {list(EVENT_TYPES)} or map the source's labels"),
+        *money_checks("amount", required=True),
+        *money_checks("payout", required=False),
+        *money_checks("bonus_amount", required=False),
+        _message(present["payout"] & ~is_bet & (pl.col("__payout") > 0), "payout",
+                 _raw_repr("payout"), "set on an event that is not a bet",
+                 "only bets have a payout; put the money moved in 'amount'"),
+        _message(is_bet & pl.col("__product").is_not_null()
+                 & ~pl.col("__product").is_in(PRODUCTS), "product", _raw_repr("product"),
+                 "not a known product", f"use one of {list(PRODUCTS)}"),
+        _message(unparsable("multiplier"), "multiplier", _raw_repr("multiplier"),
+                 "not a number", "write the cash-out multiplier as a decimal, e.g. 2.5"),
+        _message(pl.col("__multiplier") < 1, "multiplier", _raw_repr("multiplier"),
+                 "below 1", "a cash-out multiplier is at least 1; leave it empty on a lost bet"),
+    ]
+    checked = parsed.with_columns(
+        pl.concat_list(checks).list.drop_nulls().alias("__errors")
+    )
+    bad_mask = pl.col("__errors").list.len() > 0
+    bad = checked.filter(bad_mask)
+    good = checked.filter(~bad_mask)
+
+    events = good.select(
+        pl.col("__event_id").alias("event_id"),
+        pl.col("__player_id").alias("player_id"),
+        pl.col("__ts").alias("ts"),
+        pl.col("__event_type").alias("event_type"),
+        pl.col("__amount").alias("amount"),
+        pl.when(is_bet).then(pl.col("__payout").fill_null(0.0)).otherwise(0.0)
+        .alias("payout"),
+        pl.col("__bonus_amount").fill_null(0.0).alias("bonus_amount"),
+        pl.when(is_bet).then(pl.col("__product").fill_null("other")).otherwise(None)
+        .alias("product"),
+        pl.col("__multiplier").alias("multiplier"),
+        *[pl.col(f"__{name}").alias(name) for name in OPTIONAL_TEXT_FIELDS],
+    ).cast(EVENT_SCHEMA)
+
+    record_columns = [c for c in bad.columns if not c.startswith("__")]
+    dead = bad.select(
+        pl.col("__row").cast(pl.Int64).alias("row"),
+        pl.col("__errors").alias("errors"),
+        pl.struct([pl.col(c).cast(pl.String, strict=False) for c in record_columns])
+        .struct.json_encode().alias("record"),
+        pl.lit(source).alias("source"),
+    ) if bad.height else pl.DataFrame(schema=DEAD_LETTER_SCHEMA)
+    if bad.height:
+        logger.warning(
+            "%d of %d records from %s are invalid and went to the dead letters; first: %s",
+            bad.height, raw.height, source or "input", bad["__errors"][0][0],
+        )
+    return ValidationResult(events=events, dead_letters=dead.cast(DEAD_LETTER_SCHEMA))

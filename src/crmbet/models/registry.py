@@ -1,0 +1,289 @@
+"""Model registry on MLflow: one bundle per trained model, versions and aliases.
+
+A bundle is an MLflow pyfunc model whose artifacts are the pickled
+:class:`~crmbet.models.bundle.SegmentModel`, its ONNX export, the segment
+profiles and the feature schema. By default tracking and registry live in a
+SQLite file under ``CRMBET_HOME``; ``CRMBET_MLFLOW_TRACKING_URI`` points them
+at any MLflow server. The first registered version gets the alias
+``champion``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import joblib
+
+from crmbet import __version__
+from crmbet.config import Settings, configure_mlflow_environment, get_settings
+from crmbet.errors import ModelNotFoundError
+from crmbet.models.bundle import SegmentModel
+
+logger = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+EXPERIMENT = "crmbet-segmentation"
+
+#: Requirements written into each bundle; listing them avoids MLflow's
+#: requirement inference, which imports the model and takes seconds.
+PIP_REQUIREMENTS = [
+    f"crmbet=={__version__}",
+    "numpy>=2.0",
+    "polars>=1.20",
+    "scikit-learn>=1.5",
+    "onnxruntime>=1.18",
+    "pandas>=2.2,<3",
+]
+
+_lock = threading.Lock()
+
+
+def _pyfunc_class() -> type:
+    import mlflow.pyfunc
+
+    class SegmentPyfunc(mlflow.pyfunc.PythonModel):
+        """MLflow pyfunc wrapper: features in, segment id, name and confidence out."""
+
+        def load_context(self, context: Any) -> None:
+            self.model: SegmentModel = joblib.load(context.artifacts["bundle"])
+
+        def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
+            import pandas as pd
+
+            frame = pd.DataFrame(model_input)
+            for name in self.model.feature_names:
+                if name not in frame.columns:
+                    frame[name] = float("nan")
+            labels, confidence, _ = self.model.assign(
+                frame[self.model.feature_names].to_numpy(dtype="float64")
+            )
+            names = [self.model.profiles[label].name for label in labels]
+            return pd.DataFrame(
+                {"cluster_id": labels, "segment": names, "confidence": confidence}
+            )
+
+    return SegmentPyfunc
+
+
+class ModelRegistry:
+    """Registers, lists and loads segmentation bundles in MLflow.
+
+    Examples
+    --------
+    >>> registry = ModelRegistry(Settings(home="/tmp/crmbet-doc-registry"))
+    >>> registry.model_name
+    'crmbet-segments'
+    """
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or get_settings()
+        self.model_name = self.settings.model_name
+        self._cache_dir = (self.settings.home / "model-cache").resolve()
+        self._client: Any = None
+
+    def _mlflow(self) -> Any:
+        configure_mlflow_environment(self.settings)
+        import mlflow
+
+        with _lock:
+            if self._client is None:
+                self.settings.home.mkdir(parents=True, exist_ok=True)
+                mlflow.set_tracking_uri(self.settings.registry_uri)
+                mlflow.set_registry_uri(self.settings.registry_uri)
+                if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+                    location = None
+                    if self.settings.registry_uri.startswith("sqlite:"):
+                        location = self.settings.artifact_root.as_uri()
+                    mlflow.create_experiment(EXPERIMENT, artifact_location=location)
+                self._client = mlflow.MlflowClient()
+        return mlflow
+
+    @property
+    def client(self) -> Any:
+        """The MLflow client bound to this registry's URI."""
+        self._mlflow()
+        return self._client
+
+    def register(
+        self,
+        model: SegmentModel,
+        *,
+        onnx_bytes: bytes | None = None,
+        extra_metrics: dict[str, float] | None = None,
+        tags: dict[str, str] | None = None,
+        run_name: str | None = None,
+    ) -> str:
+        """Log a trained model as a new registered version and return the version."""
+        mlflow = self._mlflow()
+        mlflow.set_experiment(EXPERIMENT)
+        with tempfile.TemporaryDirectory() as folder:
+            root = Path(folder)
+            model.name = self.model_name
+            joblib.dump(model, root / "model.joblib")
+            artifacts = {"bundle": str(root / "model.joblib")}
+            (root / "profiles.json").write_text(
+                json.dumps([p.to_dict() for p in model.profiles], indent=2)
+            )
+            artifacts["profiles"] = str(root / "profiles.json")
+            (root / "schema.json").write_text(json.dumps(self._schema(model), indent=2))
+            artifacts["schema"] = str(root / "schema.json")
+            if onnx_bytes is not None:
+                (root / "model.onnx").write_bytes(onnx_bytes)
+                artifacts["onnx"] = str(root / "model.onnx")
+            if model.k_selection is not None:
+                (root / "k_selection.json").write_text(
+                    json.dumps(model.k_selection.as_rows(), indent=2)
+                )
+                artifacts["k_selection"] = str(root / "k_selection.json")
+
+            with mlflow.start_run(run_name=run_name) as run:
+                mlflow.log_params({key: str(value)[:500] for key, value in model.params.items()})
+                metrics = dict(model.metrics) | dict(extra_metrics or {})
+                mlflow.log_metrics({key: float(value) for key, value in metrics.items()})
+                mlflow.set_tags({"feature_schema_version": str(model.feature_schema_version),
+                                 "state_schema_version": str(model.state_schema_version),
+                                 **(tags or {})})
+                info = mlflow.pyfunc.log_model(
+                    name="model",
+                    python_model=_pyfunc_class()(),
+                    artifacts=artifacts,
+                    pip_requirements=PIP_REQUIREMENTS,
+                    registered_model_name=self.model_name,
+                )
+                run_id = run.info.run_id
+        version = str(info.registered_model_version)
+        client = self.client
+        client.set_model_version_tag(self.model_name, version, "run_id", run_id)
+        client.set_model_version_tag(
+            self.model_name, version, "segments",
+            ", ".join(p.name for p in model.profiles)[:5000],
+        )
+        if self.alias_version(CHAMPION) is None:
+            client.set_registered_model_alias(self.model_name, CHAMPION, version)
+            logger.info("version %s of %s is the first and became %s",
+                        version, self.model_name, CHAMPION)
+        model.version = version
+        logger.info("registered %s version %s (run %s)", self.model_name, version, run_id)
+        return version
+
+    @staticmethod
+    def _schema(model: SegmentModel) -> dict[str, object]:
+        return {
+            "features": model.feature_names,
+            "event_schema_version": model.event_schema_version,
+            "state_schema_version": model.state_schema_version,
+            "feature_schema_version": model.feature_schema_version,
+            "as_of": model.as_of,
+            "trained_at": model.trained_at,
+        }
+
+    def alias_version(self, alias: str) -> str | None:
+        """Return the version an alias points to, or None."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return str(self.client.get_model_version_by_alias(self.model_name, alias).version)
+        except MlflowException:
+            return None
+
+    def set_alias(self, alias: str, version: str) -> None:
+        """Point ``alias`` at ``version``."""
+        self.client.set_registered_model_alias(self.model_name, alias, str(version))
+        logger.info("alias %s of %s now points to version %s", alias, self.model_name, version)
+
+    def delete_alias(self, alias: str) -> None:
+        """Remove ``alias`` if it exists."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.delete_registered_model_alias(self.model_name, alias)
+        except MlflowException:
+            return
+
+    def resolve(self, ref: str = CHAMPION) -> str:
+        """Return the version number for an alias or a version string."""
+        if ref.isdigit():
+            return ref
+        version = self.alias_version(ref)
+        if version is None:
+            raise ModelNotFoundError(
+                f"model {self.model_name!r} has no version with alias {ref!r}; "
+                "train one with 'crmbet train' or pass a version number"
+            )
+        return version
+
+    def _download(self, version: str) -> Path:
+        target = self._cache_dir / self.model_name / version
+        if (target / "done").exists():
+            return target
+        mlflow = self._mlflow()
+        from mlflow.exceptions import MlflowException
+
+        staging = Path(tempfile.mkdtemp(dir=self._cache_dir.parent if self._cache_dir.parent.exists() else None))
+        try:
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{self.model_name}/{version}", dst_path=str(staging)
+            )
+        except MlflowException as error:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise ModelNotFoundError(
+                f"version {version} of model {self.model_name!r} not found in "
+                f"{self.settings.registry_uri}: {error}"
+            ) from error
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.move(local, target)
+        shutil.rmtree(staging, ignore_errors=True)
+        (target / "done").write_text("ok")
+        return target
+
+    def load(self, ref: str = CHAMPION) -> SegmentModel:
+        """Load a registered model by alias or version number."""
+        version = self.resolve(ref)
+        folder = self._download(version)
+        model: SegmentModel = joblib.load(folder / "artifacts" / "model.joblib")
+        model.version = version
+        return model
+
+    def load_onnx(self, ref: str = CHAMPION) -> bytes:
+        """Return the ONNX export of a registered model."""
+        folder = self._download(self.resolve(ref))
+        path = folder / "artifacts" / "model.onnx"
+        if not path.exists():
+            raise ModelNotFoundError(f"version {ref} of {self.model_name!r} has no ONNX export")
+        return path.read_bytes()
+
+    def versions(self) -> list[dict[str, object]]:
+        """Return every registered version, newest first, with aliases and metrics."""
+        from mlflow.exceptions import MlflowException
+
+        client = self.client
+        try:
+            found = client.search_model_versions(f"name='{self.model_name}'")
+        except MlflowException:
+            return []
+        aliases: dict[str, list[str]] = {}
+        try:
+            for alias, version in client.get_registered_model(self.model_name).aliases.items():
+                aliases.setdefault(str(version), []).append(alias)
+        except MlflowException:
+            pass
+        rows = []
+        for item in sorted(found, key=lambda v: int(v.version), reverse=True):
+            run_id = item.run_id or item.tags.get("run_id")
+            metrics = client.get_run(run_id).data.metrics if run_id else {}
+            rows.append({
+                "version": str(item.version),
+                "aliases": aliases.get(str(item.version), []),
+                "created": item.creation_timestamp,
+                "segments": item.tags.get("segments", ""),
+                "metrics": metrics,
+            })
+        return rows

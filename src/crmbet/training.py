@@ -1,0 +1,199 @@
+"""The main job: transactions in, a registered segmentation model out.
+
+``run_training`` reads a source, pseudonymises and validates it, folds the
+events into player states with Polars, computes the features, chooses k,
+trains, exports to ONNX (checked against scikit-learn), registers the bundle
+in MLflow and returns everything a caller wants to show.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from sklearn.metrics import adjusted_rand_score
+
+from crmbet.config import Settings, get_settings
+from crmbet.events.adapters import IngestResult, SourceFormat, ingest, write_dead_letters
+from crmbet.events.pseudonym import Pseudonymizer
+from crmbet.events.validation import ColumnMapping
+from crmbet.features.definitions import compute_features
+from crmbet.features.state import fold
+from crmbet.models.bundle import SegmentModel, train_segments
+from crmbet.models.onnx_export import check_onnx_labels, export_onnx
+from crmbet.models.registry import ModelRegistry
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[str, int], None]
+
+#: Source columns carried beside the events but never used as features.
+GROUND_TRUTH_COLUMN = "archetype"
+
+
+@dataclass
+class TrainingResult:
+    """What one training run produced."""
+
+    model: SegmentModel
+    version: str | None
+    states: pl.DataFrame
+    features: pl.DataFrame
+    labels: np.ndarray
+    n_events: int
+    n_dead_letters: int
+    onnx_mismatches: int | None
+    onnx_bytes: bytes | None
+    adjusted_rand_index: float | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def assignments(self) -> pl.DataFrame:
+        """Return each player's segment id and name."""
+        names = [p.name for p in self.model.profiles]
+        return pl.DataFrame({
+            "player_id": self.features["player_id"],
+            "cluster_id": self.labels,
+            "segment": [names[label] for label in self.labels],
+        })
+
+
+def pseudonymizer_from(settings: Settings) -> Pseudonymizer:
+    """Build the pseudonymizer with the configured key."""
+    return Pseudonymizer(settings.pseudonym_key_bytes())
+
+
+def read_source(
+    path: str | Path,
+    *,
+    settings: Settings | None = None,
+    source_format: SourceFormat = "auto",
+    mapping: ColumnMapping | None = None,
+) -> IngestResult:
+    """Read, validate and pseudonymise a source; dead letters go under ``home``."""
+    settings = settings or get_settings()
+    result = ingest(
+        path, pseudonymizer=pseudonymizer_from(settings), source_format=source_format,
+        mapping=mapping, keep_columns=(GROUND_TRUTH_COLUMN,),
+    )
+    if result.dead_letters.height:
+        target = settings.home / "dead_letters" / f"{Path(path).name}.jsonl"
+        write_dead_letters(result.dead_letters, target)
+    return result
+
+
+def ground_truth_ari(events: pl.DataFrame, extra: pl.DataFrame | None,
+                     assignments: pl.DataFrame) -> float | None:
+    """Score segments against a ground-truth column carried with the events."""
+    if extra is None or GROUND_TRUTH_COLUMN not in extra.columns:
+        return None
+    truth = (
+        events.select("event_id", "player_id")
+        .join(extra, on="event_id")
+        .group_by("player_id")
+        .agg(pl.col(GROUND_TRUTH_COLUMN).first())
+    )
+    joined = assignments.join(truth, on="player_id")
+    if joined.height == 0:
+        return None
+    return float(adjusted_rand_score(joined[GROUND_TRUTH_COLUMN], joined["cluster_id"]))
+
+
+def train_from_events(
+    events: pl.DataFrame,
+    *,
+    settings: Settings | None = None,
+    k: int | None = None,
+    k_range: tuple[int, int] = (3, 12),
+    seed: int = 0,
+    register: bool = True,
+    registry: ModelRegistry | None = None,
+    progress: Progress | None = None,
+    extra: pl.DataFrame | None = None,
+    n_dead_letters: int = 0,
+) -> TrainingResult:
+    """Train and register a model from canonical, pseudonymised events."""
+    settings = settings or get_settings()
+    timings: dict[str, float] = {}
+
+    def step(name: str) -> None:
+        timings[name] = time.perf_counter()
+        if progress:
+            progress(name, 1)
+
+    clock = time.perf_counter()
+    states = fold(events)
+    timings["fold_s"] = time.perf_counter() - clock
+    step("fold")
+
+    clock = time.perf_counter()
+    features = compute_features(states)
+    as_of = float(states["last_ts"].max()) if states.height else 0.0
+    timings["features_s"] = time.perf_counter() - clock
+    step("features")
+
+    clock = time.perf_counter()
+    model, labels = train_segments(features, k=k, k_range=k_range, seed=seed,
+                                   as_of=as_of, progress=progress)
+    timings["train_s"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    onnx_bytes = export_onnx(model.pipeline, len(model.feature_names))
+    matrix = model.matrix(features)
+    mismatches = check_onnx_labels(onnx_bytes, model.pipeline, matrix)
+    timings["onnx_s"] = time.perf_counter() - clock
+    step("onnx")
+
+    result = TrainingResult(
+        model=model, version=None, states=states, features=features, labels=labels,
+        n_events=events.height, n_dead_letters=n_dead_letters,
+        onnx_mismatches=mismatches, onnx_bytes=onnx_bytes, timings=timings,
+    )
+    result.adjusted_rand_index = ground_truth_ari(events, extra, result.assignments())
+    extra_metrics = {"onnx_label_mismatches": float(mismatches), "n_events": float(events.height),
+                     "n_dead_letters": float(n_dead_letters)}
+    if result.adjusted_rand_index is not None:
+        extra_metrics["adjusted_rand_index"] = result.adjusted_rand_index
+
+    if register:
+        clock = time.perf_counter()
+        registry = registry or ModelRegistry(settings)
+        result.version = registry.register(model, onnx_bytes=onnx_bytes,
+                                           extra_metrics=extra_metrics)
+        timings["register_s"] = time.perf_counter() - clock
+        step("register")
+    model.metrics.update(extra_metrics)
+    return result
+
+
+def run_training(
+    path: str | Path,
+    *,
+    settings: Settings | None = None,
+    source_format: SourceFormat = "auto",
+    mapping: ColumnMapping | None = None,
+    k: int | None = None,
+    k_range: tuple[int, int] = (3, 12),
+    seed: int = 0,
+    register: bool = True,
+    progress: Progress | None = None,
+) -> TrainingResult:
+    """Run the main job on a file: read, fold, train, export and register."""
+    settings = settings or get_settings()
+    clock = time.perf_counter()
+    ingested = read_source(path, settings=settings, source_format=source_format,
+                           mapping=mapping)
+    read_s = time.perf_counter() - clock
+    if progress:
+        progress("read", 1)
+    result = train_from_events(
+        ingested.events, settings=settings, k=k, k_range=k_range, seed=seed,
+        register=register, progress=progress, extra=ingested.extra,
+        n_dead_letters=ingested.dead_letters.height,
+    )
+    result.timings["read_s"] = read_s
+    return result
