@@ -39,3 +39,50 @@ def pseudonymizer() -> Pseudonymizer:
 def bustabit_events(pseudonymizer: Pseudonymizer) -> pl.DataFrame:
     """The 50,000 bundled bustabit bets as canonical events."""
     return ingest(bundled_bustabit_path(), pseudonymizer=pseudonymizer).events
+
+
+def _redis_reachable(host: str, port: int) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis(host=host, port=port, socket_timeout=0.5).ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """URL of a real Redis database owned by the tests.
+
+    Uses database 15 of the server on 127.0.0.1:6379 when one runs there,
+    otherwise starts ``redis-server`` on a free loopback port.
+    """
+    import shutil
+    import socket
+    import subprocess
+    import time
+
+    if _redis_reachable("127.0.0.1", 6379):
+        yield "redis://127.0.0.1:6379/15"
+        return
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed; run .ci/run or apt-get install redis-server")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    folder = tmp_path_factory.mktemp("redis")
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(folder)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while not _redis_reachable("127.0.0.1", port):
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"redis-server did not start on port {port} within 10 s")
+        time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    process.terminate()
+    process.wait(timeout=10)
