@@ -22,6 +22,7 @@ from crmbet.events.pseudonym import Pseudonymizer
 from crmbet.events.schema import EVENT_SCHEMA, Event, empty_events
 from crmbet.events.validation import (
     DEAD_LETTER_SCHEMA,
+    SOURCE_ROW_COLUMN,
     ColumnMapping,
     ValidationResult,
     normalize,
@@ -177,8 +178,8 @@ def _split_json_errors(batch: pl.DataFrame, offset: int, source: str) -> tuple[
         pl.lit(source).alias("source"),
     )
     good = numbered.filter(pl.col("__json_error").is_null()).drop(
-        "row", "__json_error", "__json_line", strict=False
-    )
+        "__json_error", "__json_line", strict=False
+    ).rename({"row": SOURCE_ROW_COLUMN})
     return good, dead.cast(DEAD_LETTER_SCHEMA)
 
 
@@ -217,7 +218,6 @@ def iter_ingest(
         batch_rows = batch.height
         batch, json_dead = _split_json_errors(batch, offset, source)
         raw = bustabit_to_raw(batch) if fmt == "bustabit" else batch
-        # JSON rows that parsed keep their own numbering within the batch.
         result = normalize(raw, mapping, row_offset=offset, source=source)
         dead = pl.concat([json_dead, result.dead_letters]) if json_dead.height else (
             result.dead_letters

@@ -396,28 +396,41 @@ class _ArchetypeTable:
 _TABLE = _ArchetypeTable.from_profiles(_ARCHETYPE_PROFILES)
 
 
-def _game_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Build the game choice probabilities per product and the settlement arrays.
+def _game_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Build the game choice tables per product and the settlement arrays.
 
-    Returns the (product x game) choice probabilities and, per game code, the
-    win probability, the payout ratio and the payout Gamma shape.
+    Returns, per product, the choice probabilities of its games and their
+    game codes (both padded with zero-probability entries to a common
+    width), and per game code the win probability, the payout ratio and the
+    payout Gamma shape.
     """
-    choice = np.zeros((len(PRODUCTS), len(_GAMES)))
-    for code, game in enumerate(_GAMES):
-        choice[PRODUCTS.index(game.product), code] = game.weight
-    choice /= choice.sum(axis=1, keepdims=True)
+    codes_by_product = [
+        [code for code, game in enumerate(_GAMES) if game.product == product]
+        for product in PRODUCTS
+    ]
+    width = max(len(codes) for codes in codes_by_product)
+    choice = np.zeros((len(PRODUCTS), width))
+    game_codes = np.zeros((len(PRODUCTS), width), dtype=np.uint8)
+    for product, codes in enumerate(codes_by_product):
+        weights = np.array([_GAMES[code].weight for code in codes])
+        choice[product, : len(codes)] = weights / weights.sum()
+        game_codes[product, : len(codes)] = codes
     win_probability = np.array([game.win_probability for game in _GAMES])
     payout_ratio = np.array([game.payout_ratio for game in _GAMES])
     payout_shape = np.array([game.payout_shape for game in _GAMES])
-    return choice, win_probability, payout_ratio, payout_shape
+    return choice, game_codes, win_probability, payout_ratio, payout_shape
 
 
 (
     _GAME_CHOICE,
+    _GAME_CODES,
     _GAME_WIN_PROBABILITY,
     _GAME_PAYOUT_RATIO,
     _GAME_PAYOUT_SHAPE,
 ) = _game_tables()
+
+#: Code of a null product, game or channel in the event arrays.
+_NULL_CODE = 255
 
 
 @dataclass(frozen=True)
@@ -450,7 +463,11 @@ class _Sessions:
 
 @dataclass(frozen=True)
 class _Events:
-    """Event columns as arrays; ``-1`` codes and NaN multipliers mean null."""
+    """Event columns as arrays.
+
+    ``_NULL_CODE`` in ``product`` and ``game``, ``-1`` in ``session`` and NaN
+    in ``multiplier`` stand for null.
+    """
 
     player: np.ndarray
     ts_us: np.ndarray
@@ -469,19 +486,18 @@ def _sample_rows(
 ) -> np.ndarray:
     """Draw one category per entry of ``rows`` from that row of ``probabilities``.
 
-    Row ``r`` of the cumulative table is shifted by ``r`` and flattened, so a
-    single ``searchsorted`` of ``r + u`` finds the category for every draw.
-    Categories with probability zero are never drawn.
+    The category is the number of cumulative probabilities of the row that a
+    uniform draw reaches, counted one column at a time, so the loop runs over
+    the few categories and never over the draws. Categories with probability
+    zero are never drawn.
     """
-    categories = probabilities.shape[1]
     cumulative = np.cumsum(probabilities, axis=1)
     cumulative /= cumulative[:, -1:]
-    cumulative[:, -1] = 1.0
-    shifted = cumulative + np.arange(len(probabilities))[:, None]
     uniform = rng.random(len(rows))
-    position = np.searchsorted(shifted.ravel(), rows + uniform, side="right")
-    # r + u can round up to r + 1 when u is within one ulp of 1.
-    return np.minimum(position - rows * categories, categories - 1)
+    category = np.zeros(len(rows), dtype=np.uint8)
+    for column in range(probabilities.shape[1] - 1):
+        category += uniform >= cumulative[:, column][rows]
+    return category
 
 
 def _beta_around(
@@ -493,6 +509,7 @@ def _beta_around(
 
 def _draw_players(rng: np.random.Generator, players: int, days: int) -> _Players:
     archetype = rng.choice(len(ARCHETYPES), size=players, p=_TABLE.shares)
+    archetype = archetype.astype(np.uint8)
     # Gamma(6, 1/6) has mean 1 and a coefficient of variation of 0.41.
     activity = rng.gamma(6.0, 1.0 / 6.0, size=players)
     fraction = rng.uniform(
@@ -525,7 +542,7 @@ def _draw_players(rng: np.random.Generator, players: int, days: int) -> _Players
         night_share=night_share,
         weekend_share=weekend_share,
         product_probabilities=product_probabilities,
-        channel=channel,
+        channel=channel.astype(np.uint8),
     )
 
 
@@ -572,7 +589,8 @@ def _draw_sessions(
     )
     # Every player plays at least one session, so every player has bets.
     count_per_player = 1 + rng.poisson(expected)
-    player = np.repeat(np.arange(len(count_per_player)), count_per_player)
+    players = len(count_per_player)
+    player = np.repeat(np.arange(players, dtype=np.int32), count_per_player)
     first_of_player = np.cumsum(count_per_player) - count_per_player
     sessions = len(player)
 
@@ -586,7 +604,9 @@ def _draw_sessions(
     at_night = rng.random(sessions) < population.night_share[player]
     night_hour = rng.integers(0, _FIRST_DAY_HOUR, sessions)
     day_hour = _FIRST_DAY_HOUR + rng.choice(
-        len(_DAY_HOUR_WEIGHTS), size=sessions, p=_DAY_HOUR_WEIGHTS / _DAY_HOUR_WEIGHTS.sum()
+        len(_DAY_HOUR_WEIGHTS),
+        size=sessions,
+        p=_DAY_HOUR_WEIGHTS / _DAY_HOUR_WEIGHTS.sum(),
     )
     hour = np.where(at_night, night_hour, day_hour)
     start_us = (
@@ -604,7 +624,7 @@ def _draw_sessions(
         count_per_player=count_per_player,
         start_us=start_us,
         end_us=start_us.copy(),
-        channel=channel,
+        channel=channel.astype(np.uint8),
     )
 
 
@@ -621,7 +641,7 @@ def _settle_bets(
     """
     bets = len(stake)
     win_probability = _GAME_WIN_PROBABILITY[game]
-    payout_ratio = _GAME_PAYOUT_RATIO[game].copy()
+    payout_ratio = _GAME_PAYOUT_RATIO[game]
 
     shape = _GAME_PAYOUT_SHAPE[game]
     variable = shape > 0
@@ -629,15 +649,15 @@ def _settle_bets(
 
     sports = product == _SPORTS
     # Decimal odds with a median of about 2.05 and a long tail of outsiders.
-    odds = np.minimum(100.0, np.round(1.05 + rng.lognormal(0.0, 0.6, sports.sum()), 2))
+    odds = np.round(1.05 + rng.lognormal(0.0, 0.6, np.count_nonzero(sports)), 2)
+    odds = np.minimum(100.0, odds)
     win_probability[sports] = _SPORTS_RETURN / odds
     payout_ratio[sports] = odds
 
     crash = product == _CRASH
-    # Cash-out multipliers with a median of about 1.8.
-    cash_out = np.minimum(
-        1000.0, np.round(1.0 + rng.lognormal(-0.7, 0.9, crash.sum()), 2)
-    )
+    # Cash-out multipliers with a median of about 1.5.
+    cash_out = np.round(1.0 + rng.lognormal(-0.7, 0.9, np.count_nonzero(crash)), 2)
+    cash_out = np.minimum(1000.0, cash_out)
     win_probability[crash] = _CRASH_RETURN / cash_out
     payout_ratio[crash] = cash_out
 
@@ -655,11 +675,15 @@ def _draw_bets(
     bets_per_session = 1 + rng.poisson(
         population.bets_per_session[sessions.player] - 1.0
     )
-    session = np.repeat(np.arange(len(sessions.player)), bets_per_session)
+    session = np.repeat(
+        np.arange(len(sessions.player), dtype=np.int32), bets_per_session
+    )
     first_bet = np.cumsum(bets_per_session) - bets_per_session
+    bets = len(session)
     player = sessions.player[session]
     product = _sample_rows(rng, population.product_probabilities, player)
-    game = _sample_rows(rng, _GAME_CHOICE, product)
+    game_in_product = _sample_rows(rng, _GAME_CHOICE, product)
+    game = _GAME_CODES[product, game_in_product]
 
     # Bets of a session follow each other at exponential gaps; the running
     # sum restarts at every session's first bet.
@@ -669,15 +693,16 @@ def _draw_bets(
     elapsed_us = np.cumsum(gap_us)
     elapsed_us -= np.repeat(elapsed_us[first_bet], bets_per_session)
     ts_us = sessions.start_us[session] + elapsed_us
+    del gap_us, elapsed_us
     sessions.end_us[:] = ts_us[first_bet + bets_per_session - 1]
 
-    stake = population.stake_scale[player] * rng.lognormal(0.0, 0.5, len(session))
+    stake = population.stake_scale[player] * rng.lognormal(0.0, 0.5, bets)
     stake = np.maximum(_MIN_STAKE, np.round(stake, 2))
     payout, multiplier = _settle_bets(rng, stake, product, game)
     return _Events(
         player=player,
         ts_us=ts_us,
-        event_type=np.full(len(session), _BET, dtype=np.int8),
+        event_type=np.full(bets, _BET, dtype=np.uint8),
         amount=stake,
         payout=payout,
         product=product,
@@ -702,19 +727,19 @@ def _draw_money_event(
     the player, withdrawals and cashback after its end. A player's first
     deposit always precedes their earliest session.
     """
-    player = np.repeat(np.arange(len(counts)), counts)
+    player = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
     events = len(player)
     anchor = sessions.first_of_player[player] + (
         rng.random(events) * sessions.count_per_player[player]
     ).astype(np.int64)
 
     if event_type == _DEPOSIT:
-        offset_us = -rng.integers(30 * _US_PER_SECOND, 15 * _US_PER_MINUTE, events)
-        ts_us = sessions.start_us[anchor] + offset_us
+        offset_us = rng.integers(30 * _US_PER_SECOND, 15 * _US_PER_MINUTE, events)
+        ts_us = sessions.start_us[anchor] - offset_us
         earliest = np.minimum.reduceat(sessions.start_us, sessions.first_of_player)
         first = np.cumsum(counts) - counts
         first = first[counts > 0]
-        ts_us[first] = earliest[player[first]] + offset_us[first]
+        ts_us[first] = earliest[player[first]] - offset_us[first]
     elif event_type == _BONUS:
         offset_us = rng.integers(_US_PER_SECOND, 5 * _US_PER_MINUTE, events)
         ts_us = sessions.start_us[anchor] - offset_us
@@ -736,17 +761,17 @@ def _draw_money_event(
         amount = np.maximum(_MIN_WITHDRAWAL, np.round(amount, 2))
     else:
         amount = np.round(amount, 2)
-    no_code = np.full(events, -1, dtype=np.int8)
+    null_codes = np.full(events, _NULL_CODE, dtype=np.uint8)
     return _Events(
         player=player,
         ts_us=ts_us,
-        event_type=np.full(events, event_type, dtype=np.int8),
+        event_type=np.full(events, event_type, dtype=np.uint8),
         amount=amount,
         payout=np.zeros(events),
-        product=no_code,
+        product=null_codes,
         multiplier=np.full(events, np.nan),
-        game=no_code,
-        session=np.full(events, -1, dtype=np.int64),
+        game=null_codes,
+        session=np.full(events, -1, dtype=np.int32),
         channel=population.channel[player],
     )
 
@@ -780,60 +805,73 @@ def _draw_money_events(
     ]
 
 
-def _concatenate(parts: list[_Events]) -> _Events:
-    fields = _Events.__dataclass_fields__
-    return _Events(
-        **{name: np.concatenate([getattr(p, name) for p in parts]) for name in fields}
-    )
+def _sorted_event_codes(parts: list[_Events], population: _Players) -> pl.DataFrame:
+    """Concatenate the event arrays into one frame of codes, sorted by time.
 
-
-def _decode(codes: np.ndarray, names: pl.Series) -> pl.Series:
-    """Map integer codes to ``names``; a negative code becomes null."""
-    null_code = len(names)
-    lookup = names.extend(pl.Series([None], dtype=pl.String))
-    index = np.where(codes < 0, null_code, codes).astype(np.uint32)
-    return lookup.gather(index)
-
-
-def _build_frame(
-    events: _Events, population: _Players, sessions: int, seed: int, origin_us: int
-) -> pl.DataFrame:
-    rows = len(events.ts_us)
-    players = len(population.archetype)
-    id_width = len(str(max(rows - 1, 0)))
-    player_width = max(6, len(str(players - 1)))
-    player_names = pl.select(
-        pl.concat_str(
-            pl.lit("player-"), pl.int_range(players).cast(pl.String).str.zfill(player_width)
-        )
-    ).to_series()
-    session_names = pl.select(
-        pl.concat_str(pl.lit(f"s{seed}-session-"), pl.int_range(sessions).cast(pl.String))
-    ).to_series()
-    # Zero-padded ids sort in the same order as the timestamps they follow.
-    event_ids = pl.select(
-        pl.concat_str(
-            pl.lit(f"s{seed}-"), pl.int_range(rows).cast(pl.String).str.zfill(id_width)
-        )
-    ).to_series()
-    ts = pl.Series(events.ts_us + origin_us, dtype=pl.Int64).cast(pl.Datetime("us"))
+    Events that anchor to a session near the end of a player's active days
+    can fall after it, and first deposits can fall before the window start;
+    both are moved to the nearest edge instead of being dropped. The sort is
+    stable, so events with equal timestamps keep the order they were drawn in.
+    Empties ``parts`` to free its arrays.
+    """
     columns = {
-        "event_id": event_ids,
-        "player_id": player_names.gather(events.player),
-        "ts": ts.dt.replace_time_zone("UTC"),
-        "event_type": _decode(events.event_type, pl.Series(EVENT_TYPES)),
-        "amount": pl.Series(events.amount, dtype=pl.Float64),
-        "payout": pl.Series(events.payout, dtype=pl.Float64),
-        "bonus_amount": pl.repeat(0.0, rows, dtype=pl.Float64, eager=True),
-        "product": _decode(events.product, pl.Series(PRODUCTS)),
-        "multiplier": pl.Series(events.multiplier, dtype=pl.Float64, nan_to_null=True),
-        "game": _decode(events.game, pl.Series([game.name for game in _GAMES])),
-        "session_id": _decode(events.session, session_names),
-        "channel": _decode(events.channel, pl.Series(_CHANNELS)),
-        "archetype": _decode(population.archetype[events.player], pl.Series(ARCHETYPES)),
+        name: np.concatenate([getattr(part, name) for part in parts])
+        for name in _Events.__dataclass_fields__
     }
-    return pl.DataFrame(
-        [series.alias(name) for name, series in columns.items()]
+    # Release the per-kind arrays before the sort allocates its copy.
+    parts.clear()
+    active_end_us = population.active_end_us[columns["player"]]
+    np.clip(columns["ts_us"], 0, active_end_us - 1, out=columns["ts_us"])
+    del active_end_us
+    columns["archetype"] = population.archetype[columns["player"]]
+    frame = pl.DataFrame(columns)
+    del columns
+    return frame.sort("ts_us", maintain_order=True)
+
+
+def _with_names(
+    codes: pl.DataFrame, players: int, seed: int, origin_us: int
+) -> pl.DataFrame:
+    """Turn the code frame into the canonical event table plus ``archetype``."""
+    id_width = len(str(max(codes.height - 1, 0)))
+    player_width = max(6, len(str(players - 1)))
+
+    def decode(column: str, names: tuple[str, ...]) -> pl.Expr:
+        # Codes at or above len(names), such as _NULL_CODE, map to null.
+        lookup = pl.Series([*names, None], dtype=pl.String)
+        index = pl.min_horizontal(pl.col(column), pl.lit(len(names), pl.UInt8))
+        return pl.lit(lookup).gather(index)
+
+    def padded(column: pl.Expr, width: int) -> pl.Expr:
+        return column.cast(pl.String).str.zfill(width)
+
+    session = pl.col("session")
+    session_id = pl.concat_str(pl.lit(f"s{seed}-session-"), session.cast(pl.String))
+    # Zero-padded ids sort in the same order as the timestamps they follow.
+    event_id = pl.concat_str(
+        pl.lit(f"s{seed}-"), padded(pl.int_range(pl.len()), id_width)
+    )
+    ts = (
+        (pl.col("ts_us") + origin_us)
+        .cast(pl.Datetime("us"))
+        .dt.replace_time_zone("UTC")
+    )
+    return codes.select(
+        event_id.alias("event_id"),
+        pl.concat_str(pl.lit("player-"), padded(pl.col("player"), player_width)).alias(
+            "player_id"
+        ),
+        ts.alias("ts"),
+        decode("event_type", EVENT_TYPES).alias("event_type"),
+        pl.col("amount"),
+        pl.col("payout"),
+        pl.lit(0.0, pl.Float64).alias("bonus_amount"),
+        decode("product", PRODUCTS).alias("product"),
+        pl.col("multiplier").fill_nan(None),
+        decode("game", tuple(game.name for game in _GAMES)).alias("game"),
+        pl.when(session >= 0).then(session_id).alias("session_id"),
+        decode("channel", _CHANNELS).alias("channel"),
+        decode("archetype", ARCHETYPES).alias("archetype"),
     ).cast(EVENT_SCHEMA)
 
 
@@ -875,26 +913,15 @@ def _generate(
     report(_STEPS[0])
     sessions = _draw_sessions(rng, population, days, origin.weekday())
     report(_STEPS[1])
-    bets = _draw_bets(rng, population, sessions)
+    parts = [_draw_bets(rng, population, sessions)]
     report(_STEPS[2])
-    parts = [bets, *_draw_money_events(rng, population, sessions)]
+    parts.extend(_draw_money_events(rng, population, sessions))
     report(_STEPS[3])
 
-    events = _concatenate(parts)
-    del parts, bets
-    # Money events anchored near a window edge can fall outside a player's
-    # active days; they are moved to the nearest edge instead of dropped.
-    np.clip(events.ts_us, 0, population.active_end_us[events.player] - 1, out=events.ts_us)
-    order = np.argsort(events.ts_us, kind="stable")
-    events = _Events(
-        **{
-            name: getattr(events, name)[order]
-            for name in _Events.__dataclass_fields__
-        }
-    )
-    del order
+    codes = _sorted_event_codes(parts, population)
     origin_us = int(origin.timestamp()) * _US_PER_SECOND
-    frame = _build_frame(events, population, len(sessions.player), seed, origin_us)
+    frame = _with_names(codes, players, seed, origin_us)
+    del codes
     report(_STEPS[4])
     logger.info(
         "generated %d synthetic events for %d players over %d days (seed %d) in %.1f s",
@@ -1007,7 +1034,9 @@ def write_synthetic(
             task = progress.add_task("synthetic events", total=len(_STEPS) + 1)
 
             def advance(step: str) -> None:
-                progress.update(task, advance=1, description=f"synthetic events: {step}")
+                progress.update(
+                    task, advance=1, description=f"synthetic events: {step}"
+                )
 
             frame = _generate(players, days, seed, start, on_step=advance)
             progress.update(task, description=f"writing {target.name}")

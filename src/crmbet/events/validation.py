@@ -31,6 +31,10 @@ logger = logging.getLogger(__name__)
 #: Events stamped further ahead than this are rejected as clock errors.
 MAX_FUTURE_SKEW = timedelta(days=1)
 
+#: Optional input column with each record's 1-based position in its source,
+#: for sources that drop records before validation (unparsable JSON lines).
+SOURCE_ROW_COLUMN = "__source_row"
+
 DEAD_LETTER_SCHEMA: dict[str, pl.DataType] = {
     "row": pl.Int64(),
     "errors": pl.List(pl.String()),
@@ -91,8 +95,9 @@ class ValidationResult:
         for row, messages in self.dead_letters.select("row", "errors").iter_rows():
             for message in messages:
                 name, _, rest = message.partition("=")
-                value, _, tail = rest.partition(" is ")
+                shown, _, tail = rest.partition(" is ")
                 problem, _, fix = tail.partition("; ")
+                value = None if shown == "None" else shown.removeprefix("'").removesuffix("'")
                 errors.append(FieldError(row, name, value, problem, fix))
                 if len(errors) >= limit:
                     return errors
@@ -214,7 +219,10 @@ def normalize(
     mapping = mapping or ColumnMapping()
     frame = _apply_mapping(raw, mapping)
     latest = (now or datetime.now(UTC)) + MAX_FUTURE_SKEW
-    frame = frame.with_row_index("__row", offset=row_offset + 1)
+    if SOURCE_ROW_COLUMN in frame.columns:
+        frame = frame.rename({SOURCE_ROW_COLUMN: "__row"})
+    else:
+        frame = frame.with_row_index("__row", offset=row_offset + 1)
 
     # Parse every field into its canonical dtype; a failed parse becomes null.
     parsed = frame.with_columns(

@@ -20,6 +20,7 @@ Casino Player                 casino_share >= 0.6 and pop < 0.6
 High-Multiplier Chaser        crash_log_cashout >= 1.5 x pop, crash players
 Early Cash-Out                crash_log_cashout <= 0.6 x pop, crash players
 Frequent Player               bets_per_day >= 2.5 x pop
+Recently Active               recency_days <= max(1, 0.2 x pop)
 Casual                        bets_per_day <= pop and avg_stake <= pop
 Regular                       everything else
 ============================  ==============================================
@@ -97,6 +98,10 @@ CAMPAIGNS: dict[str, list[Campaign]] = {
         Campaign("loyalty-tier", "Loyalty tier progress", "in-app", True),
         Campaign("activity-summary", "Weekly activity summary", "email", False),
     ],
+    "Recently Active": [
+        Campaign("personal-picks", "Personal picks for the next session", "in-app", False),
+        Campaign("streak-bonus", "Activity streak bonus", "push", True),
+    ],
     "Casual": [
         Campaign("welcome-back-tips", "Getting-started tips", "email", False),
         Campaign("small-deposit-match", "Small deposit match", "email", True),
@@ -154,6 +159,13 @@ def _crash_cashout(high: bool) -> Callable[[Profile, Profile], float]:
     return test
 
 
+def _recent(segment: Profile, population: Profile) -> float:
+    threshold = max(1.0, 0.2 * _median(population, "recency_days"))
+    value = _median(segment, "recency_days")
+    # A weak trait: it names a segment only when no stronger one is free.
+    return 0.5 if value <= threshold else 0.0
+
+
 def _casual(segment: Profile, population: Profile) -> float:
     low_activity = _median(segment, "bets_per_day") <= _median(population, "bets_per_day")
     low_stakes = _median(segment, "avg_stake") <= _median(population, "avg_stake")
@@ -173,6 +185,7 @@ TRAITS: dict[str, Callable[[Profile, Profile], float]] = {
     "High-Multiplier Chaser": _crash_cashout(high=True),
     "Early Cash-Out": _crash_cashout(high=False),
     "Frequent Player": _ratio_test("bets_per_day", 2.5),
+    "Recently Active": _recent,
 }
 
 _ROMAN = ("", " II", " III", " IV", " V", " VI", " VII", " VIII", " IX", " X", " XI", " XII")

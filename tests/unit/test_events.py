@@ -1,0 +1,281 @@
+"""Canonical events: validation messages, adapters, dead letters, pseudonyms."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import hmac
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import polars as pl
+import pytest
+from pydantic import ValidationError
+
+from crmbet.config import InsecureKeyWarning, Settings
+from crmbet.errors import EventValidationError
+from crmbet.events import (
+    EVENT_SCHEMA,
+    ColumnMapping,
+    Event,
+    Pseudonymizer,
+    bundled_bustabit_path,
+    ingest,
+    iter_events,
+    normalize,
+)
+from crmbet.events.adapters import BUSTABIT_COLUMNS, bustabit_to_raw, detect_format
+
+GOOD_ROW = {
+    "event_id": "e1",
+    "player_id": "alice",
+    "ts": "2024-05-01T21:00:00Z",
+    "event_type": "bet",
+    "amount": "10",
+    "payout": "25",
+    "product": "sports",
+}
+
+
+def _raw(**overrides: object) -> pl.DataFrame:
+    return pl.DataFrame([GOOD_ROW | overrides], infer_schema_length=None)
+
+
+def test_event_model_accepts_valid_bet() -> None:
+    event = Event(**GOOD_ROW)
+    assert event.won
+    assert event.ts.tzinfo is not None
+
+
+def test_event_model_rejects_payout_on_deposit() -> None:
+    with pytest.raises(ValidationError, match="only bets have a payout"):
+        Event(**(GOOD_ROW | {"event_type": "deposit"}))
+
+
+def test_event_model_defaults_bet_product_to_other() -> None:
+    event = Event(**(GOOD_ROW | {"product": None}))
+    assert event.product == "other"
+
+
+def test_normalize_converts_good_row() -> None:
+    result = normalize(_raw())
+    assert result.n_invalid == 0
+    assert result.events.schema == pl.Schema(EVENT_SCHEMA)
+    row = result.events.row(0, named=True)
+    assert row["amount"] == 10.0
+    assert row["payout"] == 25.0
+    assert row["ts"] == datetime(2024, 5, 1, 21, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "problem"),
+    [
+        ("amount", "ten", "not a number"),
+        ("amount", "-5", "negative"),
+        ("amount", None, "missing"),
+        ("payout", "lots", "not a number"),
+        ("event_type", "wager", "not a known event type"),
+        ("ts", "yesterday", "not a timestamp"),
+        ("ts", "2999-01-01T00:00:00Z", "more than 1 day in the future"),
+        ("player_id", "", "missing"),
+        ("event_id", None, "missing"),
+        ("product", "darts", "not a known product"),
+        ("multiplier", "0.5", "below 1"),
+    ],
+)
+def test_normalize_names_row_field_value_and_fix(field: str, value: object, problem: str) -> None:
+    raw = pl.concat([_raw(), _raw(**{field: value, "event_id": "e2"} if field != "event_id"
+                                  else {field: value})], how="diagonal_relaxed")
+    result = normalize(raw)
+    assert result.events.height == 1
+    assert result.n_invalid == 1
+    [error] = [e for e in result.field_errors() if e.field == field]
+    assert error.row == 2
+    assert problem in error.problem
+    assert error.fix
+    with pytest.raises(EventValidationError, match=f"row 2: {field}="):
+        result.raise_if_invalid()
+
+
+def test_dead_letter_keeps_whole_record() -> None:
+    result = normalize(_raw(amount="-1"), source="unit")
+    record = orjson.loads(result.dead_letters["record"][0])
+    assert record["amount"] == "-1"
+    assert record["player_id"] == "alice"
+    assert result.dead_letters["source"][0] == "unit"
+
+
+def test_mapping_renames_columns_and_translates_types() -> None:
+    raw = pl.DataFrame({
+        "txn": ["t1", "t2"], "customer": ["a", "b"], "when": ["2024-01-01T00:00:00Z"] * 2,
+        "kind": ["DEP", "WAGER"], "value": ["100", "5"],
+    })
+    mapping = ColumnMapping(
+        columns={"event_id": "txn", "player_id": "customer", "ts": "when",
+                 "event_type": "kind", "amount": "value"},
+        constants={"product": "casino"},
+        event_type_values={"DEP": "deposit", "WAGER": "bet"},
+    )
+    result = normalize(raw, mapping)
+    assert result.n_invalid == 0
+    assert result.events["event_type"].to_list() == ["deposit", "bet"]
+    assert result.events["product"].to_list() == [None, "casino"]
+
+
+def test_mapping_reports_missing_required_column() -> None:
+    raw = pl.DataFrame({"event_id": ["1"], "player_id": ["a"], "ts": ["2024-01-01"]})
+    with pytest.raises(EventValidationError, match="event_type=.*missing from the input"):
+        normalize(raw)
+
+
+def test_mapping_rejects_unknown_field() -> None:
+    with pytest.raises(ValueError, match="unknown event field"):
+        ColumnMapping(columns={"stake": "Bet"})
+
+
+def test_csv_adapter_sends_bad_rows_to_dead_letters(tmp_path: Path, pseudonymizer) -> None:
+    path = tmp_path / "tx.csv"
+    pl.concat([_raw(), _raw(event_id="e2", amount="abc"), _raw(event_id="e3")],
+              how="diagonal_relaxed").write_csv(path)
+    result = ingest(path, pseudonymizer=pseudonymizer,
+                    dead_letter_path=tmp_path / "dead.jsonl")
+    assert result.events.height == 2
+    assert result.dead_letters["row"].to_list() == [2]
+    written = [orjson.loads(line) for line in (tmp_path / "dead.jsonl").read_bytes().splitlines()]
+    assert "amount='abc' is not a number" in written[0]["errors"][0]
+
+
+def test_csv_adapter_strict_mode_raises(tmp_path: Path, pseudonymizer) -> None:
+    path = tmp_path / "tx.csv"
+    _raw(amount="-3").write_csv(path)
+    with pytest.raises(EventValidationError, match="amount=.*-3.* is negative"):
+        ingest(path, pseudonymizer=pseudonymizer, strict=True)
+
+
+def test_parquet_adapter_reports_bad_types(tmp_path: Path, pseudonymizer) -> None:
+    path = tmp_path / "tx.parquet"
+    pl.DataFrame({
+        "event_id": ["1", "2"], "player_id": ["a", "b"],
+        "ts": [datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 2, tzinfo=UTC)],
+        "event_type": ["deposit", "refund"], "amount": [10.0, 5.0],
+    }).write_parquet(path)
+    result = ingest(path, pseudonymizer=pseudonymizer)
+    assert result.events.height == 1
+    assert "event_type='refund' is not a known event type" in result.dead_letters["errors"][0][0]
+
+
+def test_jsonl_adapter_keeps_going_after_bad_json(tmp_path: Path, pseudonymizer) -> None:
+    path = tmp_path / "tx.jsonl"
+    lines = [orjson.dumps(GOOD_ROW), b"{not json", orjson.dumps(GOOD_ROW | {"event_id": "e9"}),
+             orjson.dumps(GOOD_ROW | {"event_id": "e10", "amount": -1})]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    result = ingest(path, pseudonymizer=pseudonymizer)
+    assert result.events["event_id"].to_list() == ["e1", "e9"]
+    rows = sorted(result.dead_letters["row"].to_list())
+    assert rows == [2, 4]
+    messages = " ".join(m for ms in result.dead_letters["errors"].to_list() for m in ms)
+    assert "not a JSON object" in messages
+    assert "amount='-1' is negative" in messages
+
+
+def test_jsonl_adapter_uses_mapping(tmp_path: Path, pseudonymizer) -> None:
+    path = tmp_path / "tx.ndjson"
+    record = {"id": "x1", "user": "bob", "time": "2024-03-03T03:00:00Z", "type": "bet",
+              "stake": 2.5, "returned": 0}
+    path.write_bytes(orjson.dumps(record) + b"\n")
+    mapping = ColumnMapping(columns={"event_id": "id", "player_id": "user", "ts": "time",
+                                     "event_type": "type", "amount": "stake",
+                                     "payout": "returned"})
+    result = ingest(path, pseudonymizer=pseudonymizer, mapping=mapping)
+    assert result.events["amount"].to_list() == [2.5]
+    assert result.events["player_id"][0] == pseudonymizer.pseudonymize("bob")
+
+
+def test_bustabit_adapter_reads_all_bets(bustabit_events: pl.DataFrame) -> None:
+    events = bustabit_events
+    assert events.height == 50_000
+    assert events["player_id"].n_unique() == 4_147
+    lost = events.filter(pl.col("multiplier").is_null())
+    assert lost.height == 21_266
+    assert (lost["payout"] == 0).all()
+
+
+def test_bustabit_payout_follows_profit_formula() -> None:
+    raw = pl.read_csv(bundled_bustabit_path(), infer_schema=False, null_values=["NA"])
+    won = raw.filter(pl.col("CashedOut").is_not_null())
+    events = normalize(bustabit_to_raw(won)).events
+    profit = won["Profit"].cast(pl.Float64)
+    derived = events["payout"] - events["amount"]
+    # The export rounds Profit, CashedOut and Bonus to two decimals, so the
+    # formula holds within half a unit of each rounding, scaled by the stake.
+    tolerance = 0.005 + events["amount"] * (0.005 + 0.00005)
+    assert ((derived - profit).abs() <= tolerance).all()
+    assert ((derived - profit).abs() <= 0.01).mean() > 0.9
+
+
+def test_bustabit_adapter_reports_bad_row(tmp_path: Path, pseudonymizer) -> None:
+    path = tmp_path / "bets.csv"
+    with gzip.open(bundled_bustabit_path(), "rt") as handle:
+        lines = [next(handle) for _ in range(4)]
+    fields = lines[2].split(",")
+    fields[3] = "lots"
+    lines[2] = ",".join(fields)
+    path.write_text("".join(lines))
+    assert detect_format(path) == "bustabit"
+    result = ingest(path, pseudonymizer=pseudonymizer)
+    assert result.events.height == 2
+    assert result.dead_letters["row"].to_list() == [2]
+    assert "amount='lots' is not a number" in result.dead_letters["errors"][0][0]
+
+
+def test_detect_format_rejects_unknown_suffix(tmp_path: Path) -> None:
+    path = tmp_path / "tx.xlsx"
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match="--format"):
+        detect_format(path)
+
+
+def test_bustabit_header_is_recognised() -> None:
+    with gzip.open(bundled_bustabit_path(), "rt") as handle:
+        assert tuple(handle.readline().strip().split(",")) == BUSTABIT_COLUMNS
+
+
+def test_iter_events_yields_models(bustabit_events: pl.DataFrame) -> None:
+    events = list(iter_events(bustabit_events.head(3)))
+    assert [type(e) for e in events] == [Event] * 3
+
+
+def test_pseudonym_is_hmac_sha256() -> None:
+    expected = hmac.new(b"k", b"alice", hashlib.sha256).hexdigest()[:20]
+    assert Pseudonymizer(b"k").pseudonymize("alice") == "p_" + expected
+    assert Pseudonymizer(b"k2").pseudonymize("alice") != "p_" + expected
+
+
+def test_pseudonymize_column_maps_every_row() -> None:
+    frame = pl.DataFrame({"player_id": ["a", "b", "a"], "n": [1, 2, 3]})
+    out = Pseudonymizer(b"k").pseudonymize_column(frame)
+    assert out["n"].to_list() == [1, 2, 3]
+    assert out["player_id"][0] == out["player_id"][2] != out["player_id"][1]
+    assert "a" not in out["player_id"].to_list()
+
+
+def test_development_key_warns(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, pseudonym_key=None)
+    with pytest.warns(InsecureKeyWarning, match="CRMBET_PSEUDONYM_KEY"):
+        settings.pseudonym_key_bytes()
+
+
+def test_production_profile_requires_key(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, pseudonym_key=None, profile="production")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="CRMBET_PSEUDONYM_KEY is missing"):
+            settings.pseudonym_key_bytes()
+
+
+def test_key_is_not_in_repr(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, pseudonym_key="super-secret-value")
+    assert "super-secret-value" not in repr(settings)
+    assert "super-secret-value" not in repr(Pseudonymizer(b"super-secret-value"))
