@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 #: final k-means on a sample of this size.
 MAX_FIT_ROWS = 500_000
 METRIC_SAMPLE = 10_000
+#: Rows assigned per block, so the intermediate matrices stay in cache.
+ASSIGN_BLOCK_ROWS = 16_384
 
 
 @dataclass
@@ -94,14 +96,18 @@ class SegmentModel:
 
     def scale(self, X: np.ndarray) -> np.ndarray:  # noqa: N803
         """Impute, transform and scale a raw feature matrix (NumPy path)."""
-        X = np.array(X, dtype=np.float64, copy=True)
+        X = np.array(X, dtype=np.float64, copy=True, order="C")
         if X.ndim == 1:
             X = X[None, :]
         missing = np.isnan(X)
         if missing.any():
             X[missing] = np.broadcast_to(self._fill, X.shape)[missing]
-        columns = X[:, self._log_mask]
-        X[:, self._log_mask] = np.sign(columns) * np.log1p(np.abs(columns))
+        for column in np.flatnonzero(self._log_mask):
+            values = X[:, column]
+            if values.size and values.min() >= 0:
+                np.log1p(values, out=values)
+            else:
+                X[:, column] = np.sign(values) * np.log1p(np.abs(values))
         X -= self._mean
         X /= self._scale
         return X
@@ -111,24 +117,45 @@ class SegmentModel:
 
         Confidence is ``1 - d1 / d2`` with ``d1`` and ``d2`` the distances to
         the nearest and second-nearest centroid: 0 on the border between two
-        segments, close to 1 near a centroid.
+        segments, close to 1 near a centroid. Rows are processed in blocks
+        that stay in the CPU cache.
         """
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim == 1:
+            X = X[None, :]
+        n = X.shape[0]
+        labels = np.empty(n, dtype=np.int64)
+        confidence = np.empty(n)
+        nearest = np.empty(n)
+        for start in range(0, n, ASSIGN_BLOCK_ROWS):
+            stop = min(start + ASSIGN_BLOCK_ROWS, n)
+            self._assign_block(X[start:stop], labels[start:stop], confidence[start:stop],
+                               nearest[start:stop])
+        return labels, confidence, nearest
+
+    def _assign_block(self, X: np.ndarray, labels: np.ndarray, confidence: np.ndarray,  # noqa: N803
+                      nearest: np.ndarray) -> None:
         Z = self.scale(X)
-        squared = (Z**2).sum(axis=1)[:, None] - 2.0 * Z @ self._centers.T + self._center_sq
+        squared = Z @ self._centers.T
+        squared *= -2.0
+        squared += self._center_sq
+        squared += np.einsum("ij,ij->i", Z, Z)[:, None]
         np.maximum(squared, 0.0, out=squared)
-        if self.n_segments == 1:
-            labels = np.zeros(Z.shape[0], dtype=np.int64)
-            return labels, np.ones(Z.shape[0]), np.sqrt(squared[:, 0])
-        nearest_two = np.argpartition(squared, 1, axis=1)[:, :2]
         rows = np.arange(Z.shape[0])
-        first = squared[rows, nearest_two[:, 0]]
-        second = squared[rows, nearest_two[:, 1]]
-        swap = second < first
-        labels = np.where(swap, nearest_two[:, 1], nearest_two[:, 0])
-        d1 = np.sqrt(np.where(swap, second, first))
-        d2 = np.sqrt(np.where(swap, first, second))
-        confidence = np.where(d2 > 0, 1.0 - d1 / np.where(d2 > 0, d2, 1.0), 0.0)
-        return labels.astype(np.int64), confidence, d1
+        labels[:] = squared.argmin(axis=1)
+        first = squared[rows, labels]
+        if self.n_segments == 1:
+            confidence[:] = 1.0
+            nearest[:] = np.sqrt(first)
+            return
+        squared[rows, labels] = np.inf
+        second = squared.min(axis=1)
+        d1 = np.sqrt(first)
+        d2 = np.sqrt(second)
+        nearest[:] = d1
+        np.divide(d1, d2, out=confidence, where=d2 > 0)
+        confidence[d2 <= 0] = 1.0
+        np.subtract(1.0, confidence, out=confidence)
 
     def matrix(self, features: pl.DataFrame) -> np.ndarray:
         """Return the model's feature columns of a feature table as a matrix."""

@@ -15,6 +15,7 @@ import logging
 import shutil
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -45,16 +46,26 @@ PIP_REQUIREMENTS = [
 _lock = threading.Lock()
 
 
-def _pyfunc_class() -> type:
-    import mlflow.pyfunc
+def _import_pyfunc() -> Any:
+    # MLflow 3.17 warns about its own type hints while importing pyfunc.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Any type hint is inferred")
+        import mlflow.pyfunc
+    return mlflow.pyfunc
 
-    class SegmentPyfunc(mlflow.pyfunc.PythonModel):
+
+def _pyfunc_class() -> type:
+    mlflow_pyfunc = _import_pyfunc()
+
+    class SegmentPyfunc(mlflow_pyfunc.PythonModel):
         """MLflow pyfunc wrapper: features in, segment id, name and confidence out."""
 
         def load_context(self, context: Any) -> None:
             self.model: SegmentModel = joblib.load(context.artifacts["bundle"])
 
-        def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
+        # Left without type hints on purpose: MLflow 3 infers a data schema
+        # from hints on predict() and warns about Any.
+        def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN202
             import pandas as pd
 
             frame = pd.DataFrame(model_input)
@@ -70,6 +81,16 @@ def _pyfunc_class() -> type:
             )
 
     return SegmentPyfunc
+
+
+def _signature(model: SegmentModel) -> Any:
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    inputs = Schema([ColSpec("double", name, required=False) for name in model.feature_names])
+    outputs = Schema([ColSpec("long", "cluster_id"), ColSpec("string", "segment"),
+                      ColSpec("double", "confidence")])
+    return ModelSignature(inputs=inputs, outputs=outputs)
 
 
 class ModelRegistry:
@@ -90,6 +111,7 @@ class ModelRegistry:
 
     def _mlflow(self) -> Any:
         configure_mlflow_environment(self.settings)
+        _import_pyfunc()
         import mlflow
 
         with _lock:
@@ -150,13 +172,17 @@ class ModelRegistry:
                 mlflow.set_tags({"feature_schema_version": str(model.feature_schema_version),
                                  "state_schema_version": str(model.state_schema_version),
                                  **(tags or {})})
-                info = mlflow.pyfunc.log_model(
-                    name="model",
-                    python_model=_pyfunc_class()(),
-                    artifacts=artifacts,
-                    pip_requirements=PIP_REQUIREMENTS,
-                    registered_model_name=self.model_name,
-                )
+                with warnings.catch_warnings():
+                    # The explicit signature replaces MLflow's type-hint inference.
+                    warnings.filterwarnings("ignore", message=".*type hints to the `predict`")
+                    info = mlflow.pyfunc.log_model(
+                        name="model",
+                        python_model=_pyfunc_class()(),
+                        artifacts=artifacts,
+                        pip_requirements=PIP_REQUIREMENTS,
+                        registered_model_name=self.model_name,
+                        signature=_signature(model),
+                    )
                 run_id = run.info.run_id
         version = str(info.registered_model_version)
         client = self.client

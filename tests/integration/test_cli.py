@@ -1,0 +1,77 @@
+"""The crmbet command, run in-process with Typer's runner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from crmbet.cli import app
+from crmbet.config import Settings
+
+pytestmark = pytest.mark.integration
+runner = CliRunner()
+
+
+def test_features_list_shows_every_feature() -> None:
+    result = runner.invoke(app, ["features", "list"])
+    assert result.exit_code == 0, result.output
+    assert "registered features" in result.output
+    assert "loss_chasing_rate" in result.output
+
+
+def test_features_lineage_prints_json() -> None:
+    result = runner.invoke(app, ["features", "lineage", "win_rate"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["state_fields"] == ["n_wins", "n_bets"]
+
+
+def test_features_lineage_unknown_name_fails() -> None:
+    result = runner.invoke(app, ["features", "lineage", "nope"])
+    assert result.exit_code == 2
+
+
+def test_train_rejects_bad_k(settings: Settings, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["train", "--input", str(tmp_path), "--k", "many"])
+    assert result.exit_code != 0
+    assert "--k" in result.output
+
+
+def test_demo_generate_train_predict_segments_report(settings: Settings, tmp_path: Path
+                                                     ) -> None:
+    demo = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo.html")])
+    assert demo.exit_code == 0, demo.output
+    assert "Night Owl" in demo.output
+    assert (tmp_path / "demo.html").stat().st_size > 10_000
+
+    data = tmp_path / "synthetic.parquet"
+    generated = runner.invoke(app, ["generate", "--players", "600", "--days", "14",
+                                    "--seed", "3", "--out", str(data)])
+    assert generated.exit_code == 0, generated.output
+    trained = runner.invoke(app, ["train", "--input", str(data), "--k", "5"])
+    assert trained.exit_code == 0, trained.output
+    assert "adjusted Rand index" in trained.output
+    assert "model version 2" in trained.output
+
+    segments = runner.invoke(app, ["segments", "--model", "2"])
+    assert segments.exit_code == 0, segments.output
+    assert "version 2" in segments.output
+
+    predicted = runner.invoke(app, ["predict", "--player", "player-000001", "--model", "2"])
+    assert predicted.exit_code == 0, predicted.output
+    body = json.loads(predicted.output)
+    assert body["feature_source"] == "online store"
+    assert body["model_version"] == "2"
+
+    out = tmp_path / "predictions.csv"
+    batch = runner.invoke(app, ["predict", "--input", str(data), "--out", str(out)])
+    assert batch.exit_code == 0, batch.output
+    assert out.read_text().count("\n") == 601
+
+    report = runner.invoke(app, ["report", "--out", str(tmp_path / "r.html")])
+    assert report.exit_code == 0, report.output
+    html = (tmp_path / "r.html").read_text()
+    assert html.count("data:image/png;base64") == 3

@@ -1,0 +1,103 @@
+"""The main job on the real bustabit bets, through the MLflow registry."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from crmbet.config import Settings
+from crmbet.models.registry import CHAMPION, ModelRegistry
+from crmbet.serving.predictor import SegmentPredictor
+from crmbet.training import TrainingResult, train_from_events
+
+pytestmark = pytest.mark.integration
+
+# Checked by hand on the bundled file with the test key and seed 0: the eight
+# segments below, whose traits were confirmed against independent group-bys
+# (see the two tests after this one).
+EXPECTED_SEGMENTS = [
+    ("High Roller", 724),
+    ("Recently Active", 642),
+    ("Frequent Player", 637),
+    ("Early Cash-Out", 599),
+    ("Weekend Warrior", 472),
+    ("Night Owl", 427),
+    ("Regular", 406),
+    ("High-Multiplier Chaser", 240),
+]
+
+
+@pytest.fixture(scope="module")
+def trained(bustabit_events: pl.DataFrame, tmp_path_factory: pytest.TempPathFactory
+            ) -> tuple[TrainingResult, Settings]:
+    settings = Settings(home=tmp_path_factory.mktemp("home"))
+    return train_from_events(bustabit_events, settings=settings, seed=0), settings
+
+
+def test_bustabit_segments_match_hand_check(trained: tuple[TrainingResult, Settings]) -> None:
+    result, _ = trained
+    found = [(p.name, p.size) for p in result.model.profiles]
+    assert found == EXPECTED_SEGMENTS
+    assert sum(size for _, size in found) == 4_147
+
+
+def test_night_owls_bet_at_night(trained: tuple[TrainingResult, Settings]) -> None:
+    result, _ = trained
+    features = result.features.with_columns(pl.Series("segment", result.labels))
+    night = next(p.cluster_id for p in result.model.profiles if p.name == "Night Owl")
+    owls = features.filter(pl.col("segment") == night)
+    assert (owls["late_night_share"] >= 0.5).mean() > 0.9
+    all_night = features.filter(pl.col("late_night_share") == 1.0)
+    assert all_night.height == 368
+    assert (all_night["segment"] == night).mean() > 0.85
+
+
+def test_weekend_warriors_bet_at_weekends(trained: tuple[TrainingResult, Settings]) -> None:
+    result, _ = trained
+    features = result.features.with_columns(pl.Series("segment", result.labels))
+    weekend = next(p.cluster_id for p in result.model.profiles if p.name == "Weekend Warrior")
+    members = features.filter(pl.col("segment") == weekend)
+    assert (members["weekend_share"] >= 0.5).mean() > 0.9
+
+
+def test_first_version_is_champion(trained: tuple[TrainingResult, Settings]) -> None:
+    result, settings = trained
+    registry = ModelRegistry(settings)
+    assert result.version == "1"
+    assert registry.alias_version(CHAMPION) == "1"
+    [row] = registry.versions()
+    assert row["aliases"] == [CHAMPION]
+    assert row["metrics"]["onnx_label_mismatches"] == 0.0
+    assert row["metrics"]["k"] == 8.0
+
+
+def test_registered_bundle_predicts_like_trained(trained: tuple[TrainingResult, Settings]
+                                                 ) -> None:
+    result, settings = trained
+    registry = ModelRegistry(settings)
+    loaded = registry.load(CHAMPION)
+    assert loaded.version == "1"
+    matrix = result.model.matrix(result.features)
+    assert np.array_equal(loaded.assign(matrix)[0], result.labels)
+    onnx = registry.load_onnx("1")
+    assert onnx == result.onnx_bytes
+
+
+def test_second_version_keeps_champion(trained: tuple[TrainingResult, Settings],
+                                       bustabit_events: pl.DataFrame) -> None:
+    _, settings = trained
+    second = train_from_events(bustabit_events.head(20_000), settings=settings, k=4)
+    registry = ModelRegistry(settings)
+    assert second.version == "2"
+    assert registry.alias_version(CHAMPION) == "1"
+    assert SegmentPredictor.from_registry(registry, "2").version == "2"
+
+
+def test_predict_every_player(trained: tuple[TrainingResult, Settings]) -> None:
+    result, _ = trained
+    batch = SegmentPredictor(result.model).predict_batch(result.features)
+    table = batch.to_polars()
+    assert table.height == 4_147
+    assert table["segment"].n_unique() == 8
+    assert (table["confidence"].is_between(0, 1)).all()
