@@ -280,15 +280,15 @@ def features_list() -> None:
     """List every registered feature."""
     from crmbet.features.definitions import FEATURES, SEGMENTATION_FEATURES
 
-    table = Table(title=f"{len(FEATURES)} registered features")
-    for column in ("name", "version", "dtype", "group", "segmentation", "state fields",
-                   "description"):
+    table = Table(title=f"{len(FEATURES)} registered features (state fields: "
+                        "crmbet features lineage NAME)")
+    table.add_column("name", no_wrap=True)
+    for column in ("v", "dtype", "group", "seg", "description"):
         table.add_column(column, overflow="fold")
     for feature in FEATURES.values():
-        inputs = ", ".join(feature.inputs)
         table.add_row(feature.name, str(feature.version), feature.dtype, feature.group,
                       "yes" if feature.name in SEGMENTATION_FEATURES else "",
-                      inputs if len(inputs) < 60 else inputs[:57] + "...", feature.description)
+                      feature.description)
     console.print(table)
 
 

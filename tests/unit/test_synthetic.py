@@ -122,7 +122,7 @@ def test_rows_sorted_by_ts_then_event_id(events: pl.DataFrame) -> None:
     assert events.equals(events.sort("ts", "event_id"))
 
 
-def test_value_sets(events: pl.DataFrame) -> None:
+def test_categorical_values_are_known(events: pl.DataFrame) -> None:
     assert set(events["event_type"].unique()) == set(EVENT_TYPES)
     assert set(events["product"].drop_nulls().unique()) == set(PRODUCTS)
     assert set(events["channel"].unique()) == {"web", "mobile", "retail"}

@@ -16,6 +16,8 @@ import shutil
 import tempfile
 import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +48,25 @@ PIP_REQUIREMENTS = [
 _lock = threading.Lock()
 
 
-def _import_pyfunc() -> Any:
-    # MLflow 3.17 warns about its own type hints while importing pyfunc.
+#: Advice MLflow 3.17 prints as UserWarning while importing pyfunc and
+#: logging a model; the bundle passes an explicit signature instead.
+_MLFLOW_ADVICE = (
+    ".*Any type hint is inferred",
+    ".*type hints to the `predict`",
+    ".*input example was not provided",
+)
+
+
+@contextmanager
+def _quiet_mlflow() -> Iterator[None]:
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*Any type hint is inferred")
+        for message in _MLFLOW_ADVICE:
+            warnings.filterwarnings("ignore", message=message)
+        yield
+
+
+def _import_pyfunc() -> Any:
+    with _quiet_mlflow():
         import mlflow.pyfunc
     return mlflow.pyfunc
 
@@ -172,9 +189,7 @@ class ModelRegistry:
                 mlflow.set_tags({"feature_schema_version": str(model.feature_schema_version),
                                  "state_schema_version": str(model.state_schema_version),
                                  **(tags or {})})
-                with warnings.catch_warnings():
-                    # The explicit signature replaces MLflow's type-hint inference.
-                    warnings.filterwarnings("ignore", message=".*type hints to the `predict`")
+                with _quiet_mlflow():
                     info = mlflow.pyfunc.log_model(
                         name="model",
                         python_model=_pyfunc_class()(),
