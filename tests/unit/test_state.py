@@ -68,6 +68,17 @@ def test_fold_counts_and_sums_by_hand() -> None:
     assert b["cashout_log_sum"] == pytest.approx(np.log(2.0))
 
 
+def test_fold_reads_bets_in_time_order_whatever_the_input_order() -> None:
+    rows = [_bet(1, "a", 0, 10, 0), _bet(2, "a", 10, 20, 0), _bet(3, "a", 20, 30, 0),
+            _bet(4, "a", 25, 5, 0)]
+    expected = fold(_events(rows)).row(0, named=True)
+    reversed_state = fold(_events(rows[::-1])).row(0, named=True)
+    assert expected["n_chases"] == 2
+    assert reversed_state == expected
+    assert expected["first_bet_stake"] == 10
+    assert expected["last_bet_stake"] == 5
+
+
 def test_fold_decayed_sum_by_hand() -> None:
     events = _events([_bet(1, "a", 0, 10, 0), _bet(2, "a", 60 * 24 * 7, 10, 0)])
     state = fold(events).row(0, named=True)
