@@ -51,6 +51,7 @@ from sklearn.metrics import (
 from crmbet.config import Settings, get_settings
 from crmbet.models.bundle import SegmentModel
 from crmbet.models.registry import CHALLENGER, CHAMPION, ModelRegistry
+from crmbet.monitoring import lifecycle_metrics
 from crmbet.monitoring.drift import population_stability_index
 from crmbet.training import TrainingResult, train_from_events
 
@@ -336,6 +337,7 @@ def retrain(
         registry.set_alias(CHAMPION, version)
         registry.delete_alias(CHALLENGER)
     _record(registry, version, comparison, promoted, reason)
+    lifecycle_metrics.RETRAINS.labels("promoted" if promoted else "kept_as_challenger").inc()
     logger.info("retrained version %s against champion %s: %s (%s)", version,
                 champion_version or "none", "promoted" if promoted else "not promoted",
                 reason)
