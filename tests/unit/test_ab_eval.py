@@ -48,18 +48,27 @@ def test_sample_size_achieves_power():
     rng = np.random.default_rng(0)
     control = rng.binomial(n, 0.10, 2000)
     treatment = rng.binomial(n, 0.13, 2000)
-    hits = [two_proportion_z_test(a, n, b, n).p_value < 0.05
-            for a, b in zip(control, treatment, strict=True)]
+    hits = [
+        two_proportion_z_test(a, n, b, n).p_value < 0.05
+        for a, b in zip(control, treatment, strict=True)
+    ]
     assert np.mean(hits) == pytest.approx(0.8, abs=0.04)
 
 
-def _simulate(evaluator: ABEvaluator, players: int, rate_a: float, rate_b: float) -> None:
+def _simulate(
+    evaluator: ABEvaluator, players: int, rate_a: float, rate_b: float
+) -> None:
     rng = np.random.default_rng(1)
     for i in range(players):
         variant = "champion" if i % 2 == 0 else "challenger"
         rate = rate_a if variant == "champion" else rate_b
-        evaluator.record_event({"variant": variant, "player_id": f"p{i}",
-                                "converted": bool(rng.random() < rate)})
+        evaluator.record_event(
+            {
+                "variant": variant,
+                "player_id": f"p{i}",
+                "converted": bool(rng.random() < rate),
+            }
+        )
 
 
 def test_better_variant_detected():

@@ -23,19 +23,24 @@ class FixedStats:
         return self.stats
 
 
-def _variant(requests=1000, errors=0, latency=10.0, flagged=50, mix=(400, 300, 300),
-             version="1") -> VariantStats:
+def _variant(
+    requests=1000, errors=0, latency=10.0, flagged=50, mix=(400, 300, 300), version="1"
+) -> VariantStats:
     rng = np.random.default_rng(0)
     return VariantStats(
-        requests=requests, errors=errors,
+        requests=requests,
+        errors=errors,
         latencies_ms=tuple(rng.normal(latency, latency / 10, 500)),
         segment_counts={f"s{i}": count for i, count in enumerate(mix)},
-        rg_flagged=flagged, model_version=version,
+        rg_flagged=flagged,
+        model_version=version,
     )
 
 
 def _decide(champion: VariantStats, challenger: VariantStats, **options):
-    guard = CanaryGuard(FixedStats(champion, challenger), lambda decision: None, **options)
+    guard = CanaryGuard(
+        FixedStats(champion, challenger), lambda decision: None, **options
+    )
     return guard.evaluate()
 
 
@@ -81,8 +86,9 @@ def test_collapsed_segments_rollback():
 
 
 def test_relabelled_segments_pass():
-    assert sorted_share_psi({"a": 400, "b": 300, "c": 300},
-                            {"x": 300, "y": 400, "z": 300}) == pytest.approx(0.0)
+    assert sorted_share_psi(
+        {"a": 400, "b": 300, "c": 300}, {"x": 300, "y": 400, "z": 300}
+    ) == pytest.approx(0.0)
 
 
 def test_rg_share_drop_rollback():
@@ -92,14 +98,18 @@ def test_rg_share_drop_rollback():
 
 def test_auto_promote_needs_action():
     with pytest.raises(ValueError, match="promote_action"):
-        CanaryGuard(FixedStats(_variant(), _variant()), lambda d: None, auto_promote=True)
+        CanaryGuard(
+            FixedStats(_variant(), _variant()), lambda d: None, auto_promote=True
+        )
 
 
 async def test_clean_canary_promotes_when_enabled():
     promoted = []
     guard = CanaryGuard(
         FixedStats(_variant(requests=3000), _variant(requests=3000, version="2")),
-        lambda decision: None, promote_action=promoted.append, auto_promote=True,
+        lambda decision: None,
+        promote_action=promoted.append,
+        auto_promote=True,
         thresholds=CanaryThresholds(promote_after_samples=2000),
     )
     decision = await guard.check()
@@ -119,13 +129,19 @@ async def test_clean_canary_waits_without_auto_promote():
 
 async def test_rollback_counts_metric():
     def value() -> float:
-        return REGISTRY.get_sample_value("canary_rollbacks_total",
-                                         {"metric": "error_rate"}) or 0.0
+        return (
+            REGISTRY.get_sample_value(
+                "canary_rollbacks_total", {"metric": "error_rate"}
+            )
+            or 0.0
+        )
 
     before = value()
     rolled_back = []
-    guard = CanaryGuard(FixedStats(_variant(errors=5), _variant(errors=80, version="2")),
-                        rolled_back.append)
+    guard = CanaryGuard(
+        FixedStats(_variant(errors=5), _variant(errors=80, version="2")),
+        rolled_back.append,
+    )
     await guard.check()
     assert guard.state == "rolled_back"
     assert len(rolled_back) == 1

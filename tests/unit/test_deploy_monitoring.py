@@ -24,25 +24,37 @@ needs_promtool = pytest.mark.skipif(
 
 @needs_promtool
 def test_alert_rules_valid():
-    result = subprocess.run([promtool, "check", "rules", str(RULES)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [promtool, "check", "rules", str(RULES)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS: 7 rules found" in result.stdout
 
 
 @needs_promtool
 def test_alert_rules_fire():
-    result = subprocess.run([promtool, "test", "rules", RULE_TESTS.name],
-                            capture_output=True, text=True, timeout=60,
-                            cwd=RULE_TESTS.parent)
+    result = subprocess.run(
+        [promtool, "test", "rules", RULE_TESTS.name],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=RULE_TESTS.parent,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_rules_cover_required_alerts():
     text = RULES.read_text()
-    for metric in ("crmbet_prediction_latency_seconds_bucket",
-                   "crmbet_prediction_errors_total", "crmbet_feature_drift_share",
-                   "crmbet_consumer_lag", "canary_rollbacks_total"):
+    for metric in (
+        "crmbet_prediction_latency_seconds_bucket",
+        "crmbet_prediction_errors_total",
+        "crmbet_feature_drift_share",
+        "crmbet_consumer_lag",
+        "canary_rollbacks_total",
+    ):
         assert metric in text, metric
 
 
@@ -52,9 +64,13 @@ def test_dashboard_panels_query_prometheus():
     assert len({panel["id"] for panel in panels}) == len(panels)
     expressions = [t["expr"] for panel in panels for t in panel["targets"]]
     joined = " ".join(expressions)
-    for metric in ("canary_rollbacks_total", "crmbet_feature_drift_psi",
-                   "crmbet_consumer_lag", "crmbet_prediction_latency_seconds_bucket",
-                   "crmbet_health_score"):
+    for metric in (
+        "canary_rollbacks_total",
+        "crmbet_feature_drift_psi",
+        "crmbet_consumer_lag",
+        "crmbet_prediction_latency_seconds_bucket",
+        "crmbet_health_score",
+    ):
         assert metric in joined, metric
     for expression in expressions:
         assert expression.count("(") == expression.count(")"), expression
@@ -65,10 +81,13 @@ def test_dashboard_metrics_exported():
 
     from crmbet.monitoring import lifecycle_metrics  # noqa: F401
 
-    exported = {sample.name for family in REGISTRY.collect() for sample in family.samples}
+    exported = {
+        sample.name for family in REGISTRY.collect() for sample in family.samples
+    }
     exported |= {family.name for family in REGISTRY.collect()}
     text = DASHBOARD.read_text()
-    for name in set(re.findall(r"(canary_\w+|crmbet_(?:feature|canary|health|retrains)\w*)",
-                               text)):
+    for name in set(
+        re.findall(r"(canary_\w+|crmbet_(?:feature|canary|health|retrains)\w*)", text)
+    ):
         base = name.removesuffix("_total")
         assert name in exported or base in exported, name

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import polars as pl
 import pytest
+from scipy import stats
 
 from crmbet.features.definitions import compute_features
 from crmbet.features.state import fold
@@ -14,6 +15,7 @@ from crmbet.monitoring.drift import (
     DriftInputError,
     DriftThresholds,
     detect_drift,
+    ks_wasserstein,
     population_stability_index,
 )
 
@@ -21,15 +23,20 @@ N = 20_000
 
 
 def _table(rng: np.random.Generator, stake_mean: float = 10.0) -> pl.DataFrame:
-    return pl.DataFrame({
-        "player_id": [f"p{i}" for i in range(N)],
-        "avg_stake": rng.lognormal(np.log(stake_mean), 0.8, N),
-        "win_rate": rng.beta(5, 5, N),
-        "bets_per_day": rng.gamma(2.0, 3.0, N),
-        "segment": rng.choice(["casual", "regular", "high roller"], N, p=[0.6, 0.3, 0.1]),
-        "jurisdiction": ["MT"] * N,
-        "bonus_share": [None] * N,
-    }, schema_overrides={"bonus_share": pl.Float64})
+    return pl.DataFrame(
+        {
+            "player_id": [f"p{i}" for i in range(N)],
+            "avg_stake": rng.lognormal(np.log(stake_mean), 0.8, N),
+            "win_rate": rng.beta(5, 5, N),
+            "bets_per_day": rng.gamma(2.0, 3.0, N),
+            "segment": rng.choice(
+                ["casual", "regular", "high roller"], N, p=[0.6, 0.3, 0.1]
+            ),
+            "jurisdiction": ["MT"] * N,
+            "bonus_share": [None] * N,
+        },
+        schema_overrides={"bonus_share": pl.Float64},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +95,12 @@ def test_missing_column_reported():
 
 def test_categorical_shift_flagged():
     rng = np.random.default_rng(3)
-    reference = pl.DataFrame({"segment": rng.choice(["a", "b", "c"], 5000, p=[0.6, 0.3, 0.1])})
-    current = pl.DataFrame({"segment": rng.choice(["a", "b", "c"], 5000, p=[0.2, 0.3, 0.5])})
+    reference = pl.DataFrame(
+        {"segment": rng.choice(["a", "b", "c"], 5000, p=[0.6, 0.3, 0.1])}
+    )
+    current = pl.DataFrame(
+        {"segment": rng.choice(["a", "b", "c"], 5000, p=[0.2, 0.3, 0.5])}
+    )
     item = detect_drift(reference, current).feature("segment")
     assert item.status == "drift"
     assert item.test == "chi_squared"
@@ -136,3 +147,15 @@ def test_bustabit_stake_shift_flagged(bustabit_halves):
     shifted = current.with_columns(pl.col("avg_stake") * 3.0)
     report = detect_drift(reference, shifted)
     assert report.drifted_features == ["avg_stake"]
+
+
+@pytest.mark.parametrize("size", [500, 30_000])
+def test_ks_wasserstein_match_scipy(size):
+    rng = np.random.default_rng(size)
+    reference = np.sort(rng.lognormal(0.0, 1.0, size))
+    current = np.sort(np.round(rng.lognormal(0.1, 1.0, size + 7), 2))
+    statistic, p_value, distance = ks_wasserstein(reference, current)
+    expected = stats.ks_2samp(reference, current)
+    assert statistic == pytest.approx(expected.statistic)
+    assert p_value == pytest.approx(expected.pvalue, rel=1e-6, abs=1e-300)
+    assert distance == pytest.approx(stats.wasserstein_distance(reference, current))

@@ -1,18 +1,19 @@
 """A/B evaluation of campaign outcomes per model variant.
 
-Outcome events say, per player, which variant served them and whether they
-converted (took up the campaign, deposited, returned). :class:`ABEvaluator`
-counts each player once per variant (the first exposure, with conversion if
-any event of that player converted), and :func:`evaluate` compares two
-variants with a two-sided two-proportion z-test (pooled variance).
+Each outcome event records which variant served a player and whether the
+player converted (took up the campaign, deposited, returned).
+:class:`ABEvaluator` counts each player once, in the variant of their first
+outcome, as converted when any of their outcomes converted, and
+:meth:`ABEvaluator.evaluate` compares two variants with a two-sided
+two-proportion z-test (pooled variance).
 
 A result is only called significant when each variant also has the minimum
 sample size of :func:`minimum_sample_size`: the players per variant needed
 to detect ``minimum_detectable_effect`` (an absolute difference in
 conversion rate) at significance ``alpha`` with probability ``power``:
 
-    n = (z_{1-alpha/2} * sqrt(2 p (1 - p)) + z_{power} * sqrt(p1 (1 - p1) + p2 (1 - p2)))^2
-        / (p2 - p1)^2
+    n = (z_{1-alpha/2} * sqrt(2 p (1 - p))
+         + z_{power} * sqrt(p1 (1 - p1) + p2 (1 - p2)))^2 / (p2 - p1)^2
 
 with ``p1`` the baseline rate, ``p2 = p1 + effect`` and ``p`` their mean.
 Checking the p-value before that size is reached ("peeking") inflates
@@ -58,7 +59,10 @@ class ProportionTest:
 
 
 def two_proportion_z_test(
-    successes_a: int, trials_a: int, successes_b: int, trials_b: int,
+    successes_a: int,
+    trials_a: int,
+    successes_b: int,
+    trials_b: int,
     alternative: Literal["two-sided", "greater"] = "two-sided",
 ) -> ProportionTest:
     """Test whether the rate of ``b`` differs from (or exceeds) the rate of ``a``.
@@ -72,8 +76,12 @@ def two_proportion_z_test(
     >>> round(two_proportion_z_test(100, 1000, 150, 1000).p_value, 4)
     0.0007
     """
-    for name, value in (("successes_a", successes_a), ("trials_a", trials_a),
-                        ("successes_b", successes_b), ("trials_b", trials_b)):
+    for name, value in (
+        ("successes_a", successes_a),
+        ("trials_a", trials_a),
+        ("successes_b", successes_b),
+        ("trials_b", trials_b),
+    ):
         if value < 0:
             raise ValueError(f"{name}={value} must not be negative")
     if successes_a > trials_a or successes_b > trials_b:
@@ -98,8 +106,10 @@ def two_proportion_z_test(
 
 
 def minimum_sample_size(
-    baseline_rate: float, minimum_detectable_effect: float,
-    alpha: float = 0.05, power: float = 0.8,
+    baseline_rate: float,
+    minimum_detectable_effect: float,
+    alpha: float = 0.05,
+    power: float = 0.8,
 ) -> int:
     """Return the players needed per variant for a two-sided two-proportion test."""
     if not 0.0 < baseline_rate < 1.0:
@@ -107,7 +117,8 @@ def minimum_sample_size(
     target = baseline_rate + minimum_detectable_effect
     if minimum_detectable_effect == 0.0 or not 0.0 < target < 1.0:
         raise ValueError(
-            f"minimum_detectable_effect={minimum_detectable_effect} must be non-zero and "
+            f"minimum_detectable_effect={minimum_detectable_effect} must be non-zero "
+            "and "
             f"keep baseline_rate + effect inside (0, 1)"
         )
     if not 0.0 < alpha < 1.0 or not 0.0 < power < 1.0:
@@ -117,7 +128,8 @@ def minimum_sample_size(
     mean = (baseline_rate + target) / 2.0
     numerator = (
         z_alpha * math.sqrt(2.0 * mean * (1.0 - mean))
-        + z_power * math.sqrt(baseline_rate * (1.0 - baseline_rate) + target * (1.0 - target))
+        + z_power
+        * math.sqrt(baseline_rate * (1.0 - baseline_rate) + target * (1.0 - target))
     ) ** 2
     return math.ceil(numerator / minimum_detectable_effect**2)
 
@@ -160,12 +172,17 @@ class ABEvaluator:
     """
 
     def __init__(
-        self, *, baseline_rate: float = 0.10, minimum_detectable_effect: float = 0.02,
-        alpha: float = 0.05, power: float = 0.8,
+        self,
+        *,
+        baseline_rate: float = 0.10,
+        minimum_detectable_effect: float = 0.02,
+        alpha: float = 0.05,
+        power: float = 0.8,
     ) -> None:
         self.alpha = alpha
-        self.required = minimum_sample_size(baseline_rate, minimum_detectable_effect,
-                                            alpha, power)
+        self.required = minimum_sample_size(
+            baseline_rate, minimum_detectable_effect, alpha, power
+        )
         self._variant: dict[str, str] = {}
         self._converted: dict[str, bool] = {}
 
@@ -173,14 +190,23 @@ class ABEvaluator:
         """Record one outcome; a player stays in the variant of their first exposure."""
         assigned = self._variant.setdefault(player_id, variant)
         if assigned != variant:
-            logger.debug("player %s seen in %s after %s; kept in %s", player_id, variant,
-                         assigned, assigned)
+            logger.debug(
+                "player %s seen in %s after %s; kept in %s",
+                player_id,
+                variant,
+                assigned,
+                assigned,
+            )
             return
-        self._converted[player_id] = self._converted.get(player_id, False) or bool(converted)
+        self._converted[player_id] = self._converted.get(player_id, False) or bool(
+            converted
+        )
 
     def record_event(self, event: Mapping[str, object]) -> None:
         """Record an outcome event with ``variant``, ``player_id`` and ``converted``."""
-        missing = [key for key in ("variant", "player_id", "converted") if key not in event]
+        missing = [
+            key for key in ("variant", "player_id", "converted") if key not in event
+        ]
         if missing:
             raise OutcomeError(
                 f"outcome event lacks {missing}; send variant, player_id and converted "
@@ -188,7 +214,9 @@ class ABEvaluator:
             )
         converted = event["converted"]
         if not isinstance(converted, bool | int) or converted not in (0, 1):
-            raise OutcomeError(f"converted={converted!r} is invalid; send true or false")
+            raise OutcomeError(
+                f"converted={converted!r} is invalid; send true or false"
+            )
         self.record(str(event["variant"]), str(event["player_id"]), bool(converted))
 
     def record_events(self, events: Iterable[Mapping[str, object]]) -> None:
@@ -198,8 +226,9 @@ class ABEvaluator:
 
     def record_frame(self, frame: pl.DataFrame) -> None:
         """Record a table with columns ``variant``, ``player_id`` and ``converted``."""
-        self.record_events(frame.select("variant", "player_id", "converted").iter_rows(
-            named=True))
+        self.record_events(
+            frame.select("variant", "player_id", "converted").iter_rows(named=True)
+        )
 
     def counts(self) -> dict[str, tuple[int, int]]:
         """Return players and conversions per variant."""
@@ -210,13 +239,19 @@ class ABEvaluator:
             row[1] += int(self._converted.get(player, False))
         return {variant: (row[0], row[1]) for variant, row in totals.items()}
 
-    def evaluate(self, control: str = "champion", treatment: str = "challenger") -> ABResult:
+    def evaluate(
+        self, control: str = "champion", treatment: str = "challenger"
+    ) -> ABResult:
         """Compare ``treatment`` with ``control``."""
         counts = self.counts()
         control_players, control_conversions = counts.get(control, (0, 0))
         treatment_players, treatment_conversions = counts.get(treatment, (0, 0))
-        test = two_proportion_z_test(control_conversions, control_players,
-                                     treatment_conversions, treatment_players)
+        test = two_proportion_z_test(
+            control_conversions,
+            control_players,
+            treatment_conversions,
+            treatment_players,
+        )
         verdict: Verdict
         if min(control_players, treatment_players) < self.required:
             verdict = "insufficient_samples"
@@ -225,10 +260,18 @@ class ABEvaluator:
         else:
             verdict = "better" if test.difference > 0 else "worse"
         return ABResult(
-            control=control, treatment=treatment, control_players=control_players,
-            treatment_players=treatment_players, control_conversions=control_conversions,
-            treatment_conversions=treatment_conversions, control_rate=test.rate_a,
-            treatment_rate=test.rate_b, difference=test.difference, z=test.z,
-            p_value=test.p_value, alpha=self.alpha, minimum_sample_size=self.required,
+            control=control,
+            treatment=treatment,
+            control_players=control_players,
+            treatment_players=treatment_players,
+            control_conversions=control_conversions,
+            treatment_conversions=treatment_conversions,
+            control_rate=test.rate_a,
+            treatment_rate=test.rate_b,
+            difference=test.difference,
+            z=test.z,
+            p_value=test.p_value,
+            alpha=self.alpha,
+            minimum_sample_size=self.required,
             verdict=verdict,
         )

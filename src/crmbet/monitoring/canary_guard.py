@@ -1,10 +1,10 @@
 """Canary guard: roll a worse challenger back without waiting for a person.
 
 While a canary runs, :class:`CanaryGuard` reads per-variant statistics from
-any object with a ``variant_stats()`` method (:class:`CanaryStatsSource`),
-compares the challenger with the champion and, when the challenger is worse
-beyond a threshold, calls the rollback action, records why on the
-challenger's model version in the registry, logs it and increments
+any object with a ``variant_stats()`` method (:class:`CanaryStatsSource`)
+and compares the challenger with the champion. When the challenger is worse
+beyond a threshold, the guard calls the rollback action, records the reason
+on the challenger's model version in the registry, logs it and increments
 ``canary_rollbacks_total``. Promotion after a clean canary happens only when
 ``auto_promote`` is set.
 
@@ -148,7 +148,7 @@ class CanaryCheck:
 
 @dataclass(frozen=True)
 class CanaryDecision:
-    """What the guard decided at one evaluation, and why."""
+    """Decision of one evaluation, with its reason and the checks behind it."""
 
     action: Action
     reason: str
@@ -194,47 +194,70 @@ def compare_variants(
 ) -> list[CanaryCheck]:
     """Run every check of the module docstring on two variants."""
     checks = []
-    test = two_proportion_z_test(champion.errors, champion.requests, challenger.errors,
-                                 challenger.requests, alternative="greater")
+    test = two_proportion_z_test(
+        champion.errors,
+        champion.requests,
+        challenger.errors,
+        challenger.requests,
+        alternative="greater",
+    )
     increase = challenger.error_rate - champion.error_rate
-    checks.append(CanaryCheck(
-        metric="error_rate", champion_value=champion.error_rate,
-        challenger_value=challenger.error_rate,
-        threshold=thresholds.max_error_rate_increase,
-        failed=increase > thresholds.max_error_rate_increase
-        and test.p_value < thresholds.error_rate_p_value,
-        detail=f"increase {increase:+.4f}, one-sided p={test.p_value:.3g}",
-    ))
+    checks.append(
+        CanaryCheck(
+            metric="error_rate",
+            champion_value=champion.error_rate,
+            challenger_value=challenger.error_rate,
+            threshold=thresholds.max_error_rate_increase,
+            failed=increase > thresholds.max_error_rate_increase
+            and test.p_value < thresholds.error_rate_p_value,
+            detail=f"increase {increase:+.4f}, one-sided p={test.p_value:.3g}",
+        )
+    )
 
     base, new = champion.latency_p95_ms, challenger.latency_p95_ms
-    slow = (base is not None and new is not None
-            and new > base * thresholds.max_latency_p95_ratio
-            and new - base >= thresholds.min_latency_p95_increase_ms)
-    checks.append(CanaryCheck(
-        metric="latency_p95_ms", champion_value=base, challenger_value=new,
-        threshold=thresholds.max_latency_p95_ratio, failed=bool(slow),
-        detail=f"ratio limit {thresholds.max_latency_p95_ratio}, absolute floor "
-               f"{thresholds.min_latency_p95_increase_ms} ms",
-    ))
+    slow = (
+        base is not None
+        and new is not None
+        and new > base * thresholds.max_latency_p95_ratio
+        and new - base >= thresholds.min_latency_p95_increase_ms
+    )
+    checks.append(
+        CanaryCheck(
+            metric="latency_p95_ms",
+            champion_value=base,
+            challenger_value=new,
+            threshold=thresholds.max_latency_p95_ratio,
+            failed=bool(slow),
+            detail=f"ratio limit {thresholds.max_latency_p95_ratio}, absolute floor "
+            f"{thresholds.min_latency_p95_increase_ms} ms",
+        )
+    )
 
     psi = sorted_share_psi(champion.segment_counts, challenger.segment_counts)
-    checks.append(CanaryCheck(
-        metric="segment_mix_psi", champion_value=0.0, challenger_value=psi,
-        threshold=thresholds.max_segment_mix_psi,
-        failed=psi > thresholds.max_segment_mix_psi,
-        detail=f"largest segment share: champion "
-               f"{_largest_share(champion.segment_counts):.3f}, challenger "
-               f"{_largest_share(challenger.segment_counts):.3f}",
-    ))
+    checks.append(
+        CanaryCheck(
+            metric="segment_mix_psi",
+            champion_value=0.0,
+            challenger_value=psi,
+            threshold=thresholds.max_segment_mix_psi,
+            failed=psi > thresholds.max_segment_mix_psi,
+            detail=f"largest segment share: champion "
+            f"{_largest_share(champion.segment_counts):.3f}, challenger "
+            f"{_largest_share(challenger.segment_counts):.3f}",
+        )
+    )
 
     change = challenger.rg_flag_share - champion.rg_flag_share
-    checks.append(CanaryCheck(
-        metric="rg_flag_share", champion_value=champion.rg_flag_share,
-        challenger_value=challenger.rg_flag_share,
-        threshold=thresholds.max_rg_flag_share_change,
-        failed=abs(change) > thresholds.max_rg_flag_share_change,
-        detail=f"change {change:+.4f}",
-    ))
+    checks.append(
+        CanaryCheck(
+            metric="rg_flag_share",
+            champion_value=champion.rg_flag_share,
+            challenger_value=challenger.rg_flag_share,
+            threshold=thresholds.max_rg_flag_share_change,
+            failed=abs(change) > thresholds.max_rg_flag_share_change,
+            detail=f"change {change:+.4f}",
+        )
+    )
     return checks
 
 
@@ -247,7 +270,9 @@ def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
-async def _call(action: Callable[[CanaryDecision], object], decision: CanaryDecision) -> None:
+async def _call(
+    action: Callable[[CanaryDecision], object], decision: CanaryDecision
+) -> None:
     result = action(decision)
     if inspect.isawaitable(result):
         await result
@@ -284,15 +309,18 @@ class CanaryGuard:
         *,
         thresholds: CanaryThresholds | None = None,
         registry: ModelRegistry | None = None,
-        promote_action: Callable[[CanaryDecision], object | Awaitable[object]] | None = None,
+        promote_action: Callable[[CanaryDecision], object | Awaitable[object]]
+        | None = None,
         auto_promote: bool = False,
         interval_s: float = 5.0,
         champion_variant: str = "champion",
         challenger_variant: str = "challenger",
     ) -> None:
         if auto_promote and promote_action is None:
-            raise ValueError("auto_promote=True needs a promote_action that routes all "
-                             "traffic to the challenger")
+            raise ValueError(
+                "auto_promote=True needs a promote_action that routes all "
+                "traffic to the challenger"
+            )
         if interval_s <= 0:
             raise ValueError(f"interval_s={interval_s} must be positive")
         self.stats_source = stats_source
@@ -315,15 +343,21 @@ class CanaryGuard:
         stats = self.stats_source.variant_stats()
         champion = stats.get(self.champion_variant, VariantStats(requests=0))
         challenger = stats.get(self.challenger_variant, VariantStats(requests=0))
-        versions = {"champion_version": champion.model_version,
-                    "challenger_version": challenger.model_version}
+        versions = {
+            "champion_version": champion.model_version,
+            "challenger_version": challenger.model_version,
+        }
         fewest = min(champion.requests, challenger.requests)
+
         if fewest < self.thresholds.min_samples:
             return CanaryDecision(
-                action="wait", at=_now(), **versions,
+                action="wait",
+                at=_now(),
+                **versions,
                 reason=f"{fewest} requests on the smaller variant, "
-                       f"{self.thresholds.min_samples} needed",
+                f"{self.thresholds.min_samples} needed",
             )
+
         checks = tuple(compare_variants(champion, challenger, self.thresholds))
         failed = [check for check in checks if check.failed]
         if failed:
@@ -332,15 +366,24 @@ class CanaryGuard:
                 f"{_format(c.champion_value)} (threshold {c.threshold}, {c.detail})"
                 for c in failed
             )
-            return CanaryDecision(action="rollback", reason=reason, at=_now(),
-                                  checks=checks, **versions)
+            return CanaryDecision(
+                action="rollback", reason=reason, at=_now(), checks=checks, **versions
+            )
         if self.auto_promote and fewest >= self.thresholds.promote_after_samples:
             return CanaryDecision(
-                action="promote", at=_now(), checks=checks, **versions,
+                action="promote",
+                at=_now(),
+                checks=checks,
+                **versions,
                 reason=f"every check passed on {fewest} requests per variant",
             )
-        return CanaryDecision(action="continue", reason="every check passed", at=_now(),
-                              checks=checks, **versions)
+        return CanaryDecision(
+            action="continue",
+            reason="every check passed",
+            at=_now(),
+            checks=checks,
+            **versions,
+        )
 
     async def check(self) -> CanaryDecision:
         """Evaluate once and act on the decision (roll back or promote)."""
@@ -353,9 +396,12 @@ class CanaryGuard:
         return decision
 
     async def _roll_back(self, decision: CanaryDecision) -> None:
-        logger.warning("rolling back challenger %s (champion %s): %s",
-                       decision.challenger_version, decision.champion_version,
-                       decision.reason)
+        logger.warning(
+            "rolling back challenger %s (champion %s): %s",
+            decision.challenger_version,
+            decision.champion_version,
+            decision.reason,
+        )
         await _call(self.rollback_action, decision)
         self.state = "rolled_back"
         for check in decision.failed_checks:
@@ -364,8 +410,11 @@ class CanaryGuard:
 
     async def _promote(self, decision: CanaryDecision) -> None:
         assert self.promote_action is not None  # checked in __init__
-        logger.info("promoting challenger %s after a clean canary: %s",
-                    decision.challenger_version, decision.reason)
+        logger.info(
+            "promoting challenger %s after a clean canary: %s",
+            decision.challenger_version,
+            decision.reason,
+        )
         await _call(self.promote_action, decision)
         self.state = "promoted"
         lifecycle_metrics.CANARY_PROMOTIONS.inc()
@@ -375,32 +424,41 @@ class CanaryGuard:
 
     def _tag(self, version: str | None, tags: Mapping[str, str]) -> bool:
         if self.registry is None or version is None:
-            logger.warning("canary outcome not recorded in a registry (registry=%s, "
-                           "challenger version=%s)", self.registry is not None, version)
+            logger.warning(
+                "canary outcome not recorded in a registry (registry=%s, "
+                "challenger version=%s)",
+                self.registry is not None,
+                version,
+            )
             return False
         from mlflow.exceptions import MlflowException
 
         try:
             for key, value in tags.items():
                 self.registry.client.set_model_version_tag(
-                    self.registry.model_name, version, key, value[:5000])
+                    self.registry.model_name, version, key, value[:5000]
+                )
         except MlflowException as error:
-            logger.error("could not record the canary outcome on version %s: %s",
-                         version, error)
+            logger.error(
+                "could not record the canary outcome on version %s: %s", version, error
+            )
             return False
         return True
 
     def _record_rollback(self, decision: CanaryDecision) -> None:
         first = decision.failed_checks[0]
-        self._tag(decision.challenger_version, {
-            "canary_status": "rolled_back",
-            "rollback_reason": decision.reason,
-            "rollback_metric": ",".join(c.metric for c in decision.failed_checks),
-            "rollback_champion_value": _format(first.champion_value),
-            "rollback_challenger_value": _format(first.challenger_value),
-            "rollback_at": decision.at,
-            "rollback_champion_version": decision.champion_version or "unknown",
-        })
+        self._tag(
+            decision.challenger_version,
+            {
+                "canary_status": "rolled_back",
+                "rollback_reason": decision.reason,
+                "rollback_metric": ",".join(c.metric for c in decision.failed_checks),
+                "rollback_champion_value": _format(first.champion_value),
+                "rollback_challenger_value": _format(first.challenger_value),
+                "rollback_at": decision.at,
+                "rollback_champion_version": decision.champion_version or "unknown",
+            },
+        )
         if self.registry is not None and decision.challenger_version is not None:
             from crmbet.models.registry import CHALLENGER
 
@@ -410,10 +468,14 @@ class CanaryGuard:
                 self.registry.delete_alias(CHALLENGER)
 
     def _record_promotion(self, decision: CanaryDecision) -> None:
-        recorded = self._tag(decision.challenger_version, {
-            "canary_status": "promoted", "promoted_at": decision.at,
-            "promotion_reason": decision.reason,
-        })
+        recorded = self._tag(
+            decision.challenger_version,
+            {
+                "canary_status": "promoted",
+                "promoted_at": decision.at,
+                "promotion_reason": decision.reason,
+            },
+        )
         if recorded and self.registry is not None:
             from crmbet.models.registry import CHALLENGER, CHAMPION
 
@@ -436,8 +498,12 @@ class CanaryGuard:
         self.state = "watching"
         lifecycle_metrics.CANARY_ACTIVE.set(1)
         self._task = asyncio.create_task(self._run(), name="canary-guard")
-        logger.info("canary guard started: %s vs %s every %.1f s",
-                    self.challenger_variant, self.champion_variant, self.interval_s)
+        logger.info(
+            "canary guard started: %s vs %s every %.1f s",
+            self.challenger_variant,
+            self.champion_variant,
+            self.interval_s,
+        )
 
     async def stop(self) -> None:
         """Stop the background task and wait for it to end."""
@@ -462,8 +528,10 @@ class CanaryGuard:
             except Exception:
                 # A failing stats source must not kill the guard: it logs
                 # and tries again at the next interval.
-                logger.exception("canary guard evaluation failed; retrying in %.1f s",
-                                 self.interval_s)
+                logger.exception(
+                    "canary guard evaluation failed; retrying in %.1f s",
+                    self.interval_s,
+                )
             if self.state != "watching":
                 break
             await asyncio.sleep(self.interval_s)

@@ -27,10 +27,11 @@ CHALLENGER_VARIANT = "challenger"
 
 
 class Predictor(Protocol):
-    """What the router calls: :class:`crmbet.serving.predictor.SegmentPredictor` fits."""
+    """Predictor interface of the router; ``SegmentPredictor`` implements it."""
 
-    def predict_features(self, features: Mapping[str, float], player_id: str | None = None
-                         ) -> Any:
+    def predict_features(
+        self, features: Mapping[str, float], player_id: str | None = None
+    ) -> Any:
         """Return a prediction with ``segment`` and ``responsible_gambling_flag``."""
         ...
 
@@ -46,8 +47,11 @@ class _Recorder:
 
     def snapshot(self) -> VariantStats:
         return VariantStats(
-            requests=self.requests, errors=self.errors, latencies_ms=tuple(self.latencies),
-            segment_counts=dict(self.segments), rg_flagged=self.flagged,
+            requests=self.requests,
+            errors=self.errors,
+            latencies_ms=tuple(self.latencies),
+            segment_counts=dict(self.segments),
+            rg_flagged=self.flagged,
             model_version=self.version,
         )
 
@@ -87,9 +91,12 @@ class InProcessCanaryRouter:
         self._latency_window = latency_window
         self._stats = {
             CHAMPION_VARIANT: _Recorder(
-                champion_version or getattr(champion, "version", None), latency_window),
+                champion_version or getattr(champion, "version", None), latency_window
+            ),
             CHALLENGER_VARIANT: _Recorder(
-                challenger_version or getattr(challenger, "version", None), latency_window),
+                challenger_version or getattr(challenger, "version", None),
+                latency_window,
+            ),
         }
 
     def route(self, player_id: str) -> str:
@@ -97,13 +104,19 @@ class InProcessCanaryRouter:
         if self._challenger is None or self.challenger_share == 0.0:
             return CHAMPION_VARIANT
         bucket = zlib.crc32(player_id.encode()) % 10_000
-        return CHALLENGER_VARIANT if bucket < self.challenger_share * 10_000 else CHAMPION_VARIANT
+        return (
+            CHALLENGER_VARIANT
+            if bucket < self.challenger_share * 10_000
+            else CHAMPION_VARIANT
+        )
 
     def predict(self, features: Mapping[str, float], player_id: str) -> tuple[str, Any]:
         """Serve one player and return the variant used with its prediction."""
         with self._lock:
             variant = self.route(player_id)
-            predictor = self._challenger if variant == CHALLENGER_VARIANT else self._champion
+            predictor = (
+                self._challenger if variant == CHALLENGER_VARIANT else self._champion
+            )
         recorder = self._stats[variant]
         start = time.perf_counter()
         try:
@@ -131,8 +144,10 @@ class InProcessCanaryRouter:
         with self._lock:
             self._challenger = None
             self.challenger_share = 0.0
-        logger.warning("canary rolled back: every player now goes to the champion (%s)",
-                       decision.reason if decision else "manual")
+        logger.warning(
+            "canary rolled back: every player now goes to the champion (%s)",
+            decision.reason if decision else "manual",
+        )
 
     def promote(self, decision: CanaryDecision | None = None) -> None:
         """Make the challenger the champion for every player."""

@@ -55,11 +55,16 @@ def write_drift_report(
         ``"auto"`` tries Evidently and falls back to matplotlib.
     """
     if engine not in ("auto", "evidently", "matplotlib"):
-        raise ValueError(f"engine={engine!r} is not one of 'auto', 'evidently', 'matplotlib'")
+        raise ValueError(
+            f"engine={engine!r} is not one of 'auto', 'evidently', 'matplotlib'"
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    columns = [f.feature for f in report.features
-               if f.feature in reference.columns and f.feature in current.columns]
+    columns = [
+        f.feature
+        for f in report.features
+        if f.feature in reference.columns and f.feature in current.columns
+    ]
     if engine in ("auto", "evidently"):
         try:
             _write_evidently(reference.select(columns), current.select(columns), path)
@@ -68,22 +73,29 @@ def write_drift_report(
         except ImportError as error:
             if engine == "evidently":
                 raise ImportError(
-                    f"Evidently could not be imported ({error}); install crmbet[report] "
+                    f"Evidently could not be imported ({error}); install "
+                    "crmbet[report] "
                     "with pandas<3 or use engine='matplotlib'"
                 ) from error
-            logger.warning("Evidently is unavailable (%s); writing the matplotlib report",
-                           error)
+            logger.warning(
+                "Evidently is unavailable (%s); writing the matplotlib report", error
+            )
         except Exception as error:  # Evidently's own failures vary by version and data.
             if engine == "evidently":
                 raise
-            logger.warning("Evidently failed on this data (%s: %s); writing the "
-                           "matplotlib report", type(error).__name__, error)
+            logger.warning(
+                "Evidently failed on this data (%s: %s); writing the matplotlib report",
+                type(error).__name__,
+                error,
+            )
     _write_matplotlib(reference, current, report, path)
     logger.info("wrote the matplotlib drift report to %s", path)
     return "matplotlib"
 
 
-def _write_evidently(reference: pl.DataFrame, current: pl.DataFrame, path: Path) -> None:
+def _write_evidently(
+    reference: pl.DataFrame, current: pl.DataFrame, path: Path
+) -> None:
     # Evidently warns about its own deprecations and pandas behaviour; those
     # warnings concern its internals, not the caller, and tests treat
     # warnings as errors.
@@ -122,10 +134,15 @@ def _plot(reference: pl.Series, current: pl.Series, item: FeatureDrift) -> str:
         cur_shares = dict(cur.iter_rows())
         categories = sorted(set(ref_shares) | set(cur_shares))
         x = np.arange(len(categories))
-        axis.bar(x - 0.2, [ref_shares.get(c, 0.0) for c in categories], 0.4,
-                 label="reference")
-        axis.bar(x + 0.2, [cur_shares.get(c, 0.0) for c in categories], 0.4,
-                 label="current")
+        axis.bar(
+            x - 0.2,
+            [ref_shares.get(c, 0.0) for c in categories],
+            0.4,
+            label="reference",
+        )
+        axis.bar(
+            x + 0.2, [cur_shares.get(c, 0.0) for c in categories], 0.4, label="current"
+        )
         axis.set_xticks(x, categories, rotation=30, ha="right", fontsize=7)
         axis.set_ylabel("share")
     else:
@@ -137,10 +154,16 @@ def _plot(reference: pl.Series, current: pl.Series, item: FeatureDrift) -> str:
         if high <= low:
             low, high = both.min() - 0.5, both.max() + 0.5
         bins = np.linspace(low, high, 31)
-        axis.hist(np.clip(ref, low, high), bins=bins, density=True, alpha=0.5,
-                  label="reference")
-        axis.hist(np.clip(cur, low, high), bins=bins, density=True, alpha=0.5,
-                  label="current")
+        axis.hist(
+            np.clip(ref, low, high),
+            bins=bins,
+            density=True,
+            alpha=0.5,
+            label="reference",
+        )
+        axis.hist(
+            np.clip(cur, low, high), bins=bins, density=True, alpha=0.5, label="current"
+        )
         axis.set_ylabel("density")
     axis.set_title(f"{item.feature} ({item.status})", fontsize=9)
     axis.legend(fontsize=7)
@@ -156,15 +179,29 @@ def _cell(value: object) -> str:
 
 
 def _table(report: DriftReport) -> str:
-    columns = ("feature", "kind", "status", "test", "statistic", "p_value", "distance",
-               "psi", "reference_mean", "current_mean", "note")
+    columns = (
+        "feature",
+        "kind",
+        "status",
+        "test",
+        "statistic",
+        "p_value",
+        "distance",
+        "psi",
+        "reference_mean",
+        "current_mean",
+        "note",
+    )
     head = "".join(f"<th>{name}</th>" for name in columns)
     rows = []
     for item in report.features:
         data = item.to_dict()
         style = ' class="drift"' if item.drifted else ""
-        rows.append(f"<tr{style}>" + "".join(f"<td>{_cell(data[c])}</td>" for c in columns)
-                    + "</tr>")
+        rows.append(
+            f"<tr{style}>"
+            + "".join(f"<td>{_cell(data[c])}</td>" for c in columns)
+            + "</tr>"
+        )
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
@@ -173,8 +210,9 @@ def _write_matplotlib(
 ) -> None:
     plotted = [f for f in report.features if f.status in ("ok", "warning", "drift")]
     plotted.sort(key=lambda f: (not f.drifted, -(f.psi or 0.0)))
-    images = [_plot(reference[f.feature], current[f.feature], f)
-              for f in plotted[:MAX_PLOTS]]
+    images = [
+        _plot(reference[f.feature], current[f.feature], f) for f in plotted[:MAX_PLOTS]
+    ]
     drifted = ", ".join(report.drifted_features) or "none"
     page = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>crmbet drift report</title>

@@ -6,7 +6,7 @@ averages the status values of each scope with the weights below,
 renormalised over the checks actually given, so a deployment without Kafka
 is not penalised for having no consumer:
 
-- ``system_health_score`` (can the service answer requests?): model 0.35,
+- ``system_health_score`` (can the service serve requests?): model 0.35,
   online store 0.25, registry 0.15, stream 0.15, cache 0.10;
 - ``pipeline_health_score`` (are the answers still trustworthy?): data
   freshness 0.30, drift 0.30, consumer lag 0.20, model age 0.10, canary 0.10.
@@ -40,10 +40,17 @@ Scope = Literal["system", "pipeline"]
 
 STATUS_SCORE: dict[str, float] = {"healthy": 1.0, "degraded": 0.5, "unhealthy": 0.0}
 SYSTEM_WEIGHTS: dict[str, float] = {
-    "model": 0.35, "online_store": 0.25, "registry": 0.15, "stream": 0.15, "cache": 0.10,
+    "model": 0.35,
+    "online_store": 0.25,
+    "registry": 0.15,
+    "stream": 0.15,
+    "cache": 0.10,
 }
 PIPELINE_WEIGHTS: dict[str, float] = {
-    "data_freshness": 0.30, "drift": 0.30, "consumer_lag": 0.20, "model_age": 0.10,
+    "data_freshness": 0.30,
+    "drift": 0.30,
+    "consumer_lag": 0.20,
+    "model_age": 0.10,
     "canary": 0.10,
 }
 DEFAULT_WEIGHT = 0.10
@@ -112,8 +119,12 @@ def combine_health(checks: Iterable[ComponentCheck]) -> HealthReport:
         status = "healthy"
     lifecycle_metrics.HEALTH_SCORE.labels("system").set(system)
     lifecycle_metrics.HEALTH_SCORE.labels("pipeline").set(pipeline)
-    return HealthReport(status=status, system_health_score=round(system, 4),
-                        pipeline_health_score=round(pipeline, 4), components=components)
+    return HealthReport(
+        status=status,
+        system_health_score=round(system, 4),
+        pipeline_health_score=round(pipeline, 4),
+        components=components,
+    )
 
 
 def _by_limits(value: float, degraded: float, unhealthy: float) -> HealthStatus:
@@ -126,20 +137,25 @@ def _by_limits(value: float, degraded: float, unhealthy: float) -> HealthStatus:
 
 def check_model(loaded: bool, version: str | None = None) -> ComponentCheck:
     """Check that a model is loaded; without one no prediction can be served."""
-    return ComponentCheck("model", "healthy" if loaded else "unhealthy",
-                          detail={"version": version})
+    return ComponentCheck(
+        "model", "healthy" if loaded else "unhealthy", detail={"version": version}
+    )
 
 
-def check_probe(name: str, probe: Callable[[], object], scope: Scope = "system"
-                ) -> ComponentCheck:
-    """Run ``probe`` (e.g. a Redis ping); an exception or a false result is unhealthy."""
+def check_probe(
+    name: str, probe: Callable[[], object], scope: Scope = "system"
+) -> ComponentCheck:
+    """Run ``probe``, e.g. a Redis ping: an exception or False means unhealthy."""
     start = time.perf_counter()
     try:
         ok = probe()
     except Exception as error:  # Any failure of a probe means the component is down.
-        logger.warning("health probe %s failed: %s: %s", name, type(error).__name__, error)
-        return ComponentCheck(name, "unhealthy", scope,
-                              {"error": f"{type(error).__name__}: {error}"})
+        logger.warning(
+            "health probe %s failed: %s: %s", name, type(error).__name__, error
+        )
+        return ComponentCheck(
+            name, "unhealthy", scope, {"error": f"{type(error).__name__}: {error}"}
+        )
     latency_ms = (time.perf_counter() - start) * 1000.0
     status: HealthStatus = "healthy" if ok is not False else "unhealthy"
     return ComponentCheck(name, status, scope, {"latency_ms": round(latency_ms, 3)})
@@ -150,23 +166,35 @@ def check_drift(
 ) -> ComponentCheck:
     """Grade the share of drifted features of the latest drift check."""
     if drift_share is None:
-        return ComponentCheck("drift", "degraded", "pipeline",
-                              {"reason": "no drift check has run"})
-    return ComponentCheck("drift", _by_limits(drift_share, degraded, unhealthy), "pipeline",
-                          {"drift_share": drift_share})
+        return ComponentCheck(
+            "drift", "degraded", "pipeline", {"reason": "no drift check has run"}
+        )
+    return ComponentCheck(
+        "drift",
+        _by_limits(drift_share, degraded, unhealthy),
+        "pipeline",
+        {"drift_share": drift_share},
+    )
 
 
 def check_freshness(
-    newest_event_ts: float | None, now: float | None = None,
-    degraded_s: float = 3_600.0, unhealthy_s: float = 6 * 3_600.0,
+    newest_event_ts: float | None,
+    now: float | None = None,
+    degraded_s: float = 3_600.0,
+    unhealthy_s: float = 6 * 3_600.0,
 ) -> ComponentCheck:
     """Grade the age of the newest event seen (a Unix time in seconds)."""
     if newest_event_ts is None:
-        return ComponentCheck("data_freshness", "degraded", "pipeline",
-                              {"reason": "no event seen yet"})
+        return ComponentCheck(
+            "data_freshness", "degraded", "pipeline", {"reason": "no event seen yet"}
+        )
     age = max((now if now is not None else time.time()) - newest_event_ts, 0.0)
-    return ComponentCheck("data_freshness", _by_limits(age, degraded_s, unhealthy_s),
-                          "pipeline", {"age_s": round(age, 1)})
+    return ComponentCheck(
+        "data_freshness",
+        _by_limits(age, degraded_s, unhealthy_s),
+        "pipeline",
+        {"age_s": round(age, 1)},
+    )
 
 
 def check_consumer_lag(
@@ -174,29 +202,38 @@ def check_consumer_lag(
 ) -> ComponentCheck:
     """Grade the consumer group's lag in messages."""
     if lag is None:
-        return ComponentCheck("consumer_lag", "degraded", "pipeline",
-                              {"reason": "lag unknown"})
-    return ComponentCheck("consumer_lag", _by_limits(lag, degraded, unhealthy), "pipeline",
-                          {"lag": lag})
+        return ComponentCheck(
+            "consumer_lag", "degraded", "pipeline", {"reason": "lag unknown"}
+        )
+    return ComponentCheck(
+        "consumer_lag", _by_limits(lag, degraded, unhealthy), "pipeline", {"lag": lag}
+    )
 
 
 def check_model_age(
-    trained_at: str | None, now: datetime | None = None,
-    degraded_days: float = 35.0, unhealthy_days: float = 90.0,
+    trained_at: str | None,
+    now: datetime | None = None,
+    degraded_days: float = 35.0,
+    unhealthy_days: float = 90.0,
 ) -> ComponentCheck:
     """Grade the age of the champion from its ISO ``trained_at`` time.
 
     The defaults fit a monthly retraining cycle with a few days of slack.
     """
     if not trained_at:
-        return ComponentCheck("model_age", "degraded", "pipeline",
-                              {"reason": "training time unknown"})
+        return ComponentCheck(
+            "model_age", "degraded", "pipeline", {"reason": "training time unknown"}
+        )
     trained = datetime.fromisoformat(trained_at)
     if trained.tzinfo is None:
         trained = trained.replace(tzinfo=UTC)
     days = ((now or datetime.now(UTC)) - trained).total_seconds() / 86_400.0
-    return ComponentCheck("model_age", _by_limits(days, degraded_days, unhealthy_days),
-                          "pipeline", {"age_days": round(days, 2)})
+    return ComponentCheck(
+        "model_age",
+        _by_limits(days, degraded_days, unhealthy_days),
+        "pipeline",
+        {"age_days": round(days, 2)},
+    )
 
 
 def check_canary(state: str | None) -> ComponentCheck:

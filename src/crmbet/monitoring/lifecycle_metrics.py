@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 #: Automatic canary rollbacks, by the metric that failed (exported as
 #: ``canary_rollbacks_total``).
 CANARY_ROLLBACKS = Counter(
-    "canary_rollbacks", "Canary deployments rolled back by the canary guard",
+    "canary_rollbacks",
+    "Canary deployments rolled back by the canary guard",
     ["metric"],
 )
 #: Challengers promoted by the canary guard after a clean canary.

@@ -4,7 +4,7 @@
 champion on the same players (:func:`compare_models`), logs the comparison
 as metrics on the challenger's MLflow run and as tags on its model version,
 points the alias ``challenger`` at it and promotes it to ``champion`` only
-when :func:`decide_promotion` says so or the caller forces it.
+when :func:`decide_promotion` returns True or the caller forces it.
 
 Comparison on the new data
 --------------------------
@@ -108,7 +108,7 @@ class ModelComparison:
 
 @dataclass
 class RetrainResult:
-    """What :func:`retrain` did."""
+    """Outcome of :func:`retrain`: the training, the comparison and the decision."""
 
     training: TrainingResult
     comparison: ModelComparison
@@ -124,13 +124,19 @@ class RetrainResult:
 def _quality(z: np.ndarray, labels: np.ndarray, seed: int) -> dict[str, float]:
     if np.unique(labels).size < 2:
         # One segment has no separation to measure: worst silhouette.
-        return {"silhouette": -1.0, "davies_bouldin": float("inf"),
-                "calinski_harabasz": 0.0}
+        return {
+            "silhouette": -1.0,
+            "davies_bouldin": float("inf"),
+            "calinski_harabasz": 0.0,
+        }
     rng = np.random.default_rng(seed)
     index = rng.choice(z.shape[0], min(SILHOUETTE_SAMPLE, z.shape[0]), replace=False)
     sample = labels[index]
-    silhouette = (float(silhouette_score(z[index], sample))
-                  if 1 < np.unique(sample).size < index.size else -1.0)
+    silhouette = (
+        float(silhouette_score(z[index], sample))
+        if 1 < np.unique(sample).size < index.size
+        else -1.0
+    )
     return {
         "silhouette": silhouette,
         "davies_bouldin": float(davies_bouldin_score(z, labels)),
@@ -162,8 +168,9 @@ def segment_mix_psi(model: SegmentModel, labels: np.ndarray) -> float:
     """Return the PSI between a model's training segment shares and ``labels``."""
     trained = np.array([p.size for p in model.profiles], dtype=np.float64)
     now = np.bincount(labels, minlength=len(model.profiles)).astype(np.float64)
-    return population_stability_index(trained / max(trained.sum(), 1.0),
-                                      now / max(now.sum(), 1.0))
+    return population_stability_index(
+        trained / max(trained.sum(), 1.0), now / max(now.sum(), 1.0)
+    )
 
 
 def compare_models(
@@ -189,10 +196,17 @@ def compare_models(
     try:
         champion_labels, _, _ = champion.assign(champion.matrix(features))
     except KeyError as error:
-        logger.warning("champion version %s cannot score the new features: %s",
-                       champion.version, error)
-        return ModelComparison(**base, champion_version=champion.version,
-                               champion_k=champion.n_segments, champion_compatible=False)
+        logger.warning(
+            "champion version %s cannot score the new features: %s",
+            champion.version,
+            error,
+        )
+        return ModelComparison(
+            **base,
+            champion_version=champion.version,
+            champion_k=champion.n_segments,
+            champion_compatible=False,
+        )
     theirs = _quality(z, champion_labels, seed)
     return ModelComparison(
         **base,
@@ -201,7 +215,9 @@ def compare_models(
         champion_silhouette=theirs["silhouette"],
         champion_davies_bouldin=theirs["davies_bouldin"],
         champion_calinski_harabasz=theirs["calinski_harabasz"],
-        adjusted_rand_index=float(adjusted_rand_score(champion_labels, challenger_labels)),
+        adjusted_rand_index=float(
+            adjusted_rand_score(champion_labels, challenger_labels)
+        ),
         segment_change_share=segment_change_share(champion_labels, challenger_labels),
         champion_segment_mix_psi=segment_mix_psi(champion, champion_labels),
     )
@@ -218,26 +234,35 @@ def decide_promotion(
         return True, "the champion cannot score the current features"
     gain = comparison.challenger_silhouette - comparison.champion_silhouette
     if gain >= rule.min_silhouette_gain:
-        return True, (f"silhouette improved by {gain:.3f} "
-                      f"(at least {rule.min_silhouette_gain} required)")
+        return True, (
+            f"silhouette improved by {gain:.3f} "
+            f"(at least {rule.min_silhouette_gain} required)"
+        )
     psi = comparison.champion_segment_mix_psi or 0.0
     if psi >= rule.segment_mix_psi and gain >= -rule.max_silhouette_loss:
-        return True, (f"the champion's segment mix drifted (PSI {psi:.3f} >= "
-                      f"{rule.segment_mix_psi}) and the challenger's silhouette is "
-                      f"within {rule.max_silhouette_loss} of it")
-    return False, (f"silhouette change {gain:+.3f} is below the required "
-                   f"{rule.min_silhouette_gain} and the champion's segment mix PSI "
-                   f"{psi:.3f} is below {rule.segment_mix_psi}")
+        return True, (
+            f"the champion's segment mix drifted (PSI {psi:.3f} >= "
+            f"{rule.segment_mix_psi}) and the challenger's silhouette is "
+            f"within {rule.max_silhouette_loss} of it"
+        )
+    return False, (
+        f"silhouette change {gain:+.3f} is below the required "
+        f"{rule.min_silhouette_gain} and the champion's segment mix PSI "
+        f"{psi:.3f} is below {rule.segment_mix_psi}"
+    )
 
 
 def log_reference_features(
     registry: ModelRegistry, version: str, features: pl.DataFrame
 ) -> None:
     """Store the features a version was trained on as its drift reference."""
-    run_id = registry.client.get_model_version(registry.model_name, version).tags.get("run_id")
+    run_id = registry.client.get_model_version(registry.model_name, version).tags.get(
+        "run_id"
+    )
     if not run_id:
-        logger.warning("version %s has no run_id tag; its drift reference is not stored",
-                       version)
+        logger.warning(
+            "version %s has no run_id tag; its drift reference is not stored", version
+        )
         return
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "features.parquet"
@@ -245,10 +270,14 @@ def log_reference_features(
         registry.client.log_artifact(run_id, str(path), artifact_path="reference")
 
 
-def load_reference_features(registry: ModelRegistry, ref: str = CHAMPION) -> pl.DataFrame:
+def load_reference_features(
+    registry: ModelRegistry, ref: str = CHAMPION
+) -> pl.DataFrame:
     """Return the training features stored with a version by :func:`retrain`."""
     version = registry.resolve(ref)
-    run_id = registry.client.get_model_version(registry.model_name, version).tags.get("run_id")
+    run_id = registry.client.get_model_version(registry.model_name, version).tags.get(
+        "run_id"
+    )
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
 
@@ -257,7 +286,9 @@ def load_reference_features(registry: ModelRegistry, ref: str = CHAMPION) -> pl.
     try:
         with tempfile.TemporaryDirectory() as folder:
             local = mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path=REFERENCE_ARTIFACT, dst_path=folder,
+                run_id=run_id,
+                artifact_path=REFERENCE_ARTIFACT,
+                dst_path=folder,
                 tracking_uri=registry.settings.registry_uri,
             )
             return pl.read_parquet(local)
@@ -268,8 +299,13 @@ def load_reference_features(registry: ModelRegistry, ref: str = CHAMPION) -> pl.
         ) from error
 
 
-def _record(registry: ModelRegistry, version: str, comparison: ModelComparison,
-            promoted: bool, reason: str) -> None:
+def _record(
+    registry: ModelRegistry,
+    version: str,
+    comparison: ModelComparison,
+    promoted: bool,
+    reason: str,
+) -> None:
     client = registry.client
     name = registry.model_name
     run_id = client.get_model_version(name, version).tags.get("run_id")
@@ -306,7 +342,7 @@ def retrain(
         Canonical, pseudonymised events of the new training window.
     promote:
         ``"rule"`` promotes when :func:`decide_promotion` agrees, ``"always"``
-        promotes whatever the comparison says, ``"never"`` only registers.
+        promotes regardless of the comparison, ``"never"`` only registers.
     rule:
         Thresholds of the promotion rule.
     """
@@ -317,8 +353,15 @@ def retrain(
     champion_version = registry.alias_version(CHAMPION)
     champion = registry.load(champion_version) if champion_version else None
 
-    training = train_from_events(events, settings=settings, k=k, k_range=k_range,
-                                 seed=seed, register=True, registry=registry)
+    training = train_from_events(
+        events,
+        settings=settings,
+        k=k,
+        k_range=k_range,
+        seed=seed,
+        register=True,
+        registry=registry,
+    )
     version = str(training.version)
     comparison = compare_models(champion, training.model, training.features, seed=seed)
     by_rule, reason = decide_promotion(comparison, rule)
@@ -337,9 +380,16 @@ def retrain(
         registry.set_alias(CHAMPION, version)
         registry.delete_alias(CHALLENGER)
     _record(registry, version, comparison, promoted, reason)
-    lifecycle_metrics.RETRAINS.labels("promoted" if promoted else "kept_as_challenger").inc()
-    logger.info("retrained version %s against champion %s: %s (%s)", version,
-                champion_version or "none", "promoted" if promoted else "not promoted",
-                reason)
-    return RetrainResult(training=training, comparison=comparison, promoted=promoted,
-                         reason=reason)
+    lifecycle_metrics.RETRAINS.labels(
+        "promoted" if promoted else "kept_as_challenger"
+    ).inc()
+    logger.info(
+        "retrained version %s against champion %s: %s (%s)",
+        version,
+        champion_version or "none",
+        "promoted" if promoted else "not promoted",
+        reason,
+    )
+    return RetrainResult(
+        training=training, comparison=comparison, promoted=promoted, reason=reason
+    )

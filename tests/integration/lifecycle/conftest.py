@@ -9,7 +9,6 @@ from crmbet.config import Settings
 from crmbet.models.registry import ModelRegistry
 from crmbet.training import train_from_events
 
-
 #: Warnings MLflow raises about the type hints of the registry's pyfunc
 #: wrapper, which belongs to the registry, not to the code under test here.
 MLFLOW_TYPE_HINT_WARNINGS = (

@@ -40,7 +40,9 @@ def requests(event_halves) -> list[tuple[str, dict[str, float]]]:
 
 
 def _rollbacks(metric: str) -> float:
-    return REGISTRY.get_sample_value("canary_rollbacks_total", {"metric": metric}) or 0.0
+    return (
+        REGISTRY.get_sample_value("canary_rollbacks_total", {"metric": metric}) or 0.0
+    )
 
 
 async def _serve_until(router, requests, guard, *, seconds: float) -> None:
@@ -57,8 +59,13 @@ async def _serve_until(router, requests, guard, *, seconds: float) -> None:
 async def _run_canary(registry, challenger, requests, *, seconds=60.0):
     champion = SegmentPredictor(registry.load(CHAMPION))
     router = InProcessCanaryRouter(champion, challenger, challenger_share=0.5)
-    guard = CanaryGuard(router, router.rollback, registry=registry, interval_s=0.05,
-                        thresholds=CanaryThresholds(min_samples=100))
+    guard = CanaryGuard(
+        router,
+        router.rollback,
+        registry=registry,
+        interval_s=0.05,
+        thresholds=CanaryThresholds(min_samples=100),
+    )
     await guard.start()
     try:
         await _serve_until(router, requests, guard, seconds=seconds)
@@ -67,28 +74,37 @@ async def _run_canary(registry, challenger, requests, *, seconds=60.0):
     return router, guard
 
 
-async def test_one_segment_challenger_rolled_back(champion_registry, event_halves, requests):
+async def test_one_segment_challenger_rolled_back(
+    champion_registry, event_halves, requests
+):
     features = compute_features(fold(event_halves[1]))
     model, _ = train_segments(features, k=1)
     version = champion_registry.register(model)
     champion_registry.set_alias(CHALLENGER, version)
     before = _rollbacks("segment_mix_psi")
 
-    router, guard = await _run_canary(champion_registry, SegmentPredictor(model), requests)
+    router, guard = await _run_canary(
+        champion_registry, SegmentPredictor(model), requests
+    )
 
     assert guard.state == "rolled_back"
     assert _rollbacks("segment_mix_psi") == before + 1
     served = router.variant_stats()[CHALLENGER_VARIANT].requests
-    variants = {router.predict(features, player)[0] for player, features in requests[:500]}
+    variants = {
+        router.predict(features, player)[0] for player, features in requests[:500]
+    }
     assert variants == {"champion"}
     assert router.variant_stats()[CHALLENGER_VARIANT].requests == served
 
     tags = champion_registry.client.get_model_version(
-        champion_registry.model_name, version).tags
+        champion_registry.model_name, version
+    ).tags
     assert tags["canary_status"] == "rolled_back"
     assert "segment_mix_psi" in tags["rollback_metric"]
     assert "segment_mix_psi" in tags["rollback_reason"]
-    assert tags["rollback_champion_version"] == champion_registry.alias_version(CHAMPION)
+    assert tags["rollback_champion_version"] == champion_registry.alias_version(
+        CHAMPION
+    )
     assert tags["rollback_at"]
     assert champion_registry.alias_version(CHALLENGER) is None
 
@@ -104,19 +120,27 @@ async def test_slow_challenger_rolled_back(champion_registry, requests):
     assert guard.state == "rolled_back"
     assert [c.metric for c in guard.last_decision.failed_checks] == ["latency_p95_ms"]
     assert _rollbacks("latency_p95_ms") == before + 1
-    variants = {router.predict(features, player)[0] for player, features in requests[:200]}
+    variants = {
+        router.predict(features, player)[0] for player, features in requests[:200]
+    }
     assert variants == {"champion"}
     tags = champion_registry.client.get_model_version(
-        champion_registry.model_name, champion_version).tags
+        champion_registry.model_name, champion_version
+    ).tags
     assert "latency_p95_ms" in tags["rollback_reason"]
 
 
 async def test_same_model_canary_stays(champion_registry, requests):
     champion = SegmentPredictor(champion_registry.load(CHAMPION))
-    router = InProcessCanaryRouter(champion, SegmentPredictor(champion.model),
-                                   challenger_share=0.5)
-    guard = CanaryGuard(router, router.rollback, interval_s=0.05,
-                        thresholds=CanaryThresholds(min_samples=100))
+    router = InProcessCanaryRouter(
+        champion, SegmentPredictor(champion.model), challenger_share=0.5
+    )
+    guard = CanaryGuard(
+        router,
+        router.rollback,
+        interval_s=0.05,
+        thresholds=CanaryThresholds(min_samples=100),
+    )
     for player, features in requests[:1000]:
         router.predict(features, player)
     decision = await guard.check()

@@ -26,19 +26,36 @@ def files(event_halves, tmp_path_factory):
     reference = folder / "reference.parquet"
     compute_features(fold(first)).write_parquet(reference)
     shifted = folder / "shifted.csv"
-    compute_features(fold(second)).with_columns(pl.col("avg_stake") * 3.0).write_csv(shifted)
+    compute_features(fold(second)).with_columns(pl.col("avg_stake") * 3.0).write_csv(
+        shifted
+    )
     events = folder / "events.parquet"
     second.write_parquet(events)
-    return {"reference": reference, "shifted": shifted, "events": events,
-            "first_events": folder / "first.parquet", "folder": folder}
+    return {
+        "reference": reference,
+        "shifted": shifted,
+        "events": events,
+        "first_events": folder / "first.parquet",
+        "folder": folder,
+    }
 
 
 def test_drift_events_against_features(files, settings):
     out = files["folder"] / "stable.json"
     html = files["folder"] / "stable.html"
-    result = runner.invoke(app, ["drift", "--reference", str(files["reference"]),
-                                 "--current", str(files["events"]), "--json", str(out),
-                                 "--no-report"])
+    result = runner.invoke(
+        app,
+        [
+            "drift",
+            "--reference",
+            str(files["reference"]),
+            "--current",
+            str(files["events"]),
+            "--json",
+            str(out),
+            "--no-report",
+        ],
+    )
     assert result.exit_code == 0, result.output
     body = json.loads(out.read_text())
     assert body["drifted_features"] == []
@@ -49,11 +66,25 @@ def test_drift_events_against_features(files, settings):
 def test_drift_fails_on_shift(files, settings):
     out = files["folder"] / "shifted.json"
     html = files["folder"] / "shifted.html"
-    result = runner.invoke(app, ["drift", "--reference", str(files["reference"]),
-                                 "--current", str(files["shifted"]), "--json", str(out),
-                                 "--report", str(html), "--engine", "matplotlib",
-                                 "--columns", "avg_stake,win_rate,deposit_count",
-                                 "--fail-on-drift"])
+    result = runner.invoke(
+        app,
+        [
+            "drift",
+            "--reference",
+            str(files["reference"]),
+            "--current",
+            str(files["shifted"]),
+            "--json",
+            str(out),
+            "--report",
+            str(html),
+            "--engine",
+            "matplotlib",
+            "--columns",
+            "avg_stake,win_rate,deposit_count",
+            "--fail-on-drift",
+        ],
+    )
     assert result.exit_code == 1, result.output
     assert json.loads(out.read_text())["drifted_features"] == ["avg_stake"]
     assert "avg_stake" in result.output
@@ -63,16 +94,34 @@ def test_drift_fails_on_shift(files, settings):
 
 
 def test_drift_missing_file_named(files, settings):
-    result = runner.invoke(app, ["drift", "--reference", str(files["folder"] / "nope.csv"),
-                                 "--current", str(files["shifted"]), "--no-report"])
+    result = runner.invoke(
+        app,
+        [
+            "drift",
+            "--reference",
+            str(files["folder"] / "nope.csv"),
+            "--current",
+            str(files["shifted"]),
+            "--no-report",
+        ],
+    )
     assert result.exit_code != 0
     assert "nope.csv" in str(result.exception)
 
 
 def test_retrain_then_drift_against_champion(files, settings, event_halves):
     event_halves[0].write_parquet(files["first_events"])
-    first = runner.invoke(app, ["retrain", "--input", str(files["first_events"]),
-                                "--k", "4", "--register-only"])
+    first = runner.invoke(
+        app,
+        [
+            "retrain",
+            "--input",
+            str(files["first_events"]),
+            "--k",
+            "4",
+            "--register-only",
+        ],
+    )
     assert first.exit_code == 0, first.output
     assert "promoted to champion" in first.output
     assert "there was no champion" in first.output
@@ -80,8 +129,19 @@ def test_retrain_then_drift_against_champion(files, settings, event_halves):
     assert registry.alias_version(CHAMPION) == "1"
 
     out = files["folder"] / "champion.json"
-    result = runner.invoke(app, ["drift", "--reference", "champion", "--current",
-                                 str(files["events"]), "--json", str(out), "--no-report"])
+    result = runner.invoke(
+        app,
+        [
+            "drift",
+            "--reference",
+            "champion",
+            "--current",
+            str(files["events"]),
+            "--json",
+            str(out),
+            "--no-report",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(out.read_text())["drifted_features"] == []
 
@@ -91,8 +151,13 @@ def test_ab_command(tmp_path, settings):
     players = 6000
     variants = np.where(np.arange(players) % 2 == 0, "champion", "challenger")
     rates = np.where(variants == "champion", 0.10, 0.16)
-    frame = pl.DataFrame({"variant": variants, "player_id": [f"p{i}" for i in range(players)],
-                          "converted": rng.random(players) < rates})
+    frame = pl.DataFrame(
+        {
+            "variant": variants,
+            "player_id": [f"p{i}" for i in range(players)],
+            "converted": rng.random(players) < rates,
+        }
+    )
     path = tmp_path / "outcomes.parquet"
     frame.write_parquet(path)
     result = runner.invoke(app, ["ab", "--outcomes", str(path), "--mde", "0.05"])

@@ -20,8 +20,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 def test_retrain_records_comparison(champion_registry, module_settings, event_halves):
     champion = champion_registry.alias_version(CHAMPION)
-    result = retrain(event_halves[1], settings=module_settings,
-                     registry=champion_registry, k=5, promote="never")
+    result = retrain(
+        event_halves[1],
+        settings=module_settings,
+        registry=champion_registry,
+        k=5,
+        promote="never",
+    )
     version = result.version
     assert result.promoted is False
     assert champion_registry.alias_version(CHAMPION) == champion
@@ -43,8 +48,13 @@ def test_retrain_records_comparison(champion_registry, module_settings, event_ha
 
 def test_retrain_forced_promotion(champion_registry, module_settings, event_halves):
     before = champion_registry.alias_version(CHAMPION)
-    result = retrain(event_halves[1], settings=module_settings,
-                     registry=champion_registry, k=4, promote="always")
+    result = retrain(
+        event_halves[1],
+        settings=module_settings,
+        registry=champion_registry,
+        k=4,
+        promote="always",
+    )
     assert result.promoted is True
     assert champion_registry.alias_version(CHAMPION) == result.version
     assert champion_registry.alias_version(PREVIOUS_CHAMPION) == before
@@ -67,9 +77,14 @@ def test_same_model_is_stable(event_halves):
 
 def test_rule_promotes_better_silhouette():
     comparison = ModelComparison(
-        n_players=100, challenger_k=5, challenger_silhouette=0.40,
-        challenger_davies_bouldin=1.0, challenger_calinski_harabasz=10.0,
-        champion_version="1", champion_k=5, champion_silhouette=0.30,
+        n_players=100,
+        challenger_k=5,
+        challenger_silhouette=0.40,
+        challenger_davies_bouldin=1.0,
+        challenger_calinski_harabasz=10.0,
+        champion_version="1",
+        champion_k=5,
+        champion_silhouette=0.30,
         champion_segment_mix_psi=0.01,
     )
     promote, reason = decide_promotion(comparison)
@@ -79,9 +94,14 @@ def test_rule_promotes_better_silhouette():
 
 def test_rule_keeps_equal_champion():
     comparison = ModelComparison(
-        n_players=100, challenger_k=5, challenger_silhouette=0.30,
-        challenger_davies_bouldin=1.0, challenger_calinski_harabasz=10.0,
-        champion_version="1", champion_k=5, champion_silhouette=0.30,
+        n_players=100,
+        challenger_k=5,
+        challenger_silhouette=0.30,
+        challenger_davies_bouldin=1.0,
+        challenger_calinski_harabasz=10.0,
+        champion_version="1",
+        champion_k=5,
+        champion_silhouette=0.30,
         champion_segment_mix_psi=0.05,
     )
     assert decide_promotion(comparison)[0] is False
@@ -89,9 +109,14 @@ def test_rule_keeps_equal_champion():
 
 def test_rule_promotes_on_mix_drift():
     comparison = ModelComparison(
-        n_players=100, challenger_k=5, challenger_silhouette=0.29,
-        challenger_davies_bouldin=1.0, challenger_calinski_harabasz=10.0,
-        champion_version="1", champion_k=5, champion_silhouette=0.30,
+        n_players=100,
+        challenger_k=5,
+        challenger_silhouette=0.29,
+        challenger_davies_bouldin=1.0,
+        challenger_calinski_harabasz=10.0,
+        champion_version="1",
+        champion_k=5,
+        champion_silhouette=0.30,
         champion_segment_mix_psi=0.4,
     )
     assert decide_promotion(comparison)[0] is True
