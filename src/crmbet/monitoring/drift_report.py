@@ -14,6 +14,7 @@ import base64
 import html
 import io
 import logging
+import re
 import warnings
 from pathlib import Path
 from typing import Literal
@@ -60,14 +61,18 @@ def write_drift_report(
         )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    columns = [
-        f.feature
-        for f in report.features
-        if f.feature in reference.columns and f.feature in current.columns
-    ]
+    # Evidently rejects empty columns, so it only sees the testable ones; the
+    # crmbet table added to its page lists the statuses of the others.
+    columns = [f.feature for f in report.tested]
+    if engine in ("auto", "evidently") and not columns:
+        logger.warning(
+            "no testable column for Evidently; writing the matplotlib report"
+        )
+        engine = "matplotlib"
     if engine in ("auto", "evidently"):
         try:
             _write_evidently(reference.select(columns), current.select(columns), path)
+            _insert_summary(path, report)
             logger.info("wrote the Evidently drift report to %s", path)
             return "evidently"
         except ImportError as error:
@@ -108,6 +113,31 @@ def _write_evidently(
             current_data=current.to_pandas(), reference_data=reference.to_pandas()
         )
         snapshot.save_html(str(path))
+
+
+def _insert_summary(path: Path, report: DriftReport) -> None:
+    """Insert crmbet's statistics table at the top of Evidently's page."""
+    page = path.read_text(encoding="utf-8")
+    section = (
+        '<section style="font-family: sans-serif; margin: 1em;">'
+        f"<h2>crmbet drift rule</h2>{_summary(report)}{_table(report)}</section>"
+    )
+    match = re.search(r"<body[^>]*>", page)
+    if match is None:
+        page = section + page
+    else:
+        page = page[: match.end()] + section + page[match.end() :]
+    path.write_text(page, encoding="utf-8")
+
+
+def _summary(report: DriftReport) -> str:
+    drifted = ", ".join(report.drifted_features) or "none"
+    return (
+        f"<p>Reference rows: {report.reference_rows}; current rows: "
+        f"{report.current_rows}. Drifted columns: {html.escape(drifted)} "
+        f"({report.drift_share:.0%} of tested columns; dataset drift: "
+        f"{'yes' if report.dataset_drift else 'no'}).</p>"
+    )
 
 
 def _figure_to_img(figure: object, alt: str) -> str:
@@ -213,7 +243,6 @@ def _write_matplotlib(
     images = [
         _plot(reference[f.feature], current[f.feature], f) for f in plotted[:MAX_PLOTS]
     ]
-    drifted = ", ".join(report.drifted_features) or "none"
     page = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>crmbet drift report</title>
 <style>
@@ -224,9 +253,7 @@ tr.drift {{ background: #f8d7da; }}
 img {{ margin: 4px; }}
 </style></head><body>
 <h1>Feature drift</h1>
-<p>Reference rows: {report.reference_rows}; current rows: {report.current_rows}.
-Drifted columns: {html.escape(drifted)} ({report.drift_share:.0%} of tested columns;
-dataset drift: {"yes" if report.dataset_drift else "no"}).</p>
+{_summary(report)}
 {_table(report)}
 <h2>Distributions</h2>
 {"".join(images)}
