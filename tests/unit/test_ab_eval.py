@@ -102,3 +102,21 @@ def test_player_counted_once():
 def test_event_without_variant_rejected():
     with pytest.raises(OutcomeError, match="variant"):
         ABEvaluator().record_event({"player_id": "p1", "converted": True})
+
+
+def test_json_messages_recorded():
+    evaluator = ABEvaluator()
+    evaluator.record_message(
+        b'{"variant": "challenger", "player_id": "p1", "converted": true}'
+    )
+    evaluator.record_message(
+        '{"variant": "champion", "player_id": "p2", "converted": false}'
+    )
+    assert evaluator.counts() == {"challenger": (1, 1), "champion": (1, 0)}
+
+
+def test_invalid_message_rejected():
+    with pytest.raises(OutcomeError, match="not valid JSON"):
+        ABEvaluator().record_message(b"converted=1")
+    with pytest.raises(OutcomeError, match="JSON list"):
+        ABEvaluator().record_message(b"[1, 2]")

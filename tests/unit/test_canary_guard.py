@@ -146,3 +146,27 @@ async def test_rollback_counts_metric():
     assert guard.state == "rolled_back"
     assert len(rolled_back) == 1
     assert value() == before + 1
+
+
+class BrokenStats:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def variant_stats(self) -> dict[str, VariantStats]:
+        self.calls += 1
+        raise ConnectionError("stats backend unreachable")
+
+
+async def test_guard_survives_source_errors(caplog):
+    import asyncio
+
+    source = BrokenStats()
+    guard = CanaryGuard(source, lambda decision: None, interval_s=0.01)
+    await guard.start()
+    await asyncio.sleep(0.1)
+    assert guard.running
+    await guard.stop()
+    assert not guard.running
+    assert guard.state == "stopped"
+    assert source.calls >= 2
+    assert "stats backend unreachable" in caplog.text

@@ -159,3 +159,22 @@ def test_ks_wasserstein_match_scipy(size):
     assert statistic == pytest.approx(expected.statistic)
     assert p_value == pytest.approx(expected.pvalue, rel=1e-6, abs=1e-300)
     assert distance == pytest.approx(stats.wasserstein_distance(reference, current))
+
+
+def test_export_drift_sets_gauges(synthetic):
+    from prometheus_client import REGISTRY
+
+    from crmbet.monitoring.lifecycle_metrics import export_drift
+
+    report = detect_drift(*synthetic)
+    export_drift(report)
+    share = REGISTRY.get_sample_value("crmbet_feature_drift_share")
+    flagged = REGISTRY.get_sample_value(
+        "crmbet_feature_drift_detected", {"feature": "avg_stake"}
+    )
+    steady = REGISTRY.get_sample_value(
+        "crmbet_feature_drift_detected", {"feature": "win_rate"}
+    )
+    assert share == pytest.approx(report.drift_share)
+    assert flagged == 1.0
+    assert steady == 0.0

@@ -27,6 +27,7 @@ Examples
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Iterable, Mapping
@@ -218,6 +219,22 @@ class ABEvaluator:
                 f"converted={converted!r} is invalid; send true or false"
             )
         self.record(str(event["variant"]), str(event["player_id"]), bool(converted))
+
+    def record_message(self, payload: bytes | str) -> None:
+        """Record one outcome event sent as JSON (an HTTP body or a stream message)."""
+        try:
+            event = json.loads(payload)
+        except json.JSONDecodeError as error:
+            raise OutcomeError(
+                f"outcome message is not valid JSON ({error}); send an object with "
+                "variant, player_id and converted"
+            ) from error
+        if not isinstance(event, dict):
+            raise OutcomeError(
+                f"outcome message is a JSON {type(event).__name__}; send an object "
+                "with variant, player_id and converted"
+            )
+        self.record_event(event)
 
     def record_events(self, events: Iterable[Mapping[str, object]]) -> None:
         """Record many outcome events."""
