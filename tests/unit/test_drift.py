@@ -139,6 +139,7 @@ def test_bustabit_halves_stable(bustabit_halves):
     report = detect_drift(*bustabit_halves)
     assert report.drifted_features == []
     assert report.feature("deposit_count").status == "constant"
+    assert report.feature("deposit_count").reference_mean == 0.0
     assert len(report.tested) >= 20
 
 

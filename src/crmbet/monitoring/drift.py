@@ -335,10 +335,14 @@ def _untestable(
         )
     reference_values, current_values = distinct
     if len(reference_values) == 1 and reference_values == current_values:
+        value = next(iter(reference_values))
+        mean = float(value) if kind == "numeric" else None
         return FeatureDrift(
             status="constant",
             drifted=False,
-            note=f"one value on both sides: {next(iter(reference_values))!r}",
+            reference_mean=mean,
+            current_mean=mean,
+            note=f"one value on both sides: {value!r}",
             **common,
         )
     return None

@@ -11,6 +11,8 @@ import pytest
 from crmbet.monitoring.drift import detect_drift
 from crmbet.monitoring.drift_report import write_drift_report
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def tables() -> tuple[pl.DataFrame, pl.DataFrame]:
