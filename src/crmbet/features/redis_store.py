@@ -111,6 +111,8 @@ class RedisOnlineStore:
         self._listeners: list[InvalidationListener | Callable[[None], None]] = []
         self._listener_thread: threading.Thread | None = None
         self._stop = threading.Event()
+        #: Set while the invalidation thread holds a live subscription.
+        self.subscribed = threading.Event()
         self.last_error: str | None = None
         try:
             self.refresh_watermark()
@@ -333,6 +335,7 @@ class RedisOnlineStore:
             pubsub = self._client.pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.subscribe(self.channel)
+                self.subscribed.set()
                 if lost:
                     logger.info("resubscribed to %s; dropping cached players", self.channel)
                     self._dispatch(None)
@@ -340,6 +343,7 @@ class RedisOnlineStore:
                 backoff = 0.1
                 self._receive(pubsub)
             except (redis.ConnectionError, redis.TimeoutError) as error:
+                self.subscribed.clear()
                 if not lost:
                     logger.warning("lost the subscription to %s: %s", self.channel, error)
                 lost = True
