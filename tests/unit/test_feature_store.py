@@ -219,3 +219,15 @@ def test_health_of_embedded(loaded: EnterpriseFeatureStore) -> None:
     health = loaded.health()
     assert health["status"] == "healthy"
     assert health["online_store"]["backend"] == "memory"
+
+
+def test_large_batch_skips_l1_fill(small_events: pl.DataFrame) -> None:
+    backend = MemoryOnlineStore()
+    materialize(small_events, backend)
+    store = EnterpriseFeatureStore(backend, l1_fill_max_players=5)
+    ids = fold(small_events)["player_id"].to_list()[:10]
+
+    store.get_features_sync(FeatureRequest(ids))
+    assert len(store.l1) == 0
+    store.get_features_sync(FeatureRequest(ids[:5]))
+    assert len(store.l1) == 5

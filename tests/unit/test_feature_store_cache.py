@@ -75,3 +75,15 @@ def test_uncounted_lookup() -> None:
 def test_negative_size_rejected() -> None:
     with pytest.raises(ValueError, match="must be >= 0"):
         L1Cache(max_size=-1, ttl_seconds=1)
+
+
+def test_put_many_keeps_newest() -> None:
+    cache = L1Cache(max_size=2, ttl_seconds=60)
+    cache.put("a", _entry())
+    inserted = cache.put_many([("b", _entry()), ("c", _entry()), ("d", _entry())])
+
+    assert inserted == 2
+    assert cache.get("a") is None
+    assert cache.get("b") is None
+    assert cache.get("d") is not None
+    assert len(cache) == 2

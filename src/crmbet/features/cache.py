@@ -107,6 +107,27 @@ class L1Cache:
                 self.evictions += 1
         return True
 
+    def put_many(
+        self, entries: list[tuple[str, CachedPlayer]], generation: int | None = None
+    ) -> int:
+        """Insert several entries under one lock; return how many were inserted."""
+        if self.max_size == 0 or not entries:
+            return 0
+        expires_at = time.monotonic() + self.ttl_seconds if self.ttl_seconds else 0.0
+        # Entries beyond the capacity would be evicted by the later ones.
+        kept = entries[-self.max_size :]
+        with self._lock:
+            if generation is not None and generation != self.generation:
+                return 0
+            for player_id, entry in kept:
+                self._entries[player_id] = (expires_at, entry)
+                self._entries.move_to_end(player_id)
+            overflow = len(self._entries) - self.max_size
+            for _ in range(max(overflow, 0)):
+                self._entries.popitem(last=False)
+            self.evictions += max(overflow, 0)
+        return len(kept)
+
     def invalidate(self, player_ids: Iterable[str] | None) -> None:
         """Drop the entries of ``player_ids``, or every entry when None."""
         with self._lock:

@@ -181,10 +181,16 @@ class RedisOnlineStore:
         n = len(player_ids)
         keys = [self._state_prefix + pid for pid in player_ids]
         with self._guard("read player states"):
-            pipe = self._client.pipeline(transaction=False)
-            pipe.mget(keys)
-            pipe.hget(self._meta_key, "watermark")
-            values, watermark = pipe.execute()
+            if self.subscribed.is_set():
+                # The subscription delivers every new watermark with the
+                # change announcements, so only the states are read.
+                values = [self._client.get(keys[0])] if n == 1 else self._client.mget(keys)
+                watermark = None
+            else:
+                pipe = self._client.pipeline(transaction=False)
+                pipe.mget(keys)
+                pipe.hget(self._meta_key, "watermark")
+                values, watermark = pipe.execute()
         if watermark is not None:
             self._watermark = max(self._watermark, float(watermark))
         found = np.fromiter((v is not None for v in values), dtype=bool, count=n)

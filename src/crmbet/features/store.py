@@ -193,6 +193,10 @@ class EnterpriseFeatureStore:
     retry_interval_s:
         After a failed online-store call, seconds to serve L1 only before
         trying the online store again.
+    l1_fill_max_players:
+        Requests for more players than this read L1 but do not fill it, so
+        a bulk scoring job does not evict the players that online traffic
+        keeps asking for.
 
     Examples
     --------
@@ -211,11 +215,13 @@ class EnterpriseFeatureStore:
         l1_ttl_seconds: float = 60.0,
         views: Mapping[str, FeatureView] | None = None,
         retry_interval_s: float = 1.0,
+        l1_fill_max_players: int = 1000,
     ) -> None:
         self.backend: OnlineStore = backend if backend is not None else MemoryOnlineStore()
         self.l1 = L1Cache(l1_cache_size, l1_ttl_seconds)
         self.views = dict(views or DEFAULT_VIEWS)
         self.retry_interval_s = retry_interval_s
+        self.l1_fill_max_players = l1_fill_max_players
         self._models: dict[str, tuple[str, ...]] = {}
         self._columns: dict[
             tuple[str, tuple[str, ...] | None],
@@ -291,7 +297,7 @@ class EnterpriseFeatureStore:
                 stale.append(i)
                 stale_states.append(entry.state)
         if stale:
-            vectors[stale] = _compute(np.vstack(stale_states), as_of)
+            vectors[stale] = compute_matrix(np.vstack(stale_states), as_of)
             # NOTE: the recomputed vectors are not cached; a request at
             # another as-of time should not evict the watermark vectors.
         if misses:
@@ -397,23 +403,29 @@ class EnterpriseFeatureStore:
             logger.info("online store %s is reachable again; leaving degraded mode",
                         self.backend.backend)
         found = stored.found
-        if not found.any():
-            self._counts["l2_unknown"] += len(misses)
-            return
         hit_rows = np.flatnonzero(found)
+        self._counts["l2_hits"] += len(hit_rows)
+        self._counts["l2_unknown"] += len(misses) - len(hit_rows)
+        if not len(hit_rows):
+            return
         states = stored.states[hit_rows]
         computed = self._vectors_for(stored, hit_rows, states, as_of)
         # Cached rows are shared with callers of the one-player path.
         computed.setflags(write=False)
-        for j, row in enumerate(hit_rows):
-            i = misses[row]
+        targets = np.asarray(misses, dtype=np.intp)[hit_rows]
+        vectors[targets] = computed
+        last_ts[targets] = states[:, LAST_TS]
+        for i in targets.tolist():
             tiers[i] = "l2"
-            last_ts[i] = states[j, LAST_TS]
-            vectors[i] = computed[j]
-            entry = CachedPlayer(states[j], computed[j], as_of, float(states[j, LAST_TS]))
-            self.l1.put(miss_ids[row], entry, generation)
-        self._counts["l2_hits"] += len(hit_rows)
-        self._counts["l2_unknown"] += len(misses) - len(hit_rows)
+        if len(ids) <= self.l1_fill_max_players:
+            self.l1.put_many(
+                [
+                    (miss_ids[row], CachedPlayer(states[j], computed[j], as_of,
+                                                 float(states[j, LAST_TS])))
+                    for j, row in enumerate(hit_rows.tolist())
+                ],
+                generation,
+            )
 
     @staticmethod
     def _vectors_for(
@@ -421,11 +433,11 @@ class EnterpriseFeatureStore:
     ) -> np.ndarray:
         """Use the vectors stored at write time where their as-of matches."""
         if stored.vectors is None:
-            return _compute(states, as_of)
+            return compute_matrix(states, as_of)
         vectors = stored.vectors[hit_rows].copy()
         recompute = stored.vector_as_of[hit_rows] != as_of
         if recompute.any():
-            vectors[recompute] = _compute(states[recompute], as_of)
+            vectors[recompute] = compute_matrix(states[recompute], as_of)
         return vectors
 
     def _enter_degraded(self, error: Exception) -> None:
@@ -535,7 +547,7 @@ class EnterpriseFeatureStore:
         }
 
 
-def _compute(states: np.ndarray, as_of: float) -> np.ndarray:
+def compute_matrix(states: np.ndarray, as_of: float) -> np.ndarray:
     """Compute every registered feature for a state matrix at ``as_of``."""
     columns = compute_columns(dict(zip(FIELD_NAMES, states.T, strict=True)), as_of)
     return np.column_stack([columns[name] for name in FEATURE_NAMES])
