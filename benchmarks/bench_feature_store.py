@@ -49,23 +49,47 @@ FEAST_PEER = Path(__file__).with_name("feast_peer.py")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the benchmark's options."""
-    parser.add_argument("--players", type=int, default=200_000,
-                        help="Players written to Redis.")
-    parser.add_argument("--requests", type=int, default=200_000,
-                        help="Single-player requests in the Zipf stream.")
-    parser.add_argument("--zipf", type=float, default=1.1,
-                        help="Exponent s of the Zipf popularity, P(rank k) ~ k^-s.")
-    parser.add_argument("--l1-fraction", type=float, default=0.1,
-                        help="L1 size as a fraction of the players.")
-    parser.add_argument("--batches", type=int, default=5,
-                        help="Batches of 10,000 players timed.")
-    parser.add_argument("--feast-python", default="/work/venv-feast/bin/python",
-                        help="Python of a virtualenv with feast and redis; '' skips Feast.")
-    parser.add_argument("--feast-requests", type=int, default=5000,
-                        help="Single-player requests timed on Feast.")
+    parser.add_argument(
+        "--players", type=int, default=200_000, help="Players written to Redis."
+    )
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=200_000,
+        help="Single-player requests in the Zipf stream.",
+    )
+    parser.add_argument(
+        "--zipf",
+        type=float,
+        default=1.1,
+        help="Exponent s of the Zipf popularity, P(rank k) ~ k^-s.",
+    )
+    parser.add_argument(
+        "--l1-fraction",
+        type=float,
+        default=0.1,
+        help="L1 size as a fraction of the players.",
+    )
+    parser.add_argument(
+        "--batches", type=int, default=5, help="Batches of 10,000 players timed."
+    )
+    parser.add_argument(
+        "--feast-python",
+        default="/work/venv-feast/bin/python",
+        help="Python of a virtualenv with feast and redis; '' skips Feast.",
+    )
+    parser.add_argument(
+        "--feast-requests",
+        type=int,
+        default=5000,
+        help="Single-player requests timed on Feast.",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true",
-                        help="Small run: 20,000 players and 20,000 requests.")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="Small run: 20,000 players and 20,000 requests.",
+    )
 
 
 def _free_port() -> int:
@@ -80,9 +104,21 @@ def _start_redis(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
         raise SystemExit("redis-server is not installed; apt-get install redis-server")
     port = _free_port()
     process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(folder)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(folder),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     client = redis.Redis(port=port)
     deadline = time.monotonic() + 10
@@ -101,7 +137,9 @@ def _start_redis(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
 
 def _player_states(players: int) -> pl.DataFrame:
     """Repeat the bundled bustabit states under ``players`` new ids."""
-    events = ingest(bundled_bustabit_path(), pseudonymizer=Pseudonymizer(b"bench" * 8)).events
+    events = ingest(
+        bundled_bustabit_path(), pseudonymizer=Pseudonymizer(b"bench" * 8)
+    ).events
     base = states_matrix(fold(events))
     rows = base[np.arange(players) % base.shape[0]]
     return matrix_frame([f"player-{i:07d}" for i in range(players)], rows)
@@ -114,7 +152,9 @@ def _zipf_stream(players: int, size: int, exponent: float, seed: int) -> np.ndar
     return rng.permutation(players)[ranks]
 
 
-async def _replay(store: EnterpriseFeatureStore, ids: list[str]) -> tuple[np.ndarray, list[str]]:
+async def _replay(
+    store: EnterpriseFeatureStore, ids: list[str]
+) -> tuple[np.ndarray, list[str]]:
     latencies = np.empty(len(ids))
     tiers: list[str] = []
     for i, player in enumerate(ids):
@@ -125,25 +165,44 @@ async def _replay(store: EnterpriseFeatureStore, ids: list[str]) -> tuple[np.nda
     return latencies / 1000.0, tiers
 
 
-def _run_feast(args: argparse.Namespace, states: pl.DataFrame, stream: list[str],
-               port: int, folder: Path) -> dict[str, Any] | None:
+def _run_feast(
+    args: argparse.Namespace,
+    states: pl.DataFrame,
+    stream: list[str],
+    port: int,
+    folder: Path,
+) -> dict[str, Any] | None:
     if not args.feast_python or not Path(args.feast_python).exists():
         return None
     requests = stream[: args.feast_requests]
     wanted = states.filter(pl.col("player_id").is_in(sorted(set(requests))))
     columns = compute_matrix(states_matrix(wanted), float(wanted["last_ts"].max()))
-    table = pl.DataFrame({
-        "player_id": wanted["player_id"],
-        "event_timestamp": [datetime.now(UTC)] * wanted.height,
-        **{name: columns[:, i] for i, name in enumerate(FEATURE_NAMES)},
-    })
+    table = pl.DataFrame(
+        {
+            "player_id": wanted["player_id"],
+            "event_timestamp": [datetime.now(UTC)] * wanted.height,
+            **{name: columns[:, i] for i, name in enumerate(FEATURE_NAMES)},
+        }
+    )
     table.write_parquet(folder / "features.parquet")
     (folder / "requests.json").write_text(json.dumps(requests))
     done = subprocess.run(
-        [args.feast_python, str(FEAST_PEER), "--features", str(folder / "features.parquet"),
-         "--requests", str(folder / "requests.json"), "--redis-port", str(port),
-         "--workdir", str(folder)],
-        capture_output=True, text=True, timeout=1800, check=False,
+        [
+            args.feast_python,
+            str(FEAST_PEER),
+            "--features",
+            str(folder / "features.parquet"),
+            "--requests",
+            str(folder / "requests.json"),
+            "--redis-port",
+            str(port),
+            "--workdir",
+            str(folder),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
     )
     if done.returncode != 0:
         raise RuntimeError(f"the Feast peer failed:\n{done.stderr[-3000:]}")
@@ -175,8 +234,10 @@ def _measure(args: argparse.Namespace, port: int, folder: Path) -> list[dict[str
 
     l1_size = max(int(args.players * args.l1_fraction), 1)
     store = EnterpriseFeatureStore(backend, l1_cache_size=l1_size, l1_ttl_seconds=3600)
-    ids = [f"player-{i:07d}" for i in _zipf_stream(args.players, args.requests,
-                                                    args.zipf, args.seed)]
+    ids = [
+        f"player-{i:07d}"
+        for i in _zipf_stream(args.players, args.requests, args.zipf, args.seed)
+    ]
     latencies, tiers = asyncio.run(_replay(store, ids))
     # The first fifth of the stream fills the L1 cache and is not scored.
     scored = slice(len(ids) // 5, None)
@@ -196,23 +257,38 @@ def _measure(args: argparse.Namespace, port: int, folder: Path) -> list[dict[str
 
     feast = _run_feast(args, states, ids[len(ids) // 5 :], port, folder)
     params = {
-        "players": args.players, "requests": args.requests, "zipf": args.zipf,
-        "l1_size": l1_size, "features": len(FEATURE_NAMES), "state_fields": len(FIELD_NAMES),
-        "write_s": round(write_s, 2), "feast": feast,
+        "players": args.players,
+        "requests": args.requests,
+        "zipf": args.zipf,
+        "l1_size": l1_size,
+        "features": len(FEATURE_NAMES),
+        "state_fields": len(FIELD_NAMES),
+        "write_s": round(write_s, 2),
+        "feast": feast,
     }
     peer = f"feast {feast['feast_version']} get_online_features" if feast else None
 
-    def record(metric: str, value: float, unit: str, peer_value: float | None = None
-               ) -> dict[str, Any]:
-        return {"benchmark": BENCHMARK, "metric": metric, "value": round(float(value), 3),
-                "unit": unit, "peer": peer if peer_value is not None else None,
-                "peer_value": None if peer_value is None else round(float(peer_value), 3),
-                "params": params}
+    def record(
+        metric: str, value: float, unit: str, peer_value: float | None = None
+    ) -> dict[str, Any]:
+        return {
+            "benchmark": BENCHMARK,
+            "metric": metric,
+            "value": round(float(value), 3),
+            "unit": unit,
+            "peer": peer if peer_value is not None else None,
+            "peer_value": None if peer_value is None else round(float(peer_value), 3),
+            "params": params,
+        }
 
     return [
         record("l1_hit_p99_us", np.percentile(hit_latency, 99), "us"),
-        record("l2_p99_us", np.percentile(miss_latency, 99), "us",
-               feast["p99_us"] if feast else None),
+        record(
+            "l2_p99_us",
+            np.percentile(miss_latency, 99),
+            "us",
+            feast["p99_us"] if feast else None,
+        ),
         # Uniformly drawn players, so about l1_fraction of them hit L1.
         record("batch_10k_ms", float(np.median(batch_ms)), "ms"),
         record("l1_hit_rate", float(np.mean(tier_array == "l1")), "ratio"),

@@ -40,8 +40,10 @@ def main() -> None:
         project="crmbet_bench",
         registry=str(args.workdir / "registry.db"),
         provider="local",
-        online_store={"type": "redis",
-                      "connection_string": f"127.0.0.1:{args.redis_port}"},
+        online_store={
+            "type": "redis",
+            "connection_string": f"127.0.0.1:{args.redis_port}",
+        },
         offline_store={"type": "file"},
         entity_key_serialization_version=3,
         repo_path=str(args.workdir),
@@ -60,13 +62,16 @@ def main() -> None:
 
     started = time.perf_counter()
     for start in range(0, len(frame), 20_000):
-        store.write_to_online_store("player_features", frame.iloc[start : start + 20_000])
+        store.write_to_online_store(
+            "player_features", frame.iloc[start : start + 20_000]
+        )
     write_s = time.perf_counter() - started
 
     refs = [f"player_features:{name}" for name in names]
     requests = json.loads(args.requests.read_text())
-    check = store.get_online_features(features=refs,
-                                      entity_rows=[{"player_id": requests[0]}]).to_dict()
+    check = store.get_online_features(
+        features=refs, entity_rows=[{"player_id": requests[0]}]
+    ).to_dict()
     latencies = []
     for player_id in requests:
         begin = time.perf_counter_ns()
@@ -74,11 +79,18 @@ def main() -> None:
         latencies.append(time.perf_counter_ns() - begin)
     micros = np.asarray(latencies) / 1000.0
     p50, p99 = np.percentile(micros, [50, 99])
-    print(json.dumps({
-        "p50_us": float(p50), "p99_us": float(p99), "requests": len(requests),
-        "write_s": write_s, "first_value": check[names[0]][0],
-        "feast_version": __import__("feast").__version__,
-    }))
+    print(
+        json.dumps(
+            {
+                "p50_us": float(p50),
+                "p99_us": float(p99),
+                "requests": len(requests),
+                "write_s": write_s,
+                "first_value": check[names[0]][0],
+                "feast_version": __import__("feast").__version__,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -51,8 +51,9 @@ def test_micro_batches_match_offline(bustabit_events: pl.DataFrame) -> None:
     assert set(response.status) == {"fresh"}
 
 
-async def test_second_read_hits_l1(loaded: EnterpriseFeatureStore,
-                                   small_events: pl.DataFrame) -> None:
+async def test_second_read_hits_l1(
+    loaded: EnterpriseFeatureStore, small_events: pl.DataFrame
+) -> None:
     player = small_events["player_id"][0]
     first = await loaded.get_features(FeatureRequest(player))
     second = await loaded.get_features(FeatureRequest(player))
@@ -73,14 +74,16 @@ def test_unknown_player(loaded: EnterpriseFeatureStore) -> None:
     assert response.row(0) is None
 
 
-def test_view_subset_and_order(loaded: EnterpriseFeatureStore,
-                               small_events: pl.DataFrame) -> None:
+def test_view_subset_and_order(
+    loaded: EnterpriseFeatureStore, small_events: pl.DataFrame
+) -> None:
     player = small_events["player_id"][0]
     wanted = ("net_loss_7d_per_day", "loss_chasing_rate")
     full = loaded.get_features_sync(FeatureRequest(player)).row(0)
     subset = loaded.get_features_sync(
-        FeatureRequest(player, view="responsible_gambling", features=wanted,
-                       include_expired=True)
+        FeatureRequest(
+            player, view="responsible_gambling", features=wanted, include_expired=True
+        )
     )
     assert subset.feature_names == wanted
     assert subset.row(0) == {name: full[name] for name in wanted}
@@ -117,8 +120,9 @@ def test_ttl_marks_expired(small_events: pl.DataFrame) -> None:
     assert response.freshness_seconds[0] > 2 * DAY
 
 
-def test_as_of_changes_recency(loaded: EnterpriseFeatureStore,
-                               small_events: pl.DataFrame) -> None:
+def test_as_of_changes_recency(
+    loaded: EnterpriseFeatureStore, small_events: pl.DataFrame
+) -> None:
     player = small_events["player_id"][0]
     now = loaded.get_features_sync(FeatureRequest(player, features=("recency_days",)))
     later = loaded.get_features_sync(

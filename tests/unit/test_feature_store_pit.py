@@ -31,8 +31,9 @@ def test_row_count_and_order_kept(events: pl.DataFrame, queries: pl.DataFrame) -
     assert out["label"].to_list() == queries["label"].to_list()
 
 
-def test_matches_fold_of_earlier_events(events: pl.DataFrame,
-                                        queries: pl.DataFrame) -> None:
+def test_matches_fold_of_earlier_events(
+    events: pl.DataFrame, queries: pl.DataFrame
+) -> None:
     out = point_in_time_features(events, queries, max_rows=2000)
     for i in (0, 5, 299, 300, 349, 360):
         row = out.row(i, named=True)

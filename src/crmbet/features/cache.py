@@ -1,6 +1,6 @@
 """L1 cache: an in-process TTL and LRU cache of computed feature vectors.
 
-The cache sits in front of the online store. An entry holds a player's
+The cache sits in front of the online store. An entry contains a player's
 state, its full feature vector and the as-of time the vector was computed
 at. It leaves the cache when the player's state changes (the online store
 announces changed players), when it is older than ``ttl_seconds``, or when
@@ -89,7 +89,9 @@ class L1Cache:
             self.hits += count
             return item[1]
 
-    def put(self, player_id: str, entry: CachedPlayer, generation: int | None = None) -> bool:
+    def put(
+        self, player_id: str, entry: CachedPlayer, generation: int | None = None
+    ) -> bool:
         """Insert an entry; skip it when an invalidation followed ``generation``.
 
         Returns True when the entry was inserted.

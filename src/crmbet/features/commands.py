@@ -21,14 +21,20 @@ def _features_group(app: typer.Typer) -> typer.Typer:
     for group in app.registered_groups:
         if group.name == "features" and group.typer_instance is not None:
             return group.typer_instance
-    group_app = typer.Typer(help="Inspect and serve registered features.", no_args_is_help=True)
+    group_app = typer.Typer(
+        help="Inspect and serve registered features.", no_args_is_help=True
+    )
     app.add_typer(group_app, name="features")
     return group_app
 
 
 def materialize_command(
-    input: Annotated[Path, typer.Option("--input", "-i", help="Transactions file or folder.")],
-    format: Annotated[str, typer.Option(help="auto, csv, parquet, jsonl or bustabit.")] = "auto",
+    input: Annotated[
+        Path, typer.Option("--input", "-i", help="Transactions file or folder.")
+    ],
+    format: Annotated[
+        str, typer.Option(help="auto, csv, parquet, jsonl or bustabit.")
+    ] = "auto",
 ) -> None:
     """Fold events into the online store; replayed events are not counted twice."""
     from crmbet.config import get_settings
@@ -52,13 +58,23 @@ def materialize_command(
 
 
 def get_command(
-    player: Annotated[list[str], typer.Option("--player", "-p",
-                                              help="Raw or pseudonymised player id; repeatable.")],
-    view: Annotated[str, typer.Option(help="Feature view: all, segmentation or "
-                                           "responsible_gambling.")] = "all",
-    as_of: Annotated[float | None, typer.Option(
-        help="Unix time (seconds) to read the features at; the store watermark by default."
-    )] = None,
+    player: Annotated[
+        list[str],
+        typer.Option(
+            "--player", "-p", help="Raw or pseudonymised player id; repeatable."
+        ),
+    ],
+    view: Annotated[
+        str,
+        typer.Option(help="Feature view: all, segmentation or responsible_gambling."),
+    ] = "all",
+    as_of: Annotated[
+        float | None,
+        typer.Option(
+            help="Unix time in seconds to read the features at; "
+            "the store watermark by default."
+        ),
+    ] = None,
 ) -> None:
     """Show the online features of players, with status, tier and freshness."""
     from crmbet.config import get_settings
@@ -71,28 +87,42 @@ def get_command(
     rows = []
     for raw in player:
         pseudonym = pseudonymizer.pseudonymize(raw)
-        response = store.get_features_sync(FeatureRequest(pseudonym, view=view, as_of=as_of))
+        response = store.get_features_sync(
+            FeatureRequest(pseudonym, view=view, as_of=as_of)
+        )
         if response.status[0] == "unknown":
-            response = store.get_features_sync(FeatureRequest(raw, view=view, as_of=as_of))
+            response = store.get_features_sync(
+                FeatureRequest(raw, view=view, as_of=as_of)
+            )
         values = response.row(0)
         freshness = float(response.freshness_seconds[0])
-        rows.append({
-            "player": raw,
-            "status": response.status[0],
-            "tier": response.tier[0],
-            "as_of": response.as_of,
-            "freshness_seconds": None if math.isnan(freshness) else freshness,
-            "features": values,
-        })
+        rows.append(
+            {
+                "player": raw,
+                "status": response.status[0],
+                "tier": response.tier[0],
+                "as_of": response.as_of,
+                "freshness_seconds": None if math.isnan(freshness) else freshness,
+                "features": values,
+            }
+        )
     console.print_json(json.dumps(rows))
 
 
 def pit_command(
-    input: Annotated[Path, typer.Option("--input", "-i", help="Transactions file or folder.")],
-    queries: Annotated[Path, typer.Option(help="Parquet or CSV file with player_id and ts.")],
-    out: Annotated[Path, typer.Option(help="Parquet file to write the training set to.")],
-    pseudonymize: Annotated[bool, typer.Option(
-        help="Pseudonymise the query player ids with the configured key.")] = True,
+    input: Annotated[
+        Path, typer.Option("--input", "-i", help="Transactions file or folder.")
+    ],
+    queries: Annotated[
+        Path, typer.Option(help="Parquet or CSV file with player_id and ts.")
+    ],
+    out: Annotated[
+        Path, typer.Option(help="Parquet file to write the training set to.")
+    ],
+    pseudonymize: Annotated[
+        bool,
+        typer.Option(help="Pseudonymise the query player ids with the configured key."),
+    ] = True,
 ) -> None:
     """Build a point-in-time training set: features from events before each row."""
     from crmbet.config import get_settings
@@ -101,8 +131,11 @@ def pit_command(
 
     settings = get_settings()
     events = read_source(input, settings=settings).events
-    table = pl.read_csv(queries, try_parse_dates=True) if queries.suffix == ".csv" \
+    table = (
+        pl.read_csv(queries, try_parse_dates=True)
+        if queries.suffix == ".csv"
         else pl.read_parquet(queries)
+    )
     if pseudonymize:
         table = pseudonymizer_from(settings).pseudonymize_column(table)
     result = point_in_time_features(events, table)

@@ -1,7 +1,7 @@
 """Materialisation: fold events into the online store, incrementally and once.
 
 Each run folds only the events the store has not applied yet and merges
-the folded states into the stored ones; the merge law makes the result
+the folded states into the stored ones. The merge law makes the result
 equal to folding every event at once. Replays are recognised per player
 with an event-time mark: the time of the player's newest applied event and
 the ids of the events at exactly that time. An incoming event is new when
@@ -63,16 +63,21 @@ def select_new_events(
             "__mark_ts": [mark.last_ts for mark in marks.values()],
             "__mark_ids": [sorted(mark.event_ids) for mark in marks.values()],
         },
-        schema={"player_id": pl.String, "__mark_ts": pl.Float64,
-                "__mark_ids": pl.List(pl.String)},
+        schema={
+            "player_id": pl.String,
+            "__mark_ts": pl.Float64,
+            "__mark_ids": pl.List(pl.String),
+        },
     )
     tagged = unique.join(mark_frame, on="player_id", how="left").with_columns(
         _seconds().alias("__t")
     )
     at_mark = pl.col("__t") == pl.col("__mark_ts")
     seen_at_mark = at_mark & pl.col("__mark_ids").list.contains(pl.col("event_id"))
-    is_new = pl.col("__mark_ts").is_null() | (pl.col("__t") > pl.col("__mark_ts")) | (
-        at_mark & ~seen_at_mark
+    is_new = (
+        pl.col("__mark_ts").is_null()
+        | (pl.col("__t") > pl.col("__mark_ts"))
+        | (at_mark & ~seen_at_mark)
     )
     fresh = tagged.filter(is_new).select(events.columns)
     return fresh, repeated_in_input, unique.height - fresh.height
@@ -93,9 +98,13 @@ def new_marks(
     marks: dict[str, AppliedMark] = {}
     for player, ids, last_ts in at_last.iter_rows():
         previous = old.get(player)
-        keep = previous.event_ids if previous and previous.last_ts == last_ts else frozenset()
+        keep = (
+            previous.event_ids
+            if previous and previous.last_ts == last_ts
+            else frozenset()
+        )
         marks[player] = AppliedMark(last_ts, keep | frozenset(ids))
-    for player, last_ts in last.iter_rows():
+    for player in last["player_id"].to_list():
         if player not in marks and player in old:
             marks[player] = old[player]
     return marks
@@ -115,9 +124,12 @@ def materialize(events: pl.DataFrame, store: OnlineStore) -> MaterializeReport:
     marks = store.applied_marks(players)
     fresh, duplicates, skipped = select_new_events(events, marks)
     if fresh.height == 0:
-        logger.info("all %d events were applied before; nothing to materialise",
-                    events.height)
-        return MaterializeReport(events.height, 0, duplicates, skipped, 0, store.watermark)
+        logger.info(
+            "all %d events were applied before; nothing to materialise", events.height
+        )
+        return MaterializeReport(
+            events.height, 0, duplicates, skipped, 0, store.watermark
+        )
 
     folded = fold(fresh)
     current = store.get_states_frame(folded["player_id"].to_list())
@@ -134,8 +146,11 @@ def materialize(events: pl.DataFrame, store: OnlineStore) -> MaterializeReport:
     logger.info(
         "materialised %d of %d events into %d players (%d duplicated in the input, "
         "%d at or before their player's newest applied event)",
-        report.events_applied, report.events_in, report.players_updated,
-        report.duplicates_in_input, report.skipped,
+        report.events_applied,
+        report.events_in,
+        report.players_updated,
+        report.duplicates_in_input,
+        report.skipped,
     )
     return report
 

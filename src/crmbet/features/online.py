@@ -44,7 +44,7 @@ class StoredPlayers:
 
     ``states`` has one row per requested player (columns in
     :data:`FIELD_NAMES` order) and NaN rows where ``found`` is False.
-    ``vectors`` holds feature vectors stored at write time, computed at
+    ``vectors`` contains feature vectors stored at write time, computed at
     ``vector_as_of``; backends that store none leave both as None.
     """
 
@@ -116,7 +116,9 @@ def states_matrix(states: pl.DataFrame) -> np.ndarray:
     """Return the state fields of a state table as one float64 matrix."""
     if states.height == 0:
         return np.empty((0, len(FIELD_NAMES)))
-    columns = [states.get_column(name).fill_null(0.0).to_numpy() for name in FIELD_NAMES]
+    columns = [
+        states.get_column(name).fill_null(0.0).to_numpy() for name in FIELD_NAMES
+    ]
     return np.ascontiguousarray(np.column_stack(columns), dtype=np.float64)
 
 
@@ -231,7 +233,9 @@ class MemoryOnlineStore:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         frame = self.to_frame()
-        marks = [sorted(self._marks.get(pid, ())) for pid in frame["player_id"].to_list()]
+        marks = [
+            sorted(self._marks.get(pid, ())) for pid in frame["player_id"].to_list()
+        ]
         frame = frame.with_columns(
             pl.Series("last_event_ids", marks, dtype=pl.List(pl.String))
         )

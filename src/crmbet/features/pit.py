@@ -31,7 +31,9 @@ _ROW = "__pit_row"
 _AS_OF = "__pit_as_of"
 
 
-def _chunks(keys: pl.DataFrame, sizes: pl.DataFrame, max_rows: int) -> Iterator[pl.DataFrame]:
+def _chunks(
+    keys: pl.DataFrame, sizes: pl.DataFrame, max_rows: int
+) -> Iterator[pl.DataFrame]:
     """Split the pairs so that each chunk joins at most about ``max_rows`` events."""
     weighted = keys.join(sizes, on="player_id", how="left").with_columns(
         pl.col("__n").fill_null(0).cum_sum().alias("__cum")
@@ -70,7 +72,9 @@ def point_in_time_features(
         ``queries`` in its row order, plus ``n_prior_events`` and one column
         per feature (null where the player had no earlier event).
     """
-    missing = [column for column in ("player_id", "ts") if column not in queries.columns]
+    missing = [
+        column for column in ("player_id", "ts") if column not in queries.columns
+    ]
     if missing:
         raise ValueError(
             f"query table lacks column(s) {missing}; pass one row per (player_id, ts)"
@@ -85,7 +89,8 @@ def point_in_time_features(
     )
     sizes = events.group_by("player_id").agg(pl.len().alias("__n"))
     parts = [
-        _features_of_pairs(events, chunk, names) for chunk in _chunks(keys, sizes, max_rows)
+        _features_of_pairs(events, chunk, names)
+        for chunk in _chunks(keys, sizes, max_rows)
     ]
     computed = pl.concat(parts) if parts else pl.DataFrame()
     out = (
@@ -96,8 +101,11 @@ def point_in_time_features(
         .sort(_ROW)
         .drop(_ROW, _KEY, _AS_OF)
     )
-    logger.info("built a point-in-time table of %d rows from %d distinct pairs",
-                out.height, keys.height)
+    logger.info(
+        "built a point-in-time table of %d rows from %d distinct pairs",
+        out.height,
+        keys.height,
+    )
     return out
 
 

@@ -111,7 +111,7 @@ class RedisOnlineStore:
         self._listeners: list[InvalidationListener | Callable[[None], None]] = []
         self._listener_thread: threading.Thread | None = None
         self._stop = threading.Event()
-        #: Set while the invalidation thread holds a live subscription.
+        #: Set while the invalidation thread has a live subscription.
         self.subscribed = threading.Event()
         self.last_error: str | None = None
         try:
@@ -150,7 +150,7 @@ class RedisOnlineStore:
         return self._watermark
 
     def ping(self) -> bool:
-        """Return True when Redis answers a PING."""
+        """Return True when Redis replies to a PING."""
         try:
             with self._guard("ping"):
                 return bool(self._client.ping())
@@ -158,7 +158,7 @@ class RedisOnlineStore:
             return False
 
     def health(self) -> dict[str, Any]:
-        """Return ``healthy`` when Redis answers, else ``degraded`` with the error."""
+        """Return ``healthy`` when Redis replies to a PING, else ``degraded``."""
         up = self.ping()
         return {
             "status": "healthy" if up else "degraded",
@@ -172,7 +172,9 @@ class RedisOnlineStore:
         # NOTE: a SCAN over the namespace, O(keys in the database); for the CLI
         # and tests, not for request paths.
         with self._guard("count players"):
-            return sum(1 for _ in self._client.scan_iter(self._state_prefix + "*", 1000))
+            return sum(
+                1 for _ in self._client.scan_iter(self._state_prefix + "*", 1000)
+            )
 
     # -- reads ------------------------------------------------------------
 
@@ -184,7 +186,9 @@ class RedisOnlineStore:
             if self.subscribed.is_set():
                 # The subscription delivers every new watermark with the
                 # change announcements, so only the states are read.
-                values = [self._client.get(keys[0])] if n == 1 else self._client.mget(keys)
+                values = (
+                    [self._client.get(keys[0])] if n == 1 else self._client.mget(keys)
+                )
                 watermark = None
             else:
                 pipe = self._client.pipeline(transaction=False)
@@ -238,12 +242,18 @@ class RedisOnlineStore:
             chunk = ids[start : start + WRITE_CHUNK]
             stored = self.read_players(chunk)
             with self._guard("read applied event ids"):
-                applied = self._client.mget([self._applied_prefix + pid for pid in chunk])
+                applied = self._client.mget(
+                    [self._applied_prefix + pid for pid in chunk]
+                )
             for i, pid in enumerate(chunk):
                 if stored.found[i]:
                     text = (applied[i] or b"").decode()
-                    event_ids = frozenset(text.split(MARK_SEPARATOR)) if text else frozenset()
-                    marks[pid] = AppliedMark(float(stored.states[i, LAST_TS]), event_ids)
+                    event_ids = (
+                        frozenset(text.split(MARK_SEPARATOR)) if text else frozenset()
+                    )
+                    marks[pid] = AppliedMark(
+                        float(stored.states[i, LAST_TS]), event_ids
+                    )
         return marks
 
     # -- writes -----------------------------------------------------------
@@ -259,18 +269,29 @@ class RedisOnlineStore:
         ids = states["player_id"].to_list()
         matrix = states_matrix(states)
         watermark = max(self._watermark, float(matrix[:, LAST_TS].max()))
-        features = compute_columns(dict(zip(FIELD_NAMES, matrix.T, strict=True)), watermark)
+        features = compute_columns(
+            dict(zip(FIELD_NAMES, matrix.T, strict=True)), watermark
+        )
         packed = np.empty((len(ids), ROW_LENGTH))
         packed[:, 0] = LAYOUT
         packed[:, 1] = watermark
         packed[:, 2 : 2 + N_FIELDS] = matrix
-        packed[:, 2 + N_FIELDS :] = np.column_stack([features[n] for n in FEATURE_NAMES])
-        expiry = None if self.key_ttl_seconds is None else int(self.key_ttl_seconds * 1000)
+        packed[:, 2 + N_FIELDS :] = np.column_stack(
+            [features[n] for n in FEATURE_NAMES]
+        )
+        expiry = (
+            None if self.key_ttl_seconds is None else int(self.key_ttl_seconds * 1000)
+        )
         with self._guard("write player states"):
             for start in range(0, len(ids), WRITE_CHUNK):
                 chunk = ids[start : start + WRITE_CHUNK]
-                self._write_chunk(chunk, packed[start : start + WRITE_CHUNK], applied,
-                                  expiry, watermark)
+                self._write_chunk(
+                    chunk,
+                    packed[start : start + WRITE_CHUNK],
+                    applied,
+                    expiry,
+                    watermark,
+                )
         self._watermark = watermark
         self._dispatch(ids)
 
@@ -288,8 +309,12 @@ class RedisOnlineStore:
             if applied is not None and pid in applied:
                 text = MARK_SEPARATOR.join(sorted(applied[pid].event_ids))
                 pipe.set(self._applied_prefix + pid, text, px=expiry_ms)
-        self._raise_watermark(keys=[self._meta_key], args=[repr(watermark)], client=pipe)
-        pipe.publish(self.channel, orjson.dumps({"watermark": watermark, "players": ids}))
+        self._raise_watermark(
+            keys=[self._meta_key], args=[repr(watermark)], client=pipe
+        )
+        pipe.publish(
+            self.channel, orjson.dumps({"watermark": watermark, "players": ids})
+        )
         pipe.execute()
 
     def merge_states(self, states: pl.DataFrame) -> None:
@@ -325,7 +350,9 @@ class RedisOnlineStore:
         self._listeners.append(listener)
         if self._listener_thread is None:
             self._listener_thread = threading.Thread(
-                target=self._listen, name=f"crmbet-invalidate-{self.namespace}", daemon=True
+                target=self._listen,
+                name=f"crmbet-invalidate-{self.namespace}",
+                daemon=True,
             )
             self._listener_thread.start()
 
@@ -343,7 +370,9 @@ class RedisOnlineStore:
                 pubsub.subscribe(self.channel)
                 self.subscribed.set()
                 if lost:
-                    logger.info("resubscribed to %s; dropping cached players", self.channel)
+                    logger.info(
+                        "resubscribed to %s; dropping cached players", self.channel
+                    )
                     self._dispatch(None)
                     lost = False
                 backoff = 0.1
@@ -351,7 +380,9 @@ class RedisOnlineStore:
             except (redis.ConnectionError, redis.TimeoutError) as error:
                 self.subscribed.clear()
                 if not lost:
-                    logger.warning("lost the subscription to %s: %s", self.channel, error)
+                    logger.warning(
+                        "lost the subscription to %s: %s", self.channel, error
+                    )
                 lost = True
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 2.0)
@@ -375,4 +406,3 @@ class RedisOnlineStore:
             self._listener_thread.join(timeout=2.0)
             self._listener_thread = None
         self._client.close()
-

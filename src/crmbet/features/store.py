@@ -10,14 +10,13 @@ Every value is exactly as of the response's ``as_of`` time, which defaults
 to the store watermark (the newest event time seen). A player whose newest
 event is older than the feature view's TTL, measured in event time from
 ``as_of``, is reported ``expired``. When the online store is unreachable
-the store reports ``degraded``, serves what L1 holds and marks the other
+the store reports ``degraded``, serves the players cached in L1, marks the other
 players ``unavailable``; it never raises to the caller for that reason.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -108,7 +107,7 @@ class FeatureResponse:
     ``values`` has one row per player and one column per name in
     ``feature_names``; rows of players without a value are NaN. ``status``
     is ``fresh``, ``expired``, ``unknown`` (no events) or ``unavailable``
-    (the online store could not be reached); ``tier`` says where the value
+    (the online store could not be reached); ``tier`` is where the value
     came from: ``l1``, ``l2`` (the online store) or ``none``.
     """
 
@@ -147,13 +146,15 @@ class FeatureResponse:
     def to_polars(self) -> pl.DataFrame:
         """Return the response as a table with status, tier and freshness."""
         columns = {name: self.values[:, i] for i, name in enumerate(self.feature_names)}
-        return pl.DataFrame({
-            "player_id": list(self.player_ids),
-            **columns,
-            "status": self.status,
-            "tier": self.tier,
-            "freshness_seconds": self.freshness_seconds,
-        })
+        return pl.DataFrame(
+            {
+                "player_id": list(self.player_ids),
+                **columns,
+                "status": self.status,
+                "tier": self.tier,
+                "freshness_seconds": self.freshness_seconds,
+            }
+        )
 
 
 @dataclass
@@ -161,7 +162,9 @@ class _Latencies:
     """Recent request latencies per tier, in nanoseconds."""
 
     samples: dict[str, deque[int]] = field(
-        default_factory=lambda: {name: deque(maxlen=100_000) for name in ("l1", "l2", "batch")}
+        default_factory=lambda: {
+            name: deque(maxlen=100_000) for name in ("l1", "l2", "batch")
+        }
     )
 
     def percentiles(self) -> dict[str, dict[str, float]]:
@@ -171,7 +174,12 @@ class _Latencies:
                 continue
             micros = np.fromiter(values, dtype=np.float64) / 1000.0
             p50, p95, p99 = np.percentile(micros, [50, 95, 99])
-            out[name] = {"count": len(micros), "p50_us": p50, "p95_us": p95, "p99_us": p99}
+            out[name] = {
+                "count": len(micros),
+                "p50_us": p50,
+                "p95_us": p95,
+                "p99_us": p99,
+            }
         return out
 
 
@@ -217,7 +225,9 @@ class EnterpriseFeatureStore:
         retry_interval_s: float = 1.0,
         l1_fill_max_players: int = 1000,
     ) -> None:
-        self.backend: OnlineStore = backend if backend is not None else MemoryOnlineStore()
+        self.backend: OnlineStore = (
+            backend if backend is not None else MemoryOnlineStore()
+        )
         self.l1 = L1Cache(l1_cache_size, l1_ttl_seconds)
         self.views = dict(views or DEFAULT_VIEWS)
         self.retry_interval_s = retry_interval_s
@@ -228,12 +238,17 @@ class EnterpriseFeatureStore:
             tuple[FeatureView, tuple[str, ...], np.ndarray | None],
         ] = {}
         self._latencies = _Latencies()
-        self._counts = {"l2_hits": 0, "l2_unknown": 0, "unavailable": 0, "errors": 0,
-                        "expired": 0, "requests": 0}
+        self._counts = {
+            "l2_hits": 0,
+            "l2_unknown": 0,
+            "unavailable": 0,
+            "errors": 0,
+            "expired": 0,
+            "requests": 0,
+        }
         self._degraded = False
         self._retry_at = 0.0
         self._last_error: str | None = None
-        self._lock = threading.Lock()
         self.backend.add_listener(self.l1.invalidate)
 
     @classmethod
@@ -255,10 +270,12 @@ class EnterpriseFeatureStore:
     # -- requests ---------------------------------------------------------
 
     async def get_features(self, request: FeatureRequest) -> FeatureResponse:
-        """Return the requested features; never raises for an unreachable store.
+        """Return the requested features, without raising when the store is down.
 
-        The work is synchronous: an L1 hit takes microseconds and an online
-        store read one network round trip, so it runs on the caller's loop.
+        An unreachable online store marks the players ``unavailable``
+        instead. The work is synchronous and runs on the caller's loop,
+        because an L1 hit takes microseconds and an online-store read one
+        network round trip.
         """
         return self.get_features_sync(request)
 
@@ -271,8 +288,16 @@ class EnterpriseFeatureStore:
             if served is not None:
                 return served
         view, names, columns = self._resolve(request)
-        ids = (request.player_ids,) if isinstance(request.player_ids, str) else request.player_ids
-        as_of = float(request.as_of) if request.as_of is not None else self.backend.watermark
+        ids = (
+            (request.player_ids,)
+            if isinstance(request.player_ids, str)
+            else request.player_ids
+        )
+        as_of = (
+            float(request.as_of)
+            if request.as_of is not None
+            else self.backend.watermark
+        )
         n = len(ids)
         vectors = np.full((n, len(FEATURE_NAMES)), np.nan)
         last_ts = np.full(n, np.nan)
@@ -331,7 +356,8 @@ class EnterpriseFeatureStore:
         view = self.views.get(request.view)
         if view is None:
             raise KeyError(
-                f"unknown feature view {request.view!r}; choose one of {sorted(self.views)}"
+                f"unknown feature view {request.view!r}; "
+                f"choose one of {sorted(self.views)}"
             )
         names = request.features if request.features is not None else view.features
         outside = [name for name in names if name not in view.features]
@@ -341,8 +367,10 @@ class EnterpriseFeatureStore:
                 f"through view 'all' or one of {sorted(self.views)}"
             )
         positions = [_FEATURE_POSITION[name] for name in names]
-        columns = None if positions == list(range(len(FEATURE_NAMES))) else np.array(
-            positions, dtype=np.intp
+        columns = (
+            None
+            if positions == list(range(len(FEATURE_NAMES)))
+            else np.array(positions, dtype=np.intp)
         )
         resolved = (view, tuple(names), columns)
         self._columns[key] = resolved
@@ -351,7 +379,7 @@ class EnterpriseFeatureStore:
     def _serve_one_from_l1(
         self, request: FeatureRequest, as_of: float | None, started: int
     ) -> FeatureResponse | None:
-        """Answer a one-player request from L1 without arrays of the batch path."""
+        """Serve a one-player request from L1, skipping the arrays of the batch path."""
         view, names, columns = self._resolve(request)
         entry = self.l1.get(request.player_ids)  # type: ignore[arg-type]
         if entry is None:
@@ -400,8 +428,10 @@ class EnterpriseFeatureStore:
             return
         if self._degraded:
             self._degraded = False
-            logger.info("online store %s is reachable again; leaving degraded mode",
-                        self.backend.backend)
+            logger.info(
+                "online store %s is reachable again; leaving degraded mode",
+                self.backend.backend,
+            )
         found = stored.found
         hit_rows = np.flatnonzero(found)
         self._counts["l2_hits"] += len(hit_rows)
@@ -420,8 +450,12 @@ class EnterpriseFeatureStore:
         if len(ids) <= self.l1_fill_max_players:
             self.l1.put_many(
                 [
-                    (miss_ids[row], CachedPlayer(states[j], computed[j], as_of,
-                                                 float(states[j, LAST_TS])))
+                    (
+                        miss_ids[row],
+                        CachedPlayer(
+                            states[j], computed[j], as_of, float(states[j, LAST_TS])
+                        ),
+                    )
                     for j, row in enumerate(hit_rows.tolist())
                 ],
                 generation,

@@ -72,7 +72,8 @@ def test_second_file_merges(
     assert online["n_events"].sum() == events.height
     np.testing.assert_allclose(
         online.sort("player_id")["stake_sum"].to_numpy(),
-        offline["stake_sum"].to_numpy(), rtol=1e-12,
+        offline["stake_sum"].to_numpy(),
+        rtol=1e-12,
     )
 
 
@@ -92,7 +93,9 @@ def test_key_layout_is_versioned(
 
 
 def test_key_ttl_applies(bustabit_events: pl.DataFrame, redis_url: str) -> None:
-    store = RedisOnlineStore(redis_url, namespace="crmbet-test-ttl", key_ttl_seconds=300)
+    store = RedisOnlineStore(
+        redis_url, namespace="crmbet-test-ttl", key_ttl_seconds=300
+    )
     try:
         events = bustabit_events.head(20)
         materialize(events, store)
@@ -120,7 +123,9 @@ def test_pubsub_invalidates_other_process_l1(
     try:
         assert reader_backend.subscribed.wait(timeout=5)
         first = reader.get_features_sync(FeatureRequest(player, as_of=1e10))
-        assert reader.get_features_sync(FeatureRequest(player, as_of=1e10)).tier == ["l1"]
+        assert reader.get_features_sync(FeatureRequest(player, as_of=1e10)).tier == [
+            "l1"
+        ]
 
         # Another writer (its own client) changes the player: the reader's
         # L1 entry must go within the stated bound of one second.
