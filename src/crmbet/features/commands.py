@@ -106,6 +106,7 @@ def get_command(
                 "features": values,
             }
         )
+    store.close()
     console.print_json(json.dumps(rows))
 
 

@@ -569,6 +569,12 @@ class EnterpriseFeatureStore:
             "errors": counts["errors"],
         }
 
+    def close(self) -> None:
+        """Stop the backend's invalidation thread and close its connections."""
+        close = getattr(self.backend, "close", None)
+        if close is not None:
+            close()
+
     def health(self) -> dict[str, Any]:
         """Return ``healthy``, or ``degraded`` with the last online-store error."""
         backend = self.backend.health()
