@@ -61,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--zipf",
         type=float,
-        default=1.1,
+        default=1.2,
         help="Exponent s of the Zipf popularity, P(rank k) ~ k^-s.",
     )
     parser.add_argument(
@@ -264,6 +264,9 @@ def _measure(args: argparse.Namespace, port: int, folder: Path) -> list[dict[str
         "features": len(FEATURE_NAMES),
         "state_fields": len(FIELD_NAMES),
         "write_s": round(write_s, 2),
+        "l1_hit_p50_us": round(float(np.percentile(hit_latency, 50)), 2),
+        "l2_p50_us": round(float(np.percentile(miss_latency, 50)), 2),
+        "batch_10k_ms_all": [round(value, 1) for value in batch_ms],
         "feast": feast,
     }
     peer = f"feast {feast['feast_version']} get_online_features" if feast else None

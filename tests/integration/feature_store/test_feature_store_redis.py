@@ -171,3 +171,23 @@ def test_redis_down_degrades_then_recovers(
     assert wait_until(cold_served, timeout=10)
     assert store.health()["status"] == "healthy"
     backend.close()
+
+
+def test_settings_select_redis(
+    settings: Any, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from crmbet.config import get_settings
+    from crmbet.pipeline import OptimizationConfig
+
+    monkeypatch.setenv("CRMBET_REDIS_URL", redis_url)
+    get_settings.cache_clear()
+    optimization = OptimizationConfig(l1_cache_size=123, l1_ttl_seconds=7.0)
+    store = EnterpriseFeatureStore.from_settings(get_settings(), optimization)
+    try:
+        assert store.backend.backend == "redis"
+        assert store.l1.max_size == 123
+        assert store.l1.ttl_seconds == 7.0
+        assert store.health()["status"] == "healthy"
+    finally:
+        store.close()
+        get_settings.cache_clear()
