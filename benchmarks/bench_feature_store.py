@@ -226,7 +226,11 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def _measure(args: argparse.Namespace, port: int, folder: Path) -> list[dict[str, Any]]:
     states = _player_states(args.players)
-    backend = RedisOnlineStore(f"redis://127.0.0.1:{port}/0", namespace="bench")
+    # A generous read timeout: on a busy machine a 10,000-key MGET can take
+    # longer than the default 0.5 s, which would count as an outage.
+    backend = RedisOnlineStore(
+        f"redis://127.0.0.1:{port}/0", namespace="bench", socket_timeout=5.0
+    )
     started = time.perf_counter()
     for start in range(0, states.height, 50_000):
         backend.put_states(states.slice(start, 50_000))
@@ -267,6 +271,7 @@ def _measure(args: argparse.Namespace, port: int, folder: Path) -> list[dict[str
         "l1_hit_p50_us": round(float(np.percentile(hit_latency, 50)), 2),
         "l2_p50_us": round(float(np.percentile(miss_latency, 50)), 2),
         "batch_10k_ms_all": [round(value, 1) for value in batch_ms],
+        "store_errors": store.get_performance_stats()["errors"],
         "feast": feast,
     }
     peer = f"feast {feast['feast_version']} get_online_features" if feast else None

@@ -79,7 +79,11 @@ class RedisOnlineStore:
         keeps them until overwritten. Event-time expiry of feature views is
         applied on read by the feature store, not here.
     socket_timeout:
-        Seconds a command may take before the store counts Redis as down.
+        Seconds a read may take before the store counts Redis as down.
+    write_timeout:
+        Seconds a write pipeline of up to 2,000 players may take; writes
+        use a connection of their own so that bulk loads do not need the
+        short read timeout.
     """
 
     backend = "redis"
@@ -91,6 +95,7 @@ class RedisOnlineStore:
         namespace: str = "crmbet",
         key_ttl_seconds: float | None = None,
         socket_timeout: float = 0.5,
+        write_timeout: float = 30.0,
     ) -> None:
         self.namespace = namespace
         self.key_ttl_seconds = key_ttl_seconds
@@ -106,7 +111,14 @@ class RedisOnlineStore:
             socket_connect_timeout=socket_timeout,
             retry_on_timeout=False,
         )
-        self._raise_watermark = self._client.register_script(_RAISE_WATERMARK)
+        self._writer = redis.Redis.from_url(
+            url,
+            protocol=2,
+            socket_timeout=write_timeout,
+            socket_connect_timeout=socket_timeout,
+            retry_on_timeout=False,
+        )
+        self._raise_watermark = self._writer.register_script(_RAISE_WATERMARK)
         self._watermark = 0.0
         self._listeners: list[InvalidationListener | Callable[[None], None]] = []
         self._listener_thread: threading.Thread | None = None
@@ -303,7 +315,7 @@ class RedisOnlineStore:
         expiry_ms: int | None,
         watermark: float,
     ) -> None:
-        pipe = self._client.pipeline(transaction=False)
+        pipe = self._writer.pipeline(transaction=False)
         for pid, row in zip(ids, rows, strict=True):
             pipe.set(self._state_prefix + pid, row.tobytes(), px=expiry_ms)
             if applied is not None and pid in applied:
@@ -328,14 +340,14 @@ class RedisOnlineStore:
         with self._guard("delete the namespace"):
             for pattern in (self._state_prefix, self._applied_prefix):
                 batch: list[bytes] = []
-                for key in self._client.scan_iter(pattern + "*", 1000):
+                for key in self._writer.scan_iter(pattern + "*", 1000):
                     batch.append(key)
                     if len(batch) >= 1000:
-                        deleted += self._client.delete(*batch)
+                        deleted += self._writer.delete(*batch)
                         batch = []
                 if batch:
-                    deleted += self._client.delete(*batch)
-            self._client.delete(self._meta_key)
+                    deleted += self._writer.delete(*batch)
+            self._writer.delete(self._meta_key)
         self._watermark = 0.0
         return deleted
 
@@ -406,3 +418,4 @@ class RedisOnlineStore:
             self._listener_thread.join(timeout=2.0)
             self._listener_thread = None
         self._client.close()
+        self._writer.close()
