@@ -175,12 +175,14 @@ def _run_feast(
     if not args.feast_python or not Path(args.feast_python).exists():
         return None
     requests = stream[: args.feast_requests]
-    wanted = states.filter(pl.col("player_id").is_in(sorted(set(requests))))
-    columns = compute_matrix(states_matrix(wanted), float(wanted["last_ts"].max()))
+    requested = states.filter(pl.col("player_id").is_in(sorted(set(requests))))
+    columns = compute_matrix(
+        states_matrix(requested), float(requested["last_ts"].max())
+    )
     table = pl.DataFrame(
         {
-            "player_id": wanted["player_id"],
-            "event_timestamp": [datetime.now(UTC)] * wanted.height,
+            "player_id": requested["player_id"],
+            "event_timestamp": [datetime.now(UTC)] * requested.height,
             **{name: columns[:, i] for i, name in enumerate(FEATURE_NAMES)},
         }
     )
@@ -290,7 +292,14 @@ def _measure(args: argparse.Namespace, port: int, folder: Path) -> list[dict[str
         }
 
     return [
-        record("l1_hit_p99_us", np.percentile(hit_latency, 99), "us"),
+        # Feast has no in-process cache, so each of its requests is the
+        # peer of a request that our L1 serves as well as of an L1 miss.
+        record(
+            "l1_hit_p99_us",
+            np.percentile(hit_latency, 99),
+            "us",
+            feast["p99_us"] if feast else None,
+        ),
         record(
             "l2_p99_us",
             np.percentile(miss_latency, 99),

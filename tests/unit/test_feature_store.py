@@ -78,15 +78,18 @@ def test_view_subset_and_order(
     loaded: EnterpriseFeatureStore, small_events: pl.DataFrame
 ) -> None:
     player = small_events["player_id"][0]
-    wanted = ("net_loss_7d_per_day", "loss_chasing_rate")
+    requested = ("net_loss_7d_per_day", "loss_chasing_rate")
     full = loaded.get_features_sync(FeatureRequest(player)).row(0)
     subset = loaded.get_features_sync(
         FeatureRequest(
-            player, view="responsible_gambling", features=wanted, include_expired=True
+            player,
+            view="responsible_gambling",
+            features=requested,
+            include_expired=True,
         )
     )
-    assert subset.feature_names == wanted
-    assert subset.row(0) == {name: full[name] for name in wanted}
+    assert subset.feature_names == requested
+    assert subset.row(0) == {name: full[name] for name in requested}
 
 
 def test_unknown_view_and_feature(loaded: EnterpriseFeatureStore) -> None:
