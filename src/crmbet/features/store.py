@@ -419,12 +419,17 @@ class EnterpriseFeatureStore:
             self._mark_unavailable(misses, status)
             return
         generation = self.l1.generation
-        miss_ids = [ids[i] for i in misses]
+        fill_l1 = len(ids) <= self.l1_fill_max_players
         try:
-            stored = self.backend.read_players(miss_ids)
+            if not fill_l1 and hasattr(self.backend, "read_vectors"):
+                misses = self._read_stored_vectors(
+                    ids, misses, as_of, vectors, last_ts, tiers
+                )
+            miss_ids = [ids[i] for i in misses]
+            stored = self.backend.read_players(miss_ids) if misses else None
         except OnlineStoreUnavailableError as error:
             self._enter_degraded(error)
-            self._mark_unavailable(misses, status)
+            self._mark_unavailable([i for i in misses if tiers[i] == "none"], status)
             return
         if self._degraded:
             self._degraded = False
@@ -432,6 +437,8 @@ class EnterpriseFeatureStore:
                 "online store %s is reachable again; leaving degraded mode",
                 self.backend.backend,
             )
+        if stored is None:
+            return
         found = stored.found
         hit_rows = np.flatnonzero(found)
         self._counts["l2_hits"] += len(hit_rows)
@@ -447,7 +454,7 @@ class EnterpriseFeatureStore:
         last_ts[targets] = states[:, LAST_TS]
         for i in targets.tolist():
             tiers[i] = "l2"
-        if len(ids) <= self.l1_fill_max_players:
+        if fill_l1:
             self.l1.put_many(
                 [
                     (
@@ -460,6 +467,27 @@ class EnterpriseFeatureStore:
                 ],
                 generation,
             )
+
+    def _read_stored_vectors(
+        self,
+        ids: Sequence[str],
+        misses: list[int],
+        as_of: float,
+        vectors: np.ndarray,
+        last_ts: np.ndarray,
+        tiers: list[Tier],
+    ) -> list[int]:
+        """Serve the misses whose stored vector is as of ``as_of``; return the rest."""
+        got = self.backend.read_vectors([ids[i] for i in misses])  # type: ignore[attr-defined]
+        usable = got.found & (got.vector_as_of == as_of)
+        served = np.flatnonzero(usable)
+        targets = np.asarray(misses, dtype=np.intp)[served]
+        vectors[targets] = got.vectors[served]
+        last_ts[targets] = got.last_ts[served]
+        for i in targets.tolist():
+            tiers[i] = "l2"
+        self._counts["l2_hits"] += len(served)
+        return [misses[k] for k in np.flatnonzero(~usable).tolist()]
 
     @staticmethod
     def _vectors_for(

@@ -191,3 +191,24 @@ def test_settings_select_redis(
     finally:
         store.close()
         get_settings.cache_clear()
+
+
+def test_large_batch_reads_vectors_only(
+    bustabit_events: pl.DataFrame, redis_store: RedisOnlineStore, redis_url: str
+) -> None:
+    materialize(bustabit_events, redis_store)
+    offline = _offline(bustabit_events)
+    ids = offline["player_id"].to_list()
+    # Without its state key a player can only come from its vector key.
+    client = redis.Redis.from_url(redis_url)
+    client.delete(redis_store.state_key(ids[0]))
+    client.close()
+    store = EnterpriseFeatureStore(redis_store, l1_fill_max_players=100)
+
+    batch = store.get_features_sync(FeatureRequest(ids))
+    single = store.get_features_sync(FeatureRequest([ids[0]]))
+
+    assert batch.tier == ["l2"] * len(ids)
+    expected = offline.select(FEATURE_NAMES).to_numpy()
+    np.testing.assert_allclose(batch.values, expected, rtol=1e-9, atol=1e-12)
+    assert single.status == ["unknown"]
