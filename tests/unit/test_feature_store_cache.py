@@ -87,3 +87,18 @@ def test_put_many_keeps_newest() -> None:
     assert cache.get("b") is None
     assert cache.get("d") is not None
     assert len(cache) == 2
+
+
+def test_get_many_counts_and_expires() -> None:
+    cache = L1Cache(max_size=10, ttl_seconds=0.03)
+    cache.put("a", _entry(1.0))
+    time.sleep(0.04)
+    cache.put("b", _entry(2.0))
+
+    found = cache.get_many(["a", "b", "c"])
+
+    assert found[0] is None
+    assert found[1] is not None
+    assert found[2] is None
+    assert (cache.hits, cache.misses) == (1, 2)
+    assert len(cache) == 1

@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,6 +88,30 @@ class L1Cache:
             self._entries.move_to_end(player_id)
             self.hits += count
             return item[1]
+
+    def get_many(
+        self, player_ids: Sequence[str], count: bool = True
+    ) -> list[CachedPlayer | None]:
+        """Return the live entries of several players under one lock."""
+        now = time.monotonic()
+        entries = self._entries
+        found: list[CachedPlayer | None] = []
+        with self._lock:
+            for player_id in player_ids:
+                item = entries.get(player_id)
+                if item is not None and item[0] and now > item[0]:
+                    del entries[player_id]
+                    item = None
+                if item is None:
+                    found.append(None)
+                    continue
+                entries.move_to_end(player_id)
+                found.append(item[1])
+            if count:
+                hits = len(found) - found.count(None)
+                self.hits += hits
+                self.misses += len(found) - hits
+        return found
 
     def put(
         self, player_id: str, entry: CachedPlayer, generation: int | None = None

@@ -211,7 +211,8 @@ class RedisOnlineStore:
     def read_players(self, player_ids: Sequence[str]) -> StoredPlayers:
         """Read states and stored feature vectors with one MGET."""
         n = len(player_ids)
-        keys = [self._state_prefix + pid for pid in player_ids]
+        prefix = self._state_prefix.encode()
+        keys = [prefix + pid.encode() for pid in player_ids]
         with self._guard("read player states"):
             if self.subscribed.is_set():
                 # The subscription delivers every new watermark with the
@@ -241,7 +242,9 @@ class RedisOnlineStore:
         A batch whose as-of time equals the vectors' needs nothing else; the
         feature store reads the states of the other players.
         """
-        keys = [self._vector_prefix + pid for pid in player_ids]
+        # Bytes keys skip redis-py's per-argument str encoding.
+        prefix = self._vector_prefix.encode()
+        keys = [prefix + pid.encode() for pid in player_ids]
         with self._guard("read feature vectors"):
             values = self._client.mget(keys)
         rows, found = self._decode(

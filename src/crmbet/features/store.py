@@ -309,8 +309,7 @@ class EnterpriseFeatureStore:
         misses: list[int] = []
         stale: list[int] = []
         stale_states: list[np.ndarray] = []
-        for i, player_id in enumerate(ids):
-            entry = self.l1.get(player_id, count=not looked_up)
+        for i, entry in enumerate(self.l1.get_many(ids, count=not looked_up)):
             if entry is None:
                 misses.append(i)
                 continue
