@@ -98,9 +98,9 @@ class RedisOnlineStore:
     socket_timeout:
         Seconds a read may take before the store counts Redis as down.
     write_timeout:
-        Seconds a write pipeline of up to 2,000 players may take; writes
-        use a connection of their own so that bulk loads do not need the
-        short read timeout.
+        Seconds a write pipeline of up to 2,000 players may take. Writes
+        use a connection of their own, so bulk loads do not need the short
+        read timeout.
     """
 
     backend = "redis"

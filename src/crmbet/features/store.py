@@ -10,8 +10,8 @@ Every value is exactly as of the response's ``as_of`` time, which defaults
 to the store watermark (the newest event time seen). A player whose newest
 event is older than the feature view's TTL, measured in event time from
 ``as_of``, is reported ``expired``. When the online store is unreachable
-the store reports ``degraded``, serves the players cached in L1, marks the other
-players ``unavailable``; it never raises to the caller for that reason.
+the store reports ``degraded`` and serves the players cached in L1. It
+marks the other players ``unavailable`` and does not raise to the caller.
 """
 
 from __future__ import annotations
@@ -105,10 +105,12 @@ class FeatureResponse:
     """Feature values of the requested players, in request order.
 
     ``values`` has one row per player and one column per name in
-    ``feature_names``; rows of players without a value are NaN. ``status``
-    is ``fresh``, ``expired``, ``unknown`` (no events) or ``unavailable``
-    (the online store could not be reached); ``tier`` is where the value
-    came from: ``l1``, ``l2`` (the online store) or ``none``.
+    ``feature_names``, and rows of players without a value are NaN. The
+    array may be read-only because it can share memory with the L1 cache,
+    so copy it before changing it. ``status`` is ``fresh``, ``expired``,
+    ``unknown`` (no events) or ``unavailable`` (the online store could not
+    be reached). ``tier`` is where the value came from: ``l1``, ``l2`` (the
+    online store) or ``none``.
     """
 
     player_ids: Sequence[str]
@@ -414,9 +416,13 @@ class EnterpriseFeatureStore:
         tiers: list[Tier],
         status: list[Status],
     ) -> None:
+        # Within the retry interval after a failure, do not wait on Redis.
         if time.monotonic() < self._retry_at:
             self._mark_unavailable(misses, status)
             return
+
+        # Large batches read the vector-only values first, then the states of
+        # the players whose vector is not as of the requested time.
         generation = self.l1.generation
         fill_l1 = len(ids) <= self.l1_fill_max_players
         try:
@@ -438,6 +444,8 @@ class EnterpriseFeatureStore:
             )
         if stored is None:
             return
+
+        # Compute or take the vectors of the players found, then cache them.
         found = stored.found
         hit_rows = np.flatnonzero(found)
         self._counts["l2_hits"] += len(hit_rows)
@@ -454,18 +462,25 @@ class EnterpriseFeatureStore:
         for i in targets.tolist():
             tiers[i] = "l2"
         if fill_l1:
-            self.l1.put_many(
-                [
-                    (
-                        miss_ids[row],
-                        CachedPlayer(
-                            states[j], computed[j], as_of, float(states[j, LAST_TS])
-                        ),
-                    )
-                    for j, row in enumerate(hit_rows.tolist())
-                ],
-                generation,
+            found_ids = [miss_ids[row] for row in hit_rows.tolist()]
+            self._fill_l1(found_ids, states, computed, as_of, generation)
+
+    def _fill_l1(
+        self,
+        player_ids: list[str],
+        states: np.ndarray,
+        computed: np.ndarray,
+        as_of: float,
+        generation: int,
+    ) -> None:
+        entries = [
+            (
+                player,
+                CachedPlayer(states[j], computed[j], as_of, float(states[j, LAST_TS])),
             )
+            for j, player in enumerate(player_ids)
+        ]
+        self.l1.put_many(entries, generation)
 
     def _read_stored_vectors(
         self,
