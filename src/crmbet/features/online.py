@@ -1,21 +1,134 @@
-"""Embedded online store: the newest state of every player, in process memory.
+"""Online store: the newest state of every player, behind one interface.
 
-The store keeps one state row per player and an event-time watermark, the
-newest event time it has seen, at which online features are read. It can
-snapshot itself to a Parquet file and load it back, so a restart keeps it.
+Two backends implement :class:`OnlineStore`: the embedded
+:class:`MemoryOnlineStore` (in process memory, snapshot to a Parquet file so
+a restart keeps it) and :class:`crmbet.features.redis_store.RedisOnlineStore`.
+Both keep one state row per player, the ids of the player's newest events
+(so a replayed batch is recognised) and an event-time watermark, the newest
+event time seen, at which online features are read by default.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 import polars as pl
 
+from crmbet.errors import CrmbetError
 from crmbet.features.state import STATE_FIELDS, empty_states, merge
 
 logger = logging.getLogger(__name__)
+
+#: State field names in the column order of every packed state array.
+FIELD_NAMES: tuple[str, ...] = tuple(STATE_FIELDS)
+FIELD_INDEX: dict[str, int] = {name: i for i, name in enumerate(FIELD_NAMES)}
+LAST_TS = FIELD_INDEX["last_ts"]
+
+#: Callback run with the ids of players whose state changed.
+InvalidationListener = Callable[[list[str]], None]
+
+
+class OnlineStoreUnavailableError(CrmbetError, ConnectionError):
+    """Raised when the online store backend cannot be reached."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPlayers:
+    """States read for a list of players, in request order.
+
+    ``states`` has one row per requested player (columns in
+    :data:`FIELD_NAMES` order) and NaN rows where ``found`` is False.
+    ``vectors`` contains feature vectors stored at write time, computed at
+    ``vector_as_of``; backends that store none leave both as None.
+    """
+
+    states: np.ndarray
+    found: np.ndarray
+    vectors: np.ndarray | None = None
+    vector_as_of: np.ndarray | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedMark:
+    """Newest applied event time of a player and the event ids at that time."""
+
+    last_ts: float
+    event_ids: frozenset[str]
+
+
+@runtime_checkable
+class OnlineStore(Protocol):
+    """Interface of every online store backend."""
+
+    backend: str
+
+    @property
+    def watermark(self) -> float:
+        """Newest event time seen, Unix seconds."""
+        ...
+
+    def __len__(self) -> int: ...
+
+    def read_players(self, player_ids: Sequence[str]) -> StoredPlayers:
+        """Read the states of ``player_ids`` in one round trip."""
+        ...
+
+    def get_state(self, player_id: str) -> dict[str, float] | None:
+        """Return one player's state, or None for an unknown player."""
+        ...
+
+    def get_states_frame(self, player_ids: Sequence[str]) -> pl.DataFrame:
+        """Return the stored states of the known players among ``player_ids``."""
+        ...
+
+    def put_states(
+        self,
+        states: pl.DataFrame,
+        applied: Mapping[str, AppliedMark] | None = None,
+    ) -> None:
+        """Replace the stored states of the players in ``states``."""
+        ...
+
+    def merge_states(self, states: pl.DataFrame) -> None:
+        """Merge a batch of newly folded states into the stored ones."""
+        ...
+
+    def applied_marks(self, player_ids: Sequence[str]) -> dict[str, AppliedMark]:
+        """Return the newest applied event marks of the known players."""
+        ...
+
+    def add_listener(self, listener: InvalidationListener) -> None:
+        """Call ``listener`` with the ids of players whose state changed."""
+        ...
+
+    def health(self) -> dict[str, Any]:
+        """Return the backend's status, ``healthy`` or ``degraded``."""
+        ...
+
+
+def states_matrix(states: pl.DataFrame) -> np.ndarray:
+    """Return the state fields of a state table as one float64 matrix."""
+    if states.height == 0:
+        return np.empty((0, len(FIELD_NAMES)))
+    columns = [
+        states.get_column(name).fill_null(0.0).to_numpy() for name in FIELD_NAMES
+    ]
+    return np.ascontiguousarray(np.column_stack(columns), dtype=np.float64)
+
+
+def matrix_frame(player_ids: Sequence[str], matrix: np.ndarray) -> pl.DataFrame:
+    """Build a state table from player ids and a state matrix."""
+    if len(player_ids) == 0:
+        return empty_states()
+    data = {"player_id": list(player_ids)}
+    data |= {name: matrix[:, i] for i, name in enumerate(FIELD_NAMES)}
+    return pl.DataFrame(data, schema=empty_states().schema)
 
 
 class MemoryOnlineStore:
@@ -28,22 +141,34 @@ class MemoryOnlineStore:
     True
     """
 
+    backend = "memory"
+
     def __init__(self) -> None:
-        self._states: dict[str, dict[str, float]] = {}
+        self._states: dict[str, np.ndarray] = {}
+        self._marks: dict[str, frozenset[str]] = {}
+        self._listeners: list[InvalidationListener] = []
         self._lock = threading.Lock()
         self.watermark = 0.0
 
     def __len__(self) -> int:
         return len(self._states)
 
-    def put_states(self, states: pl.DataFrame) -> None:
+    def put_states(
+        self,
+        states: pl.DataFrame,
+        applied: Mapping[str, AppliedMark] | None = None,
+    ) -> None:
         """Replace the stored states of the players in ``states``."""
+        ids = states["player_id"].to_list() if states.height else []
+        matrix = states_matrix(states)
         with self._lock:
-            for row in states.iter_rows(named=True):
-                player = row.pop("player_id")
+            for player, row in zip(ids, matrix, strict=True):
                 self._states[player] = row
+                if applied is not None and player in applied:
+                    self._marks[player] = applied[player].event_ids
             if states.height:
-                self.watermark = max(self.watermark, float(states["last_ts"].max()))
+                self.watermark = max(self.watermark, float(matrix[:, LAST_TS].max()))
+        self._notify(ids)
 
     def merge_states(self, states: pl.DataFrame) -> None:
         """Merge a batch of newly folded states into the stored ones."""
@@ -51,28 +176,70 @@ class MemoryOnlineStore:
         current = self.get_states_frame(ids)
         self.put_states(merge(current, states))
 
+    def read_players(self, player_ids: Sequence[str]) -> StoredPlayers:
+        """Read the states of ``player_ids`` (NaN rows for unknown players)."""
+        matrix = np.full((len(player_ids), len(FIELD_NAMES)), np.nan)
+        found = np.zeros(len(player_ids), dtype=bool)
+        states = self._states
+        for i, player in enumerate(player_ids):
+            row = states.get(player)
+            if row is not None:
+                matrix[i] = row
+                found[i] = True
+        return StoredPlayers(matrix, found)
+
     def get_state(self, player_id: str) -> dict[str, float] | None:
         """Return one player's state, or None for an unknown player."""
-        return self._states.get(player_id)
+        row = self._states.get(player_id)
+        if row is None:
+            return None
+        return dict(zip(FIELD_NAMES, row.tolist(), strict=True))
 
-    def get_states_frame(self, player_ids: list[str]) -> pl.DataFrame:
+    def get_states_frame(self, player_ids: Sequence[str]) -> pl.DataFrame:
         """Return the stored states of the known players among ``player_ids``."""
-        rows = [
-            {"player_id": pid, **self._states[pid]} for pid in player_ids if pid in self._states
-        ]
-        if not rows:
+        known = [pid for pid in player_ids if pid in self._states]
+        if not known:
             return empty_states()
-        return pl.DataFrame(rows, schema=empty_states().schema)
+        return matrix_frame(known, np.vstack([self._states[pid] for pid in known]))
+
+    def applied_marks(self, player_ids: Sequence[str]) -> dict[str, AppliedMark]:
+        """Return the newest applied event marks of the known players."""
+        marks: dict[str, AppliedMark] = {}
+        for player in player_ids:
+            row = self._states.get(player)
+            if row is not None:
+                ids = self._marks.get(player, frozenset())
+                marks[player] = AppliedMark(float(row[LAST_TS]), ids)
+        return marks
+
+    def add_listener(self, listener: InvalidationListener) -> None:
+        """Call ``listener`` with the ids of players whose state changed."""
+        self._listeners.append(listener)
+
+    def _notify(self, player_ids: list[str]) -> None:
+        for listener in self._listeners:
+            listener(player_ids)
+
+    def health(self) -> dict[str, Any]:
+        """Return the backend's status; an in-process store is always healthy."""
+        return {"status": "healthy", "backend": self.backend, "players": len(self)}
 
     def to_frame(self) -> pl.DataFrame:
         """Return every stored state as a state table."""
         return self.get_states_frame(list(self._states))
 
     def snapshot(self, path: str | Path) -> Path:
-        """Write every state to a Parquet file and return its path."""
+        """Write every state and applied-event mark to a Parquet file."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.to_frame().write_parquet(path)
+        frame = self.to_frame()
+        marks = [
+            sorted(self._marks.get(pid, ())) for pid in frame["player_id"].to_list()
+        ]
+        frame = frame.with_columns(
+            pl.Series("last_event_ids", marks, dtype=pl.List(pl.String))
+        )
+        frame.write_parquet(path)
         logger.info("wrote a snapshot of %d player states to %s", len(self), path)
         return path
 
@@ -87,5 +254,13 @@ class MemoryOnlineStore:
                 f"snapshot {path} lacks state fields {missing[:5]}; it was written by "
                 "another state schema version, so rebuild it with 'crmbet train'"
             )
-        store.put_states(frame)
+        applied = None
+        if "last_event_ids" in frame.columns:
+            applied = {
+                pid: AppliedMark(last_ts, frozenset(ids or ()))
+                for pid, last_ts, ids in frame.select(
+                    "player_id", "last_ts", "last_event_ids"
+                ).iter_rows()
+            }
+        store.put_states(frame, applied)
         return store

@@ -1,0 +1,647 @@
+"""The feature store: registered features for one or many players, fast.
+
+:class:`EnterpriseFeatureStore` reads player states from an online store
+(embedded or Redis, see :mod:`crmbet.features.online`), computes features
+with the same functions the offline training path uses
+(:func:`crmbet.features.definitions.compute_columns`) and keeps the computed
+vectors in an in-process L1 cache (:mod:`crmbet.features.cache`).
+
+Every value is exactly as of the response's ``as_of`` time, which defaults
+to the store watermark (the newest event time seen). A player whose newest
+event is older than the feature view's TTL, measured in event time from
+``as_of``, is reported ``expired``. When the online store is unreachable
+the store reports ``degraded`` and serves the players cached in L1. It
+marks the other players ``unavailable`` and does not raise to the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+
+from crmbet.features.cache import CachedPlayer, L1Cache
+from crmbet.features.definitions import (
+    FEATURES,
+    RG_FEATURES,
+    SEGMENTATION_FEATURES,
+    compute_columns,
+    lineage,
+)
+from crmbet.features.online import (
+    FIELD_NAMES,
+    LAST_TS,
+    MemoryOnlineStore,
+    OnlineStore,
+    OnlineStoreUnavailableError,
+)
+
+logger = logging.getLogger(__name__)
+
+FEATURE_NAMES: tuple[str, ...] = tuple(FEATURES)
+_FEATURE_POSITION = {name: i for i, name in enumerate(FEATURE_NAMES)}
+_DAY = 86400.0
+
+Status = Literal["fresh", "expired", "unknown", "unavailable"]
+Tier = Literal["l1", "l2", "none"]
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureView:
+    """A named set of features with an event-time TTL.
+
+    ``ttl_seconds`` is compared with ``as_of - last_ts``, the time since the
+    player's newest event; None means the view never expires.
+    """
+
+    name: str
+    features: tuple[str, ...]
+    ttl_seconds: float | None = None
+
+
+#: Views every store starts with.
+DEFAULT_VIEWS: dict[str, FeatureView] = {
+    "all": FeatureView("all", FEATURE_NAMES, None),
+    "segmentation": FeatureView("segmentation", SEGMENTATION_FEATURES, 180 * _DAY),
+    "responsible_gambling": FeatureView("responsible_gambling", RG_FEATURES, 30 * _DAY),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureRequest:
+    """Features requested for one or many players.
+
+    Parameters
+    ----------
+    player_ids:
+        One pseudonymised player id or a sequence of them.
+    view:
+        Feature view whose features and TTL apply.
+    features:
+        Subset of the view's features; all of them when None.
+    as_of:
+        Unix time (seconds) at which to read the features; the store
+        watermark when None.
+    include_expired:
+        Return the values of expired players too (still marked expired);
+        by default their values are NaN.
+    """
+
+    player_ids: str | Sequence[str]
+    view: str = "all"
+    features: tuple[str, ...] | None = None
+    as_of: float | None = None
+    include_expired: bool = False
+
+
+@dataclass(slots=True)
+class FeatureResponse:
+    """Feature values of the requested players, in request order.
+
+    ``values`` has one row per player and one column per name in
+    ``feature_names``, and rows of players without a value are NaN. The
+    array may be read-only because it can share memory with the L1 cache,
+    so copy it before changing it. ``status`` is ``fresh``, ``expired``,
+    ``unknown`` (no events) or ``unavailable`` (the online store could not
+    be reached). ``tier`` is where the value came from: ``l1``, ``l2`` (the
+    online store) or ``none``.
+    """
+
+    player_ids: Sequence[str]
+    feature_names: tuple[str, ...]
+    values: np.ndarray
+    status: list[Status]
+    tier: list[Tier]
+    last_event_ts: np.ndarray
+    as_of: float
+    degraded: bool = False
+
+    def __len__(self) -> int:
+        return len(self.player_ids)
+
+    @property
+    def freshness_seconds(self) -> np.ndarray:
+        """Seconds from each player's newest event to ``as_of`` (NaN if unknown)."""
+        return self.as_of - self.last_event_ts
+
+    def get(self, player_id: str) -> dict[str, float] | None:
+        """Return one player's values as a dict, or None without values."""
+        try:
+            row = list(self.player_ids).index(player_id)
+        except ValueError:
+            return None
+        return self.row(row)
+
+    def row(self, index: int) -> dict[str, float] | None:
+        """Return the values of the ``index``-th player, or None without values."""
+        values = self.values[index]
+        if np.isnan(values).all() and len(values):
+            return None
+        return dict(zip(self.feature_names, values.tolist(), strict=True))
+
+    def to_polars(self) -> pl.DataFrame:
+        """Return the response as a table with status, tier and freshness."""
+        columns = {name: self.values[:, i] for i, name in enumerate(self.feature_names)}
+        return pl.DataFrame(
+            {
+                "player_id": list(self.player_ids),
+                **columns,
+                "status": self.status,
+                "tier": self.tier,
+                "freshness_seconds": self.freshness_seconds,
+            }
+        )
+
+
+@dataclass
+class _Latencies:
+    """Recent request latencies per tier, in nanoseconds."""
+
+    samples: dict[str, deque[int]] = field(
+        default_factory=lambda: {
+            name: deque(maxlen=100_000) for name in ("l1", "l2", "batch")
+        }
+    )
+
+    def percentiles(self) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        for name, values in self.samples.items():
+            if not values:
+                continue
+            micros = np.fromiter(values, dtype=np.float64) / 1000.0
+            p50, p95, p99 = np.percentile(micros, [50, 95, 99])
+            out[name] = {
+                "count": len(micros),
+                "p50_us": p50,
+                "p95_us": p95,
+                "p99_us": p99,
+            }
+        return out
+
+
+class EnterpriseFeatureStore:
+    """Registered features served from an L1 cache in front of an online store.
+
+    Parameters
+    ----------
+    backend:
+        The online store; an empty embedded store when None.
+    l1_cache_size:
+        Most players kept in the L1 cache; 0 disables it.
+    l1_ttl_seconds:
+        Wall-clock lifetime of an L1 entry. It bounds staleness when a
+        change announcement is lost; normally an entry is dropped as soon as
+        the player's state changes.
+    views:
+        Feature views by name; :data:`DEFAULT_VIEWS` when None.
+    retry_interval_s:
+        After a failed online-store call, seconds to serve L1 only before
+        trying the online store again.
+    l1_fill_max_players:
+        Requests for more players than this read L1 but do not fill it, so
+        a bulk scoring job does not evict the players that online traffic
+        keeps asking for.
+
+    Examples
+    --------
+    >>> import asyncio
+    >>> store = EnterpriseFeatureStore()
+    >>> response = asyncio.run(store.get_features(FeatureRequest("nobody")))
+    >>> response.status
+    ['unknown']
+    """
+
+    def __init__(
+        self,
+        backend: OnlineStore | None = None,
+        *,
+        l1_cache_size: int = 100_000,
+        l1_ttl_seconds: float = 60.0,
+        views: Mapping[str, FeatureView] | None = None,
+        retry_interval_s: float = 1.0,
+        l1_fill_max_players: int = 1000,
+    ) -> None:
+        self.backend: OnlineStore = (
+            backend if backend is not None else MemoryOnlineStore()
+        )
+        self.l1 = L1Cache(l1_cache_size, l1_ttl_seconds)
+        self.views = dict(views or DEFAULT_VIEWS)
+        self.retry_interval_s = retry_interval_s
+        self.l1_fill_max_players = l1_fill_max_players
+        self._models: dict[str, tuple[str, ...]] = {}
+        self._columns: dict[
+            tuple[str, tuple[str, ...] | None],
+            tuple[FeatureView, tuple[str, ...], np.ndarray | None],
+        ] = {}
+        self._latencies = _Latencies()
+        self._counts = {
+            "l2_hits": 0,
+            "l2_unknown": 0,
+            "unavailable": 0,
+            "errors": 0,
+            "expired": 0,
+            "requests": 0,
+        }
+        self._degraded = False
+        self._retry_at = 0.0
+        self._last_error: str | None = None
+        self.backend.add_listener(self.l1.invalidate)
+
+    @classmethod
+    def from_settings(
+        cls, settings: Any, optimization: Any | None = None, **kwargs: Any
+    ) -> EnterpriseFeatureStore:
+        """Build a store from ``Settings`` (Redis when ``redis_url`` is set).
+
+        ``optimization`` is any object with ``l1_cache_size`` and
+        ``l1_ttl_seconds`` attributes, such as the pipeline's
+        ``OptimizationConfig``. Without Redis, the embedded store loads the
+        snapshot ``online_store.parquet`` under ``settings.home`` if present.
+        """
+        if optimization is not None:
+            kwargs.setdefault("l1_cache_size", optimization.l1_cache_size)
+            kwargs.setdefault("l1_ttl_seconds", optimization.l1_ttl_seconds)
+        return cls(open_backend(settings), **kwargs)
+
+    # -- requests ---------------------------------------------------------
+
+    async def get_features(self, request: FeatureRequest) -> FeatureResponse:
+        """Return the requested features, without raising when the store is down.
+
+        An unreachable online store marks the players ``unavailable``
+        instead. The work is synchronous and runs on the caller's loop,
+        because an L1 hit takes microseconds and an online-store read one
+        network round trip.
+        """
+        return self.get_features_sync(request)
+
+    def get_features_sync(self, request: FeatureRequest) -> FeatureResponse:
+        """Synchronous form of :meth:`get_features`."""
+        started = time.perf_counter_ns()
+        looked_up = isinstance(request.player_ids, str)
+        if looked_up:
+            served = self._serve_one_from_l1(request, request.as_of, started)
+            if served is not None:
+                return served
+        view, names, columns = self._resolve(request)
+        ids = (
+            (request.player_ids,)
+            if isinstance(request.player_ids, str)
+            else request.player_ids
+        )
+        as_of = (
+            float(request.as_of)
+            if request.as_of is not None
+            else self.backend.watermark
+        )
+        n = len(ids)
+        vectors = np.full((n, len(FEATURE_NAMES)), np.nan)
+        last_ts = np.full(n, np.nan)
+        tiers: list[Tier] = ["none"] * n
+        status: list[Status] = ["unknown"] * n
+
+        # L1 first; an entry computed at another as-of time is recomputed
+        # from its cached state without a trip to the online store.
+        misses: list[int] = []
+        stale: list[int] = []
+        stale_states: list[np.ndarray] = []
+        for i, entry in enumerate(self.l1.get_many(ids, count=not looked_up)):
+            if entry is None:
+                misses.append(i)
+                continue
+            tiers[i] = "l1"
+            last_ts[i] = entry.last_ts
+            if entry.as_of == as_of:
+                vectors[i] = entry.vector
+            else:
+                stale.append(i)
+                stale_states.append(entry.state)
+        if stale:
+            vectors[stale] = compute_matrix(np.vstack(stale_states), as_of)
+            # NOTE: the recomputed vectors are not cached; a request at
+            # another as-of time should not evict the watermark vectors.
+        if misses:
+            self._read_misses(ids, misses, as_of, vectors, last_ts, tiers, status)
+
+        for i in range(n):
+            if tiers[i] != "none":
+                status[i] = "fresh"
+        self._apply_ttl(view, as_of, last_ts, status, request.include_expired, vectors)
+        response = FeatureResponse(
+            player_ids=ids,
+            feature_names=names,
+            values=vectors if columns is None else vectors[:, columns],
+            status=status,
+            tier=tiers,
+            last_event_ts=last_ts,
+            as_of=as_of,
+            degraded=self._degraded,
+        )
+        self._record(started, n, tiers)
+        return response
+
+    def _resolve(
+        self, request: FeatureRequest
+    ) -> tuple[FeatureView, tuple[str, ...], np.ndarray | None]:
+        """Return the view, the feature names and their columns (None: all)."""
+        key = (request.view, request.features)
+        resolved = self._columns.get(key)
+        if resolved is not None:
+            return resolved
+        view = self.views.get(request.view)
+        if view is None:
+            raise KeyError(
+                f"unknown feature view {request.view!r}; "
+                f"choose one of {sorted(self.views)}"
+            )
+        names = request.features if request.features is not None else view.features
+        outside = [name for name in names if name not in view.features]
+        if outside:
+            raise KeyError(
+                f"feature(s) {outside} are not in view {view.name!r}; request them "
+                f"through view 'all' or one of {sorted(self.views)}"
+            )
+        positions = [_FEATURE_POSITION[name] for name in names]
+        columns = (
+            None
+            if positions == list(range(len(FEATURE_NAMES)))
+            else np.array(positions, dtype=np.intp)
+        )
+        resolved = (view, tuple(names), columns)
+        self._columns[key] = resolved
+        return resolved
+
+    def _serve_one_from_l1(
+        self, request: FeatureRequest, as_of: float | None, started: int
+    ) -> FeatureResponse | None:
+        """Serve a one-player request from L1, skipping the arrays of the batch path."""
+        view, names, columns = self._resolve(request)
+        entry = self.l1.get(request.player_ids)  # type: ignore[arg-type]
+        if entry is None:
+            return None
+        when = self.backend.watermark if as_of is None else as_of
+        if entry.as_of != when:
+            return None
+        ttl = view.ttl_seconds
+        if ttl is not None and when - entry.last_ts > ttl:
+            return None
+        vector = entry.vector if columns is None else entry.vector[columns]
+        response = FeatureResponse(
+            player_ids=(request.player_ids,),  # type: ignore[arg-type]
+            feature_names=names,
+            values=vector.reshape(1, -1),
+            status=["fresh"],
+            tier=["l1"],
+            last_event_ts=np.array([entry.last_ts]),
+            as_of=when,
+            degraded=self._degraded,
+        )
+        self._counts["requests"] += 1
+        self._latencies.samples["l1"].append(time.perf_counter_ns() - started)
+        return response
+
+    def _read_misses(
+        self,
+        ids: Sequence[str],
+        misses: list[int],
+        as_of: float,
+        vectors: np.ndarray,
+        last_ts: np.ndarray,
+        tiers: list[Tier],
+        status: list[Status],
+    ) -> None:
+        # Within the retry interval after a failure, do not wait on Redis.
+        if time.monotonic() < self._retry_at:
+            self._mark_unavailable(misses, status)
+            return
+
+        # Large batches read the vector-only values first, then the states of
+        # the players whose vector is not as of the requested time.
+        generation = self.l1.generation
+        fill_l1 = len(ids) <= self.l1_fill_max_players
+        try:
+            if not fill_l1 and hasattr(self.backend, "read_vectors"):
+                misses = self._read_stored_vectors(
+                    ids, misses, as_of, vectors, last_ts, tiers
+                )
+            miss_ids = [ids[i] for i in misses]
+            stored = self.backend.read_players(miss_ids) if misses else None
+        except OnlineStoreUnavailableError as error:
+            self._enter_degraded(error)
+            self._mark_unavailable([i for i in misses if tiers[i] == "none"], status)
+            return
+        if self._degraded:
+            self._degraded = False
+            logger.info(
+                "online store %s is reachable again; leaving degraded mode",
+                self.backend.backend,
+            )
+        if stored is None:
+            return
+
+        # Compute or take the vectors of the players found, then cache them.
+        found = stored.found
+        hit_rows = np.flatnonzero(found)
+        self._counts["l2_hits"] += len(hit_rows)
+        self._counts["l2_unknown"] += len(misses) - len(hit_rows)
+        if not len(hit_rows):
+            return
+        states = stored.states[hit_rows]
+        computed = self._vectors_for(stored, hit_rows, states, as_of)
+        # Cached rows are shared with callers of the one-player path.
+        computed.setflags(write=False)
+        targets = np.asarray(misses, dtype=np.intp)[hit_rows]
+        vectors[targets] = computed
+        last_ts[targets] = states[:, LAST_TS]
+        for i in targets.tolist():
+            tiers[i] = "l2"
+        if fill_l1:
+            found_ids = [miss_ids[row] for row in hit_rows.tolist()]
+            self._fill_l1(found_ids, states, computed, as_of, generation)
+
+    def _fill_l1(
+        self,
+        player_ids: list[str],
+        states: np.ndarray,
+        computed: np.ndarray,
+        as_of: float,
+        generation: int,
+    ) -> None:
+        entries = [
+            (
+                player,
+                CachedPlayer(states[j], computed[j], as_of, float(states[j, LAST_TS])),
+            )
+            for j, player in enumerate(player_ids)
+        ]
+        self.l1.put_many(entries, generation)
+
+    def _read_stored_vectors(
+        self,
+        ids: Sequence[str],
+        misses: list[int],
+        as_of: float,
+        vectors: np.ndarray,
+        last_ts: np.ndarray,
+        tiers: list[Tier],
+    ) -> list[int]:
+        """Serve the misses whose stored vector is as of ``as_of``; return the rest."""
+        got = self.backend.read_vectors([ids[i] for i in misses])  # type: ignore[attr-defined]
+        usable = got.found & (got.vector_as_of == as_of)
+        served = np.flatnonzero(usable)
+        targets = np.asarray(misses, dtype=np.intp)[served]
+        vectors[targets] = got.vectors[served]
+        last_ts[targets] = got.last_ts[served]
+        for i in targets.tolist():
+            tiers[i] = "l2"
+        self._counts["l2_hits"] += len(served)
+        return [misses[k] for k in np.flatnonzero(~usable).tolist()]
+
+    @staticmethod
+    def _vectors_for(
+        stored: Any, hit_rows: np.ndarray, states: np.ndarray, as_of: float
+    ) -> np.ndarray:
+        """Use the vectors stored at write time where their as-of matches."""
+        if stored.vectors is None:
+            return compute_matrix(states, as_of)
+        vectors = stored.vectors[hit_rows].copy()
+        recompute = stored.vector_as_of[hit_rows] != as_of
+        if recompute.any():
+            vectors[recompute] = compute_matrix(states[recompute], as_of)
+        return vectors
+
+    def _enter_degraded(self, error: Exception) -> None:
+        self._retry_at = time.monotonic() + self.retry_interval_s
+        self._counts["errors"] += 1
+        self._last_error = str(error)
+        if not self._degraded:
+            logger.warning("online store unreachable, serving L1 only: %s", error)
+        self._degraded = True
+
+    def _mark_unavailable(self, rows: list[int], status: list[Status]) -> None:
+        for i in rows:
+            status[i] = "unavailable"
+        self._counts["unavailable"] += len(rows)
+
+    def _apply_ttl(
+        self,
+        view: FeatureView,
+        as_of: float,
+        last_ts: np.ndarray,
+        status: list[Status],
+        include_expired: bool,
+        vectors: np.ndarray,
+    ) -> None:
+        if view.ttl_seconds is None:
+            return
+        with np.errstate(invalid="ignore"):
+            expired = np.flatnonzero(as_of - last_ts > view.ttl_seconds)
+        for i in expired:
+            status[i] = "expired"
+        if len(expired) and not include_expired:
+            vectors[expired] = np.nan
+        self._counts["expired"] += len(expired)
+
+    def _record(self, started: int, n: int, tiers: list[Tier]) -> None:
+        elapsed = time.perf_counter_ns() - started
+        self._counts["requests"] += 1
+        if n == 1:
+            self._latencies.samples["l1" if tiers[0] == "l1" else "l2"].append(elapsed)
+        else:
+            self._latencies.samples["batch"].append(elapsed)
+
+    # -- writes -----------------------------------------------------------
+
+    def refresh(self, player_ids: Sequence[str] | None = None) -> None:
+        """Drop L1 entries so the next reads go to the online store."""
+        self.l1.invalidate(player_ids)
+
+    # -- lineage and statistics ---------------------------------------------
+
+    def register_model(self, name: str, feature_names: Sequence[str]) -> None:
+        """Record that model ``name`` reads ``feature_names``, for lineage."""
+        self._models[name] = tuple(feature_names)
+
+    def get_feature_lineage(self, name: str) -> dict[str, Any]:
+        """Return raw fields, state fields, related features, views and models."""
+        info: dict[str, Any] = lineage(name)
+        info["dependent_features"] = info["features_sharing_state"]
+        info["feature_views"] = sorted(
+            view.name for view in self.views.values() if name in view.features
+        )
+        models = sorted(model for model, names in self._models.items() if name in names)
+        if info["in_segmentation"]:
+            models.append("segmentation (default feature set)")
+        if info["in_responsible_gambling"]:
+            models.append("responsible-gambling risk scores")
+        info["models"] = models
+        return info
+
+    def get_performance_stats(self) -> dict[str, Any]:
+        """Return L1 and L2 hit rates, latency percentiles and error counts."""
+        counts = dict(self._counts)
+        l2_lookups = counts["l2_hits"] + counts["l2_unknown"]
+        return {
+            "l1": {
+                "hits": self.l1.hits,
+                "misses": self.l1.misses,
+                "hit_rate": self.l1.hit_rate(),
+                "size": len(self.l1),
+                "max_size": self.l1.max_size,
+                "ttl_seconds": self.l1.ttl_seconds,
+                "evictions": self.l1.evictions,
+                "invalidations": self.l1.invalidations,
+            },
+            "l2": {
+                "backend": self.backend.backend,
+                "hits": counts["l2_hits"],
+                "unknown": counts["l2_unknown"],
+                "hit_rate": counts["l2_hits"] / l2_lookups if l2_lookups else 0.0,
+            },
+            "latency": self._latencies.percentiles(),
+            "requests": counts["requests"],
+            "expired": counts["expired"],
+            "unavailable": counts["unavailable"],
+            "errors": counts["errors"],
+        }
+
+    def close(self) -> None:
+        """Stop the backend's invalidation thread and close its connections."""
+        close = getattr(self.backend, "close", None)
+        if close is not None:
+            close()
+
+    def health(self) -> dict[str, Any]:
+        """Return ``healthy``, or ``degraded`` with the last online-store error."""
+        backend = self.backend.health()
+        degraded = self._degraded or backend["status"] != "healthy"
+        return {
+            "status": "degraded" if degraded else "healthy",
+            "online_store": backend,
+            "l1_size": len(self.l1),
+            "last_error": self._last_error if degraded else None,
+        }
+
+
+def compute_matrix(states: np.ndarray, as_of: float) -> np.ndarray:
+    """Compute every registered feature for a state matrix at ``as_of``."""
+    columns = compute_columns(dict(zip(FIELD_NAMES, states.T, strict=True)), as_of)
+    return np.column_stack([columns[name] for name in FEATURE_NAMES])
+
+
+def open_backend(settings: Any) -> OnlineStore:
+    """Open the online store the settings select: Redis or the embedded one."""
+    if settings.redis_url is not None:
+        from crmbet.features.redis_store import RedisOnlineStore
+
+        return RedisOnlineStore(settings.redis_url.get_secret_value())
+    snapshot = settings.home / "online_store.parquet"
+    if snapshot.exists():
+        return MemoryOnlineStore.from_snapshot(snapshot)
+    return MemoryOnlineStore()

@@ -1,0 +1,214 @@
+"""The Redis online store behind the feature store, against a real Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pytest
+import redis
+
+from crmbet.features import compute_features, fold
+from crmbet.features.materialize import materialize, materialize_batches
+from crmbet.features.redis_store import RedisOnlineStore
+from crmbet.features.state import STATE_SCHEMA_VERSION
+from crmbet.features.store import FEATURE_NAMES, EnterpriseFeatureStore, FeatureRequest
+
+WaitUntil = Callable[..., bool]
+
+pytestmark = pytest.mark.integration
+
+
+def _offline(events: pl.DataFrame) -> pl.DataFrame:
+    return compute_features(fold(events))
+
+
+@pytest.mark.slow
+def test_micro_batches_match_offline(
+    bustabit_events: pl.DataFrame, redis_store: RedisOnlineStore
+) -> None:
+    materialize_batches(bustabit_events, redis_store, batch_size=5000)
+    offline = _offline(bustabit_events)
+    store = EnterpriseFeatureStore(redis_store)
+    ids = offline["player_id"].to_list()
+
+    response = store.get_features_sync(FeatureRequest(ids))
+
+    assert response.tier == ["l2"] * len(ids)
+    assert redis_store.watermark == pytest.approx(offline_watermark(bustabit_events))
+    expected = offline.select(FEATURE_NAMES).to_numpy()
+    np.testing.assert_allclose(response.values, expected, rtol=1e-9, atol=1e-12)
+
+
+def offline_watermark(events: pl.DataFrame) -> float:
+    return events["ts"].max().timestamp()  # type: ignore[union-attr]
+
+
+def test_replay_does_not_double_count(
+    bustabit_events: pl.DataFrame, redis_store: RedisOnlineStore
+) -> None:
+    events = bustabit_events.head(5000)
+    materialize(events, redis_store)
+    again = materialize(events, redis_store)
+
+    assert again.events_applied == 0
+    assert again.skipped == events.height
+    stored = redis_store.get_states_frame(fold(events)["player_id"].to_list())
+    assert stored["n_events"].sum() == events.height
+
+
+def test_second_file_merges(
+    bustabit_events: pl.DataFrame, redis_store: RedisOnlineStore
+) -> None:
+    events = bustabit_events.sort("ts").head(8000)
+    first, second = events.head(5000), events.tail(3000)
+    materialize(first, redis_store)
+    materialize(pl.concat([first.tail(100), second]), redis_store)
+
+    online = redis_store.get_states_frame(fold(events)["player_id"].to_list())
+    offline = fold(events)
+    assert online["n_events"].sum() == events.height
+    np.testing.assert_allclose(
+        online.sort("player_id")["stake_sum"].to_numpy(),
+        offline["stake_sum"].to_numpy(),
+        rtol=1e-12,
+    )
+
+
+def test_key_layout_is_versioned(
+    bustabit_events: pl.DataFrame, redis_store: RedisOnlineStore, redis_url: str
+) -> None:
+    events = bustabit_events.head(50)
+    materialize(events, redis_store)
+    player = events["player_id"][0]
+    client = redis.Redis.from_url(redis_url)
+
+    key = f"{redis_store.namespace}:v{STATE_SCHEMA_VERSION}:state:{player}"
+    assert redis_store.state_key(player) == key
+    assert client.exists(key) == 1
+    assert client.ttl(key) == -1
+    client.close()
+
+
+def test_key_ttl_applies(bustabit_events: pl.DataFrame, redis_url: str) -> None:
+    store = RedisOnlineStore(
+        redis_url, namespace="crmbet-test-ttl", key_ttl_seconds=300
+    )
+    try:
+        events = bustabit_events.head(20)
+        materialize(events, store)
+        client = redis.Redis.from_url(redis_url)
+        ttl = client.ttl(store.state_key(events["player_id"][0]))
+        client.close()
+        assert 0 < ttl <= 300
+    finally:
+        store.delete_namespace()
+        store.close()
+
+
+def test_pubsub_invalidates_other_process_l1(
+    bustabit_events: pl.DataFrame,
+    redis_store: RedisOnlineStore,
+    redis_url: str,
+    wait_until: WaitUntil,
+) -> None:
+    events = bustabit_events.sort("ts")
+    player = events["player_id"][0]
+    own = events.filter(pl.col("player_id") == player)
+    materialize(own.head(1), redis_store)
+    reader_backend = RedisOnlineStore(redis_url, namespace=redis_store.namespace)
+    reader = EnterpriseFeatureStore(reader_backend, l1_ttl_seconds=3600)
+    try:
+        assert reader_backend.subscribed.wait(timeout=5)
+        first = reader.get_features_sync(FeatureRequest(player, as_of=1e10))
+        assert reader.get_features_sync(FeatureRequest(player, as_of=1e10)).tier == [
+            "l1"
+        ]
+
+        # Another writer (its own client) changes the player: the reader's
+        # L1 entry must go within the stated bound of one second.
+        writer = RedisOnlineStore(redis_url, namespace=redis_store.namespace)
+        materialize(own, writer)
+        writer.close()
+
+        assert wait_until(lambda: len(reader.l1) == 0, timeout=1.0)
+        after = reader.get_features_sync(FeatureRequest(player, as_of=1e10))
+        assert after.tier == ["l2"]
+        assert after.row(0)["bet_count"] == own.height
+        assert first.row(0)["bet_count"] == 1
+    finally:
+        reader_backend.close()
+
+
+@pytest.mark.slow
+def test_redis_down_degrades_then_recovers(
+    bustabit_events: pl.DataFrame, redis_server: Any, wait_until: WaitUntil
+) -> None:
+    events = bustabit_events.head(3000)
+    backend = RedisOnlineStore(redis_server.url, socket_timeout=0.2)
+    materialize(events, backend)
+    store = EnterpriseFeatureStore(backend, retry_interval_s=0.2)
+    ids = fold(events)["player_id"].to_list()
+    warm, cold = ids[:10], ids[10:20]
+    store.get_features_sync(FeatureRequest(warm))
+
+    redis_server.stop()
+    response = store.get_features_sync(FeatureRequest(warm + cold))
+
+    assert response.tier == ["l1"] * 10 + ["none"] * 10
+    assert response.status == ["fresh"] * 10 + ["unavailable"] * 10
+    assert np.isnan(response.values[10:]).all()
+    assert store.health()["status"] == "degraded"
+    assert store.get_performance_stats()["errors"] >= 1
+
+    redis_server.start()
+
+    def cold_served() -> bool:
+        return store.get_features_sync(FeatureRequest(cold)).tier == ["l2"] * 10
+
+    assert wait_until(cold_served, timeout=10)
+    assert store.health()["status"] == "healthy"
+    backend.close()
+
+
+def test_settings_select_redis(
+    settings: Any, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from crmbet.config import get_settings
+    from crmbet.pipeline import OptimizationConfig
+
+    monkeypatch.setenv("CRMBET_REDIS_URL", redis_url)
+    get_settings.cache_clear()
+    optimization = OptimizationConfig(l1_cache_size=123, l1_ttl_seconds=7.0)
+    store = EnterpriseFeatureStore.from_settings(get_settings(), optimization)
+    try:
+        assert store.backend.backend == "redis"
+        assert store.l1.max_size == 123
+        assert store.l1.ttl_seconds == 7.0
+        assert store.health()["status"] == "healthy"
+    finally:
+        store.close()
+        get_settings.cache_clear()
+
+
+def test_large_batch_reads_vectors_only(
+    bustabit_events: pl.DataFrame, redis_store: RedisOnlineStore, redis_url: str
+) -> None:
+    materialize(bustabit_events, redis_store)
+    offline = _offline(bustabit_events)
+    ids = offline["player_id"].to_list()
+    # Without its state key a player can only come from its vector key.
+    client = redis.Redis.from_url(redis_url)
+    client.delete(redis_store.state_key(ids[0]))
+    client.close()
+    store = EnterpriseFeatureStore(redis_store, l1_fill_max_players=100)
+
+    batch = store.get_features_sync(FeatureRequest(ids))
+    single = store.get_features_sync(FeatureRequest([ids[0]]))
+
+    assert batch.tier == ["l2"] * len(ids)
+    expected = offline.select(FEATURE_NAMES).to_numpy()
+    np.testing.assert_allclose(batch.values, expected, rtol=1e-9, atol=1e-12)
+    assert single.status == ["unknown"]

@@ -1,0 +1,63 @@
+"""The ``crmbet features`` commands of the feature store."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+from typer.testing import CliRunner
+
+from crmbet.cli import app
+from crmbet.config import Settings
+from crmbet.events.adapters import bundled_bustabit_path
+
+
+def test_materialize_twice_then_get(settings: Settings, tmp_path) -> None:  # noqa: ANN001
+    runner = CliRunner()
+    source = str(bundled_bustabit_path())
+
+    first = runner.invoke(app, ["features", "materialize", "--input", source])
+    second = runner.invoke(app, ["features", "materialize", "--input", source])
+
+    assert first.exit_code == 0, first.output
+    assert "materialised 50,000 of 50,000 events" in " ".join(first.output.split())
+    assert "materialised 0 of 50,000 events" in " ".join(second.output.split())
+    assert (settings.home / "online_store.parquet").exists()
+
+    got = runner.invoke(app, ["features", "get", "--player", "pd17d1eda179c"])
+    assert got.exit_code == 0, got.output
+    body = json.loads(got.output)
+    assert body[0]["status"] == "fresh"
+    assert body[0]["features"]["bet_count"] >= 1
+
+
+def test_pit_command_keeps_rows(settings: Settings, tmp_path) -> None:  # noqa: ANN001
+    queries = pl.DataFrame(
+        {
+            "player_id": ["pd17d1eda179c", "pd17d1eda179c", "nobody"],
+            "ts": ["2021-12-01T00:00:00Z"] * 3,
+        }
+    ).with_columns(pl.col("ts").str.to_datetime(time_zone="UTC"))
+    queries.write_parquet(tmp_path / "q.parquet")
+    out = tmp_path / "train.parquet"
+
+    result = CliRunner().invoke(
+        app,
+        [
+            "features",
+            "pit",
+            "--input",
+            str(bundled_bustabit_path()),
+            "--queries",
+            str(tmp_path / "q.parquet"),
+            "--out",
+            str(out),
+        ],
+    )
+
+    assert result.exit_code == 0, result.output
+    table = pl.read_parquet(out)
+    assert table.height == 3
+    assert table["n_prior_events"].to_list()[2] == 0
+    assert table["n_prior_events"][0] > 0
+    assert table["n_prior_events"][0] == table["n_prior_events"][1]
