@@ -41,6 +41,7 @@ class EnvironmentGuard:
     def __init__(self, names: tuple[str, ...] | None = None) -> None:
         if names is None:
             import dask
+            import distributed  # noqa: F401 - loads the nanny's configuration defaults
 
             spawn = dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {}
             names = tuple(dict.fromkeys([*BLAS_THREAD_VARIABLES, *spawn, "PYTHONHASHSEED"]))
@@ -138,7 +139,9 @@ def local_cluster_kwargs(config: ClusterConfig, processes: bool = True) -> dict[
         "threads_per_worker": 1,
         "memory_limit": config.memory_limit,
         "processes": processes,
-        "dashboard_address": None,
+        # The scheduler serves HTTP (dashboard, health, metrics) even with
+        # the dashboard off; keep it on loopback, on a free port.
+        "dashboard_address": "127.0.0.1:0",
     }
     if processes:
         # Listen on loopback only; thread workers talk in-process instead.
