@@ -64,9 +64,10 @@ DEFAULT_BATCH_SIZE = 1_000_000
 EVENTS_PER_BUCKET = 1_000_000
 #: Bucket count for sources whose row count is unknown before reading.
 DEFAULT_BUCKETS = 8
-#: Largest gathered feature matrix (players x features x 8 bytes): 1 GiB is
-#: about 4.3 million players with the 31 registered features.
-GATHER_LIMIT_BYTES = 1 << 30
+#: Largest gathered feature matrix (players x features x 8 bytes): 512 MiB is
+#: about 2.2 million players with the 31 registered features. Training holds
+#: about four copies of it (table, matrix, scaled matrix, labels and profiles).
+GATHER_LIMIT_BYTES = 512 << 20
 #: Players whose labels are checked against the ONNX export.
 ONNX_CHECK_ROWS = 100_000
 
