@@ -27,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import psutil
@@ -55,13 +54,21 @@ print(json.dumps({"seconds": time.perf_counter() - start, "events": result.job.n
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sizes", default="1m,10m",
-                        help="comma-separated transaction counts, e.g. 1m,10m,100m")
+    parser.add_argument(
+        "--sizes",
+        default="1m,10m",
+        help="comma-separated transaction counts, e.g. 1m,10m,100m",
+    )
     parser.add_argument("--engines", default="local,dask", help="local, dask or both")
-    parser.add_argument("--quick", action="store_true",
-                        help="one small run of 200,000 transactions")
-    parser.add_argument("--data-dir", type=Path, default=None,
-                        help="keep generated data here (reused when present)")
+    parser.add_argument(
+        "--quick", action="store_true", help="one small run of 200,000 transactions"
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="keep generated data here (reused when present)",
+    )
 
 
 def _parse_size(text: str) -> int:
@@ -76,8 +83,9 @@ def _label(rows: int) -> str:
 
 def write_source(rows: int, folder: Path) -> Path:
     """Write about ``rows`` synthetic transactions as Parquet chunks into ``folder``."""
-    from crmbet.events.synthetic import generate_transactions
     import polars as pl
+
+    from crmbet.events.synthetic import generate_transactions
 
     target = folder / f"tx_{_label(rows)}"
     if target.is_dir() and any(target.iterdir()):
@@ -100,7 +108,10 @@ def _run_job(source: Path, engine: str, work: Path) -> tuple[dict, float]:
     env.setdefault("CRMBET_HOME", str(work / "home"))
     process = subprocess.Popen(
         [sys.executable, "-c", _JOB, str(source), str(work / "job"), engine],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        text=True,
     )
     peak = 0.0
     done = threading.Event()
@@ -111,7 +122,9 @@ def _run_job(source: Path, engine: str, work: Path) -> tuple[dict, float]:
         while not done.is_set():
             try:
                 tree = [parent, *parent.children(recursive=True)]
-                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+                peak = max(
+                    peak, sum(p.memory_info().rss for p in tree if p.is_running())
+                )
             except psutil.Error:
                 pass
             done.wait(0.2)
@@ -122,8 +135,9 @@ def _run_job(source: Path, engine: str, work: Path) -> tuple[dict, float]:
     done.set()
     watcher.join()
     if process.returncode != 0:
-        raise RuntimeError(f"{engine} job on {source} failed with exit code "
-                           f"{process.returncode}")
+        raise RuntimeError(
+            f"{engine} job on {source} failed with exit code {process.returncode}"
+        )
     return json.loads(output.strip().splitlines()[-1]), peak / 2**30
 
 
@@ -141,35 +155,55 @@ def run(args: argparse.Namespace) -> list[dict]:
                 work = Path(scratch) / f"{engine}-{label}"
                 results[engine], peak = _run_job(source, engine, work)
                 results[engine]["peak_gb"] = peak
-                print(f"scale {label} {engine}: {json.dumps(results[engine])}", file=sys.stderr)
+                print(
+                    f"scale {label} {engine}: {json.dumps(results[engine])}",
+                    file=sys.stderr,
+                )
             records += _records(label, results)
     return records
 
 
 def _records(label: str, results: dict[str, dict]) -> list[dict]:
     local, dask = results.get("local"), results.get("dask")
-    note = (f"{(local or dask)['events']:,} transactions, {(local or dask)['players']:,} "
-            "players, k=8, features and training end to end")
+    note = (
+        f"{(local or dask)['events']:,} transactions, {(local or dask)['players']:,} "
+        "players, k=8, features and training end to end"
+    )
     records = []
     if local:
         records += [
-            {"metric": f"seconds_{label}_tx", "value": local["seconds"], "unit": "s",
-             "peer": "dask engine, 2 workers" if dask else None,
-             "peer_value": dask["seconds"] if dask else None},
-            {"metric": f"peak_rss_gb_{label}", "value": local["peak_gb"], "unit": "GiB",
-             "peer": "dask engine, 2 workers (client + workers)" if dask else None,
-             "peer_value": dask["peak_gb"] if dask else None},
-            {"metric": f"throughput_{label}_tx_per_s",
-             "value": local["events"] / local["seconds"], "unit": "tx/s",
-             "peer": "dask engine, 2 workers" if dask else None,
-             "peer_value": dask["events"] / dask["seconds"] if dask else None},
+            {
+                "metric": f"seconds_{label}_tx",
+                "value": local["seconds"],
+                "unit": "s",
+                "peer": "dask engine, 2 workers" if dask else None,
+                "peer_value": dask["seconds"] if dask else None,
+            },
+            {
+                "metric": f"peak_rss_gb_{label}",
+                "value": local["peak_gb"],
+                "unit": "GiB",
+                "peer": "dask engine, 2 workers (client + workers)" if dask else None,
+                "peer_value": dask["peak_gb"] if dask else None,
+            },
+            {
+                "metric": f"throughput_{label}_tx_per_s",
+                "value": local["events"] / local["seconds"],
+                "unit": "tx/s",
+                "peer": "dask engine, 2 workers" if dask else None,
+                "peer_value": dask["events"] / dask["seconds"] if dask else None,
+            },
         ]
     if dask:
-        records.append({
-            "metric": f"seconds_{label}_tx_dask", "value": dask["seconds"], "unit": "s",
-            "peer": "local engine" if local else None,
-            "peer_value": local["seconds"] if local else None,
-        })
+        records.append(
+            {
+                "metric": f"seconds_{label}_tx_dask",
+                "value": dask["seconds"],
+                "unit": "s",
+                "peer": "local engine" if local else None,
+                "peer_value": local["seconds"] if local else None,
+            }
+        )
     for record in records:
         record.update({"benchmark": "scale", "note": note})
     return records

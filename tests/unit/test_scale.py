@@ -22,8 +22,13 @@ from crmbet.scale.tasks import bucket_of, in_sample, plan_ingest
 
 @pytest.fixture(scope="module")
 def pseudonyms(pseudonymizer: Pseudonymizer) -> pl.DataFrame:
-    return pl.DataFrame({"player_id": [pseudonymizer.pseudonymize(f"player-{i}")
-                                       for i in range(20_000)]})
+    return pl.DataFrame(
+        {
+            "player_id": [
+                pseudonymizer.pseudonymize(f"player-{i}") for i in range(20_000)
+            ]
+        }
+    )
 
 
 def test_bucket_from_pseudonym_digits(pseudonyms: pl.DataFrame) -> None:
@@ -48,7 +53,9 @@ def test_sample_fraction(pseudonyms: pl.DataFrame, fraction: float) -> None:
 
 
 def test_sample_independent_of_bucket(pseudonyms: pl.DataFrame) -> None:
-    frame = pseudonyms.select(bucket_of(2).alias("bucket"), in_sample(0.5).alias("kept"))
+    frame = pseudonyms.select(
+        bucket_of(2).alias("bucket"), in_sample(0.5).alias("kept")
+    )
     shares = frame.group_by("bucket").agg(pl.col("kept").mean())["kept"]
     assert (shares - 0.5).abs().max() < 0.03
 
@@ -58,7 +65,11 @@ def test_plan_splits_parquet_rows(tmp_path: Path) -> None:
     pl.DataFrame({"x": range(3)}).write_parquet(tmp_path / "b.parquet")
     tasks = plan_ingest(tmp_path, "auto", batch_size=4)
     assert [(Path(t.path).name, t.offset) for t in tasks] == [
-        ("a.parquet", 0), ("a.parquet", 4), ("a.parquet", 8), ("b.parquet", 0)]
+        ("a.parquet", 0),
+        ("a.parquet", 4),
+        ("a.parquet", 8),
+        ("b.parquet", 0),
+    ]
     assert [t.task_id for t in tasks] == [0, 1, 2, 3]
 
 
@@ -76,7 +87,7 @@ def test_plan_missing_input(tmp_path: Path) -> None:
 
 
 def test_plan_empty_folder(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="no .parquet files"):
+    with pytest.raises(FileNotFoundError, match="contains no .parquet files"):
         plan_ingest(tmp_path, "parquet", batch_size=10)
 
 
@@ -127,8 +138,13 @@ def test_guard_restores_values(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_guard_covers_nanny_variables() -> None:
     guard = EnvironmentGuard()
-    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                 "MALLOC_TRIM_THRESHOLD_", "PYTHONHASHSEED"):
+    for name in (
+        "OMP_NUM_THREADS",
+        "OPENBLAS_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "MALLOC_TRIM_THRESHOLD_",
+        "PYTHONHASHSEED",
+    ):
         assert name in guard.names
 
 
@@ -152,7 +168,9 @@ def test_backend_cpu_when_gpu_off(caplog: pytest.LogCaptureFixture) -> None:
     assert "use_gpu is off" in caplog.text
 
 
-@pytest.mark.skipif(importlib.util.find_spec("cuml") is not None, reason="cuML is installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec("cuml") is not None, reason="cuML is installed"
+)
 @pytest.mark.parametrize("distributed", [False, True])
 def test_backend_falls_back_without_cuml(
     caplog: pytest.LogCaptureFixture, distributed: bool

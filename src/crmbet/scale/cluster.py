@@ -43,8 +43,12 @@ class EnvironmentGuard:
             import dask
             import distributed  # noqa: F401 - loads the nanny's configuration defaults
 
-            spawn = dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {}
-            names = tuple(dict.fromkeys([*BLAS_THREAD_VARIABLES, *spawn, "PYTHONHASHSEED"]))
+            spawn = (
+                dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {}
+            )
+            names = tuple(
+                dict.fromkeys([*BLAS_THREAD_VARIABLES, *spawn, "PYTHONHASHSEED"])
+            )
         self.names = names
         self.saved = {name: os.environ.get(name) for name in names}
         self._lock = threading.Lock()
@@ -62,7 +66,9 @@ class EnvironmentGuard:
                 else:
                     os.environ[name] = value
         if changed:
-            logger.debug("restored %s in the calling process after a worker start", changed)
+            logger.debug(
+                "restored %s in the calling process after a worker start", changed
+            )
         return changed
 
 
@@ -86,8 +92,9 @@ class ScalingWatcher:
         self.workers = self._current()
         self.events: list[tuple[str, str]] = []
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="crmbet-scaling-watcher",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="crmbet-scaling-watcher", daemon=True
+        )
 
     def _current(self) -> set[str]:
         # Ask the scheduler directly: the client's cached identity can come
@@ -129,10 +136,14 @@ class ScalingWatcher:
             except Exception as error:  # noqa: BLE001 - a closing client must not kill the job
                 if self._stop.is_set():
                     return
-                logger.warning("scaling watcher could not read the worker list: %r", error)
+                logger.warning(
+                    "scaling watcher could not read the worker list: %r", error
+                )
 
 
-def local_cluster_kwargs(config: ClusterConfig, processes: bool = True) -> dict[str, Any]:
+def local_cluster_kwargs(
+    config: ClusterConfig, processes: bool = True
+) -> dict[str, Any]:
     """Return the LocalCluster arguments for a cluster configuration."""
     kwargs: dict[str, Any] = {
         "n_workers": config.n_workers,
@@ -179,16 +190,24 @@ def open_cluster(config: ClusterConfig, *, processes: bool = True) -> Iterator[C
         cluster = LocalCluster(**local_cluster_kwargs(config, processes))
         guard.restore()
         client = Client(cluster)
-        logger.info("started a LocalCluster of %d workers (%s each, processes=%s)",
-                    config.n_workers, config.memory_limit, processes)
+        logger.info(
+            "started a LocalCluster of %d workers (%s each, processes=%s)",
+            config.n_workers,
+            config.memory_limit,
+            processes,
+        )
     if config.enable_auto_scaling:
         maximum = max(config.max_workers, config.n_workers)
         if cluster is None:
-            logger.warning("auto scaling of a remote cluster is up to its deployment; "
-                           "watching its workers only")
+            logger.warning(
+                "auto scaling of a remote cluster is up to its deployment; "
+                "watching its workers only"
+            )
         else:
             cluster.adapt(minimum=config.n_workers, maximum=maximum)
-            logger.info("adaptive scaling between %d and %d workers", config.n_workers, maximum)
+            logger.info(
+                "adaptive scaling between %d and %d workers", config.n_workers, maximum
+            )
     watcher = ScalingWatcher(client, guard=guard).start()
     try:
         yield client

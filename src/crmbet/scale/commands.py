@@ -13,34 +13,58 @@ scale_app = typer.Typer(
     no_args_is_help=True,
 )
 
-Input = Annotated[Path, typer.Option("--input", "-i", help="Transactions file or folder.")]
-EngineOption = Annotated[str, typer.Option(
-    help="'local' (one process, bounded memory) or 'dask' (a Dask cluster).")]
-Scheduler = Annotated[str | None, typer.Option(
-    "--scheduler", help="Address of a running Dask scheduler, e.g. tcp://10.0.0.5:8786; "
-    "a LocalCluster starts when omitted.")]
-Workers = Annotated[int, typer.Option(min=1, help="LocalCluster workers (the minimum "
-                                                  "when auto scaling).")]
-MemoryLimit = Annotated[str, typer.Option(help="Memory limit per LocalCluster worker, "
-                                               "e.g. 4GB.")]
-WorkDir = Annotated[Path | None, typer.Option(
-    help="Folder for the job's datasets; CRMBET_HOME/scale by default.")]
-Buckets = Annotated[int | None, typer.Option(
-    min=1, help="Player buckets; about one per million events by default.")]
+Input = Annotated[
+    Path, typer.Option("--input", "-i", help="Transactions file or folder.")
+]
+EngineOption = Annotated[
+    str,
+    typer.Option(
+        help="'local' (one process, bounded memory) or 'dask' (a Dask cluster)."
+    ),
+]
+Scheduler = Annotated[
+    str | None,
+    typer.Option(
+        "--scheduler",
+        help="Address of a running Dask scheduler, e.g. tcp://10.0.0.5:8786; "
+        "a LocalCluster starts when omitted.",
+    ),
+]
+Workers = Annotated[
+    int,
+    typer.Option(min=1, help="LocalCluster workers (the minimum when auto scaling)."),
+]
+MemoryLimit = Annotated[
+    str, typer.Option(help="Memory limit per LocalCluster worker, e.g. 4GB.")
+]
+WorkDir = Annotated[
+    Path | None,
+    typer.Option(help="Folder for the job's datasets; CRMBET_HOME/scale by default."),
+]
+Buckets = Annotated[
+    int | None,
+    typer.Option(
+        min=1, help="Player buckets; about one per million events by default."
+    ),
+]
 BatchSize = Annotated[int, typer.Option(min=1, help="Source rows per ingest task.")]
 Format = Annotated[str, typer.Option(help="auto, csv, parquet, jsonl or bustabit.")]
 
 
 def _engine_name(value: str) -> Literal["local", "dask"]:
     if value not in ("local", "dask"):
-        raise typer.BadParameter(f"--engine {value!r} is invalid; pass 'local' or 'dask'")
+        raise typer.BadParameter(
+            f"--engine {value!r} is invalid; pass 'local' or 'dask'"
+        )
     return value  # type: ignore[return-value]
 
 
 def _cluster_config(engine: str, scheduler: str | None, **values: Any) -> Any:
     from crmbet.pipeline import ClusterConfig
 
-    return ClusterConfig(engine=_engine_name(engine), scheduler_address=scheduler, **values)
+    return ClusterConfig(
+        engine=_engine_name(engine), scheduler_address=scheduler, **values
+    )
 
 
 @scale_app.command("features")
@@ -54,9 +78,12 @@ def features_command(
     buckets: Buckets = None,
     batch_size: BatchSize = 1_000_000,
     format: Format = "auto",
-    previous: Annotated[Path | None, typer.Option(
-        help="Work folder of an earlier job whose player states the new events extend.")]
-    = None,
+    previous: Annotated[
+        Path | None,
+        typer.Option(
+            help="Work folder of an earlier job whose player states new events extend."
+        ),
+    ] = None,
 ) -> None:
     """Compute player features into a partitioned Parquet dataset."""
     from crmbet.cli import console
@@ -66,11 +93,16 @@ def features_command(
     from crmbet.training import pseudonymizer_from
 
     settings = get_settings()
-    config = _cluster_config(engine, scheduler, n_workers=n_workers, memory_limit=memory_limit)
+    config = _cluster_config(
+        engine, scheduler, n_workers=n_workers, memory_limit=memory_limit
+    )
     folder = work_dir or settings.home / "scale"
     options: dict[str, Any] = {
-        "work_dir": folder, "pseudonymizer": pseudonymizer_from(settings),
-        "source_format": format, "n_buckets": buckets, "batch_size": batch_size,
+        "work_dir": folder,
+        "pseudonymizer": pseudonymizer_from(settings),
+        "source_format": format,
+        "n_buckets": buckets,
+        "batch_size": batch_size,
         "previous": previous,
     }
     if config.engine == "local":
@@ -80,10 +112,14 @@ def features_command(
 
         with open_cluster(config) as client:
             job = compute_player_features(input, engine=DaskEngine(client), **options)
-    console.print(f"{job.engine} engine: {job.n_events:,} events, {job.n_dead_letters:,} "
-                  f"dead letters, {job.n_players:,} players in {job.n_buckets} buckets")
+    console.print(
+        f"{job.engine} engine: {job.n_events:,} events, {job.n_dead_letters:,} "
+        f"dead letters, {job.n_players:,} players in {job.n_buckets} buckets"
+    )
     console.print(f"features: {job.layout.features}")
-    console.print(f"timings (s): {json.dumps({k: round(v, 2) for k, v in job.timings.items()})}")
+    console.print(
+        f"timings (s): {json.dumps({k: round(v, 2) for k, v in job.timings.items()})}"
+    )
 
 
 @scale_app.command("train")
@@ -93,49 +129,86 @@ def train_command(
     scheduler: Scheduler = None,
     n_workers: Workers = 2,
     memory_limit: MemoryLimit = "4GB",
-    auto_scale: Annotated[bool, typer.Option(
-        help="Let the LocalCluster adapt between --n-workers and --max-workers.")] = False,
-    max_workers: Annotated[int, typer.Option(min=1, help="Most workers when auto "
-                                                         "scaling.")] = 4,
-    gpu: Annotated[bool, typer.Option(
-        help="Fit k-means with cuML on a GPU when cuML and a GPU are present.")] = False,
-    k: Annotated[str, typer.Option(help="'auto' or a fixed number of segments.")] = "auto",
-    k_min: Annotated[int, typer.Option(min=2, help="Smallest k tried by --k auto.")] = 3,
-    k_max: Annotated[int, typer.Option(min=2, help="Largest k tried by --k auto.")] = 12,
+    auto_scale: Annotated[
+        bool,
+        typer.Option(
+            help="Let the LocalCluster adapt between --n-workers and --max-workers."
+        ),
+    ] = False,
+    max_workers: Annotated[
+        int, typer.Option(min=1, help="Most workers when auto scaling.")
+    ] = 4,
+    gpu: Annotated[
+        bool,
+        typer.Option(
+            help="Fit k-means with cuML on a GPU when cuML and a GPU are present."
+        ),
+    ] = False,
+    k: Annotated[
+        str, typer.Option(help="'auto' or a fixed number of segments.")
+    ] = "auto",
+    k_min: Annotated[
+        int, typer.Option(min=2, help="Smallest k tried by --k auto.")
+    ] = 3,
+    k_max: Annotated[
+        int, typer.Option(min=2, help="Largest k tried by --k auto.")
+    ] = 12,
     seed: Annotated[int, typer.Option(help="Seed of every random step.")] = 0,
     work_dir: WorkDir = None,
     buckets: Buckets = None,
     batch_size: BatchSize = 1_000_000,
     format: Format = "auto",
-    register: Annotated[bool, typer.Option(help="Register the model in the registry.")]
-    = True,
+    register: Annotated[
+        bool, typer.Option(help="Register the model in the registry.")
+    ] = True,
 ) -> None:
-    """Train a segmentation model with the chosen engine, register it and assign players."""
+    """Train and register a segmentation model on the chosen engine."""
     from crmbet.cli import _parse_k, console, segment_table
     from crmbet.config import get_settings
     from crmbet.scale.job import run_scale_training
 
     config = _cluster_config(
-        engine, scheduler, n_workers=n_workers, memory_limit=memory_limit,
-        enable_auto_scaling=auto_scale, max_workers=max_workers, use_gpu=gpu,
-        k=_parse_k(k), k_min=k_min, k_max=k_max, seed=seed,
+        engine,
+        scheduler,
+        n_workers=n_workers,
+        memory_limit=memory_limit,
+        enable_auto_scaling=auto_scale,
+        max_workers=max_workers,
+        use_gpu=gpu,
+        k=_parse_k(k),
+        k_min=k_min,
+        k_max=k_max,
+        seed=seed,
     )
     settings = get_settings()
     result = run_scale_training(
-        input, config, work_dir=work_dir, settings=settings, source_format=format,
-        n_buckets=buckets, batch_size=batch_size, register=register,
+        input,
+        config,
+        work_dir=work_dir,
+        settings=settings,
+        source_format=format,
+        n_buckets=buckets,
+        batch_size=batch_size,
+        register=register,
     )
     model = result.model
-    console.print(segment_table(model, title=f"{model.n_segments} segments, model version "
-                                             f"{result.version}"))
+    console.print(
+        segment_table(
+            model, title=f"{model.n_segments} segments, model version {result.version}"
+        )
+    )
     job = result.job
-    console.print(f"{job.engine} engine, k-means on {result.kmeans_backend.name}: "
-                  f"{job.n_events:,} events, {job.n_players:,} players, "
-                  f"{job.n_dead_letters:,} dead letters, "
-                  f"trained on {model.params['training_sample']}")
+    console.print(
+        f"{job.engine} engine, k-means on {result.kmeans_backend.name}: "
+        f"{job.n_events:,} events, {job.n_players:,} players, "
+        f"{job.n_dead_letters:,} dead letters, "
+        f"trained on {model.params['training_sample']}"
+    )
     console.print(f"features: {job.layout.features}  segments: {job.layout.segments}")
-    console.print(f"timings (s): "
-                  f"{json.dumps({k: round(v, 2) for k, v in result.timings.items()})}")
+    console.print(
+        f"timings (s): "
+        f"{json.dumps({k: round(v, 2) for k, v in result.timings.items()})}"
+    )
 
 
 def register(app: typer.Typer) -> None:

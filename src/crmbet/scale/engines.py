@@ -4,8 +4,8 @@ Both engines run the same task functions from :mod:`crmbet.scale.tasks` on
 the same inputs, so they write the same files and give the same features.
 The local engine runs one task at a time, so its memory is bounded by the
 largest batch or bucket rather than by the data set. The Dask engine sends
-each task to a worker and gathers the small per-task statistics; a worker
-that dies mid-task has its tasks rerun elsewhere by the scheduler.
+each task to a worker and gathers the small per-task statistics. When a
+worker dies mid-task, the scheduler reruns its tasks on another worker.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ Progress = Callable[[str, int], None]
 
 
 class Engine(Protocol):
-    """Runs a function over a list of task arguments and returns the results in order."""
+    """Runs a function over task arguments and returns the results in order."""
 
     name: str
 

@@ -28,7 +28,7 @@ BackendName = Literal["sklearn", "cuml", "cuml.dask"]
 
 @dataclass(frozen=True)
 class KMeansBackend:
-    """Where k-means runs and why it runs there."""
+    """The device and library a k-means fit uses, with the reason for the choice."""
 
     name: BackendName
     reason: str
@@ -40,7 +40,7 @@ class KMeansBackend:
 
 
 def _gpu_count() -> int:
-    """Return the number of CUDA devices cupy sees, 0 when it sees none."""
+    """Return the number of CUDA devices visible to cupy, or 0."""
     try:
         cupy = importlib.import_module("cupy")
         return int(cupy.cuda.runtime.getDeviceCount())
@@ -78,16 +78,22 @@ def select_kmeans_backend(use_gpu: bool, *, distributed: bool = False) -> KMeans
             f"use_gpu is set but {module} cannot be imported ({error}); install RAPIDS "
             "cuML to train on the GPU",
         )
-        logger.warning("k-means backend: scikit-learn on the CPU because %s", choice.reason)
+        logger.warning(
+            "k-means backend: scikit-learn on the CPU because %s", choice.reason
+        )
         return choice
     if _gpu_count() == 0:
         choice = KMeansBackend(
             "sklearn", "use_gpu is set and cuML imports, but no CUDA device is visible"
         )
-        logger.warning("k-means backend: scikit-learn on the CPU because %s", choice.reason)
+        logger.warning(
+            "k-means backend: scikit-learn on the CPU because %s", choice.reason
+        )
         return choice
     name: BackendName = "cuml.dask" if distributed else "cuml"
-    choice = KMeansBackend(name, "use_gpu is set, cuML imports and a CUDA device is visible")
+    choice = KMeansBackend(
+        name, "use_gpu is set, cuML imports and a CUDA device is visible"
+    )
     logger.info("k-means backend: %s on the GPU", name)
     return choice
 
@@ -106,7 +112,9 @@ def fit_centers_on_gpu(
     """
     if backend.name == "cuml":
         cuml = importlib.import_module("cuml")
-        model = cuml.KMeans(n_clusters=k, random_state=seed, n_init=4, output_type="numpy")
+        model = cuml.KMeans(
+            n_clusters=k, random_state=seed, n_init=4, output_type="numpy"
+        )
         model.fit(Z)
         return np.asarray(model.cluster_centers_, dtype=np.float64)
     if backend.name == "cuml.dask":
@@ -116,7 +124,9 @@ def fit_centers_on_gpu(
         model = cluster_module.KMeans(n_clusters=k, random_state=seed, client=client)
         model.fit(dask_array.from_array(Z, chunks=(chunks, Z.shape[1])))
         return np.asarray(model.cluster_centers_, dtype=np.float64)
-    raise ValueError(f"backend {backend.name!r} does not run on the GPU; use cuml or cuml.dask")
+    raise ValueError(
+        f"backend {backend.name!r} does not run on the GPU; use cuml or cuml.dask"
+    )
 
 
 def _as_numpy(values: Any) -> np.ndarray:
@@ -140,10 +150,10 @@ def train_segments_gpu(
 ) -> tuple[SegmentModel, np.ndarray]:
     """Train a segmentation model with the k-means fit on the GPU.
 
-    cuML finds the centroids on the scaled matrix; scikit-learn's k-means
-    then starts from them (``n_init=1``), which converges in a few
-    iterations and keeps the model a scikit-learn pipeline, so ONNX export,
-    the registry and serving are unchanged. An automatic k is chosen on the
+    cuML finds the centroids on the scaled matrix. scikit-learn's k-means
+    then starts from them (``n_init=1``) and converges in a few iterations,
+    so the model stays a scikit-learn pipeline and ONNX export, the
+    registry and serving are unchanged. An automatic k is chosen on the
     CPU with :func:`crmbet.models.select_k`, which works on a sample.
 
     NOTE: this path mirrors the final steps of
@@ -169,18 +179,26 @@ def train_segments_gpu(
     order_clusters(pipeline, X)
 
     stub = bundle.SegmentModel(
-        feature_names=names, pipeline=pipeline, profiles=[], population_medians={},
-        k_selection=selection, metrics={}, params={}, as_of=as_of,
+        feature_names=names,
+        pipeline=pipeline,
+        profiles=[],
+        population_medians={},
+        k_selection=selection,
+        metrics={},
+        params={},
+        as_of=as_of,
     )
     labels, _, _ = stub.assign(X)
     profiles, population = bundle._profiles(features, labels, k)
     metrics = bundle._quality(stub.scale(X), labels, seed)
-    metrics.update({
-        "k": float(k),
-        "n_players": float(X.shape[0]),
-        "inertia": float(pipeline.named_steps["kmeans"].inertia_),
-        "n_constant_features": float(len(check.constant_features)),
-    })
+    metrics.update(
+        {
+            "k": float(k),
+            "n_players": float(X.shape[0]),
+            "inertia": float(pipeline.named_steps["kmeans"].inertia_),
+            "n_constant_features": float(len(check.constant_features)),
+        }
+    )
     params: dict[str, object] = {
         "k": k,
         "k_mode": "auto" if selection else "fixed",
@@ -190,9 +208,16 @@ def train_segments_gpu(
         "constant_features": ",".join(check.constant_features) or "none",
     }
     model = bundle.SegmentModel(
-        feature_names=names, pipeline=pipeline, profiles=profiles,
-        population_medians=population, k_selection=selection, metrics=metrics,
-        params=params, as_of=as_of,
+        feature_names=names,
+        pipeline=pipeline,
+        profiles=profiles,
+        population_medians=population,
+        k_selection=selection,
+        metrics=metrics,
+        params=params,
+        as_of=as_of,
     )
-    logger.info("trained %d segments on %d players with %s", k, X.shape[0], backend.name)
+    logger.info(
+        "trained %d segments on %d players with %s", k, X.shape[0], backend.name
+    )
     return model, labels

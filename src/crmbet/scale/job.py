@@ -8,8 +8,8 @@ A job runs in four passes over the work folder (see :mod:`crmbet.scale.output`):
 4. train and assign: fit k-means on the gathered player matrix, then assign
    every bucket's players to segments.
 
-Every player's events sit in one bucket, so each fold sees a player's whole
-history and the states are exact; no state is merged across buckets. The
+Every player's events are in one bucket, so each fold reads a player's
+whole history and the states are exact. No state is merged across buckets. The
 merge law joins states only where earlier states meet new events (the
 ``previous`` job of an incremental run).
 
@@ -65,15 +65,16 @@ EVENTS_PER_BUCKET = 1_000_000
 #: Bucket count for sources whose row count is unknown before reading.
 DEFAULT_BUCKETS = 8
 #: Largest gathered feature matrix (players x features x 8 bytes): 512 MiB is
-#: about 2.2 million players with the 31 registered features. Training holds
-#: about four copies of it (table, matrix, scaled matrix, labels and profiles).
+#: about 2.2 million players with the 31 registered features. Training keeps
+#: about four copies of it in memory (table, matrix, scaled matrix, profiles).
 GATHER_LIMIT_BYTES = 512 << 20
 #: Players whose labels are checked against the ONNX export.
 ONNX_CHECK_ROWS = 100_000
 
+
 @dataclass
 class FeatureJob:
-    """What the feature passes of a job produced."""
+    """Summary of a job's feature passes: counts, bucket layout and timings."""
 
     layout: JobLayout
     engine: str
@@ -90,9 +91,10 @@ class FeatureJob:
         """Size of the gathered feature matrix in bytes."""
         return self.n_players * len(FEATURES) * 8
 
+
 @dataclass
 class ScaleTrainingResult:
-    """What a training job produced."""
+    """Outputs of a training job: model, version, gathered features and statistics."""
 
     job: FeatureJob
     model: SegmentModel
@@ -104,15 +106,35 @@ class ScaleTrainingResult:
     segment_sizes: dict[int, int]
     onnx_mismatches: int
     timings: dict[str, float] = field(default_factory=dict)
+    adjusted_rand_index: float | None = None
+
+    @property
+    def n_events(self) -> int:
+        """Valid events read."""
+        return self.job.n_events
+
+    @property
+    def n_dead_letters(self) -> int:
+        """Invalid records left out."""
+        return self.job.n_dead_letters
+
+    @property
+    def states(self) -> pl.DataFrame:
+        """Every player's state, read from the work folder into memory."""
+        return pl.read_parquet(self.job.layout.states / "*.parquet").sort("player_id")
+
 
 def _choose_buckets(n_buckets: int | None, n_rows: int | None, engine: Engine) -> int:
     if n_buckets is not None:
         if n_buckets < 1:
-            raise ValueError(f"n_buckets={n_buckets} is invalid; pass a positive number")
+            raise ValueError(
+                f"n_buckets={n_buckets} is invalid; pass a positive number"
+            )
         return n_buckets
     by_size = math.ceil(n_rows / EVENTS_PER_BUCKET) if n_rows else DEFAULT_BUCKETS
     # Two buckets per worker at least, so no worker idles in the fold pass.
     return max(by_size, 2 * engine.parallelism, 1)
+
 
 def compute_player_features(
     source: str | Path,
@@ -154,19 +176,32 @@ def compute_player_features(
     layout = JobLayout(Path(work_dir))
     previous_layout = JobLayout(Path(previous)) if previous is not None else None
     tasks = plan_ingest(source, source_format, batch_size)
-    known_rows = sum(t.length for t in tasks) if tasks[0].source_format == "parquet" else None
+    known_rows = (
+        sum(t.length for t in tasks) if tasks[0].source_format == "parquet" else None
+    )
     if previous_layout is not None:
         n_buckets = _check_previous(previous_layout, n_buckets)
     n_buckets = _choose_buckets(n_buckets, known_rows, engine)
     layout.prepare(n_buckets)
     timings: dict[str, float] = {}
-    logger.info("%s engine: %d ingest tasks into %d player buckets under %s",
-                engine.name, len(tasks), n_buckets, layout.root)
+    logger.info(
+        "%s engine: %d ingest tasks into %d player buckets under %s",
+        engine.name,
+        len(tasks),
+        n_buckets,
+        layout.root,
+    )
 
     clock = time.perf_counter()
     ingested: list[IngestStats] = engine.map(
-        run_ingest, tasks, step="ingest", progress=progress, layout=layout,
-        n_buckets=n_buckets, pseudonymizer=pseudonymizer, mapping=mapping,
+        run_ingest,
+        tasks,
+        step="ingest",
+        progress=progress,
+        layout=layout,
+        n_buckets=n_buckets,
+        pseudonymizer=pseudonymizer,
+        mapping=mapping,
         batch_size=batch_size,
     )
     timings["ingest_s"] = time.perf_counter() - clock
@@ -174,48 +209,72 @@ def compute_player_features(
     clock = time.perf_counter()
     buckets = list(range(n_buckets))
     folded: list[BucketStats] = engine.map(
-        run_fold, buckets, step="fold", progress=progress, layout=layout,
+        run_fold,
+        buckets,
+        step="fold",
+        progress=progress,
+        layout=layout,
         previous=previous_layout,
     )
     timings["fold_s"] = time.perf_counter() - clock
     n_players = sum(stats.n_players for stats in folded)
     if n_players == 0:
-        raise DegenerateDataError(f"no valid events in {source}; check the dead letters "
-                                  f"under {layout.dead_letters}")
+        raise DegenerateDataError(
+            f"no valid events in {source}; check the dead letters "
+            f"under {layout.dead_letters}"
+        )
     if as_of is None:
         as_of = max(stats.last_ts for stats in folded if stats.last_ts is not None)
 
     clock = time.perf_counter()
     filled = [stats.bucket for stats in folded if stats.n_players]
-    engine.map(run_features, filled, step="features", progress=progress, layout=layout,
-               as_of=as_of)
+    engine.map(
+        run_features,
+        filled,
+        step="features",
+        progress=progress,
+        layout=layout,
+        as_of=as_of,
+    )
     timings["features_s"] = time.perf_counter() - clock
 
     job = FeatureJob(
-        layout=layout, engine=engine.name, n_buckets=n_buckets,
+        layout=layout,
+        engine=engine.name,
+        n_buckets=n_buckets,
         n_events=sum(s.n_events for s in ingested),
         n_dead_letters=sum(s.n_dead_letters for s in ingested),
-        n_players=n_players, as_of=as_of, buckets=filled, timings=timings,
+        n_players=n_players,
+        as_of=as_of,
+        buckets=filled,
+        timings=timings,
     )
-    logger.info("%d events, %d dead letters, %d players; features in %s",
-                job.n_events, job.n_dead_letters, n_players, layout.features)
+    logger.info(
+        "%d events, %d dead letters, %d players; features in %s",
+        job.n_events,
+        job.n_dead_letters,
+        n_players,
+        layout.features,
+    )
     return job
+
 
 def _check_previous(previous: JobLayout, n_buckets: int | None) -> int:
     saved = previous.read_layout()["n_buckets"]
     if n_buckets is not None and n_buckets != saved:
         raise ValueError(
-            f"n_buckets={n_buckets} differs from the {saved} buckets of the earlier job in "
-            f"{previous.root}; pass n_buckets={saved} or leave it unset"
+            f"n_buckets={n_buckets} differs from the {saved} buckets of the earlier "
+            f"job in {previous.root}; pass n_buckets={saved} or leave it unset"
         )
     return int(saved)
+
 
 def gather_features(
     job: FeatureJob, *, limit_bytes: int = GATHER_LIMIT_BYTES
 ) -> tuple[pl.DataFrame, bool]:
     """Read the player features into this process, sorted by ``player_id``.
 
-    Returns the table and whether it holds every player: when the full
+    Returns the table and whether it contains every player: when the full
     matrix would exceed ``limit_bytes``, a uniform sample of players of
     about that size is read instead.
     """
@@ -224,10 +283,16 @@ def gather_features(
     if not complete:
         fraction = limit_bytes / job.matrix_bytes
         scan = scan.filter(in_sample(fraction))
-        logger.info("feature matrix of %d players (%.1f GiB) exceeds %.1f GiB: training "
-                    "on a %.1f%% sample of players", job.n_players, job.matrix_bytes / 2**30,
-                    limit_bytes / 2**30, 100 * fraction)
+        logger.info(
+            "feature matrix of %d players (%.1f GiB) exceeds %.1f GiB: training "
+            "on a %.1f%% sample of players",
+            job.n_players,
+            job.matrix_bytes / 2**30,
+            limit_bytes / 2**30,
+            100 * fraction,
+        )
     return scan.collect().sort("player_id"), complete
+
 
 def fit_segments(
     features: pl.DataFrame,
@@ -242,10 +307,19 @@ def fit_segments(
 ) -> tuple[SegmentModel, np.ndarray]:
     """Train the segmentation model on a gathered feature table with ``backend``."""
     if backend.on_gpu:
-        return train_segments_gpu(features, backend, k=k, k_range=k_range, seed=seed,
-                                  as_of=as_of, client=client)
-    return train_segments(features, k=k, k_range=k_range, seed=seed, as_of=as_of,
-                          progress=progress)
+        return train_segments_gpu(
+            features,
+            backend,
+            k=k,
+            k_range=k_range,
+            seed=seed,
+            as_of=as_of,
+            client=client,
+        )
+    return train_segments(
+        features, k=k, k_range=k_range, seed=seed, as_of=as_of, progress=progress
+    )
+
 
 def train_on_engine(
     source: str | Path,
@@ -274,9 +348,15 @@ def train_on_engine(
 
     settings = settings or get_settings()
     job = compute_player_features(
-        source, engine=engine, work_dir=work_dir, pseudonymizer=pseudonymizer_from(settings),
-        source_format=source_format, mapping=mapping, n_buckets=n_buckets,
-        batch_size=batch_size, progress=progress,
+        source,
+        engine=engine,
+        work_dir=work_dir,
+        pseudonymizer=pseudonymizer_from(settings),
+        source_format=source_format,
+        mapping=mapping,
+        n_buckets=n_buckets,
+        batch_size=batch_size,
+        progress=progress,
     )
     timings = dict(job.timings)
 
@@ -287,20 +367,33 @@ def train_on_engine(
     clock = time.perf_counter()
     client = engine.client if isinstance(engine, DaskEngine) else None
     backend = select_kmeans_backend(use_gpu, distributed=client is not None)
-    model, labels = fit_segments(features, backend, k=k, k_range=k_range, seed=seed,
-                                 as_of=job.as_of, client=client, progress=progress)
-    model.params.update({
-        "engine": engine.name,
-        "kmeans_backend": backend.name,
-        "n_buckets": job.n_buckets,
-        "training_sample": "all players" if complete else f"{features.height} players",
-    })
+    model, labels = fit_segments(
+        features,
+        backend,
+        k=k,
+        k_range=k_range,
+        seed=seed,
+        as_of=job.as_of,
+        client=client,
+        progress=progress,
+    )
+    model.params.update(
+        {
+            "engine": engine.name,
+            "kmeans_backend": backend.name,
+            "n_buckets": job.n_buckets,
+            "training_sample": "all players"
+            if complete
+            else f"{features.height} players",
+        }
+    )
     timings["train_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
     onnx_bytes = export_onnx(model.pipeline, len(model.feature_names))
-    mismatches = check_onnx_labels(onnx_bytes, model.pipeline,
-                                   model.matrix(features.head(ONNX_CHECK_ROWS)))
+    mismatches = check_onnx_labels(
+        onnx_bytes, model.pipeline, model.matrix(features.head(ONNX_CHECK_ROWS))
+    )
     timings["onnx_s"] = time.perf_counter() - clock
 
     version = None
@@ -308,24 +401,45 @@ def train_on_engine(
         from crmbet.models.registry import ModelRegistry
 
         clock = time.perf_counter()
-        extra = {"onnx_label_mismatches": float(mismatches), "n_events": float(job.n_events),
-                 "n_dead_letters": float(job.n_dead_letters)}
-        version = ModelRegistry(settings).register(model, onnx_bytes=onnx_bytes,
-                                                   extra_metrics=extra)
+        extra = {
+            "onnx_label_mismatches": float(mismatches),
+            "n_events": float(job.n_events),
+            "n_dead_letters": float(job.n_dead_letters),
+        }
+        version = ModelRegistry(settings).register(
+            model, onnx_bytes=onnx_bytes, extra_metrics=extra
+        )
         timings["register_s"] = time.perf_counter() - clock
 
+    # With every player gathered, assigning here is cheaper than on Dask
+    # workers, which would each import scikit-learn to load the model first.
     clock = time.perf_counter()
+    assign_engine = LocalEngine() if complete else engine
     sizes: dict[int, int] = {}
-    for counts in engine.map(run_assign, job.buckets, step="assign", progress=progress,
-                             layout=job.layout, model=model):
+    for counts in assign_engine.map(
+        run_assign,
+        job.buckets,
+        step="assign",
+        progress=progress,
+        layout=job.layout,
+        model=model,
+    ):
         for cluster_id, size in counts.items():
             sizes[cluster_id] = sizes.get(cluster_id, 0) + size
     timings["assign_s"] = time.perf_counter() - clock
     return ScaleTrainingResult(
-        job=job, model=model, version=version, features=features, labels=labels,
-        sampled=not complete, kmeans_backend=backend, segment_sizes=sizes,
-        onnx_mismatches=mismatches, timings=timings,
+        job=job,
+        model=model,
+        version=version,
+        features=features,
+        labels=labels,
+        sampled=not complete,
+        kmeans_backend=backend,
+        segment_sizes=sizes,
+        onnx_mismatches=mismatches,
+        timings=timings,
     )
+
 
 def run_scale_training(
     source: str | Path,
@@ -346,14 +460,27 @@ def run_scale_training(
     settings = settings or get_settings()
     work_dir = Path(work_dir) if work_dir is not None else settings.home / "scale"
     options = {
-        "k": config.k, "k_range": (config.k_min, config.k_max), "seed": config.seed,
-        "use_gpu": config.use_gpu, **options,
+        "k": config.k,
+        "k_range": (config.k_min, config.k_max),
+        "seed": config.seed,
+        "use_gpu": config.use_gpu,
+        **options,
     }
     if config.engine == "local":
-        return train_on_engine(source, engine=LocalEngine(), work_dir=work_dir,
-                               settings=settings, **options)
+        return train_on_engine(
+            source,
+            engine=LocalEngine(),
+            work_dir=work_dir,
+            settings=settings,
+            **options,
+        )
     from crmbet.scale.cluster import open_cluster
 
     with open_cluster(config, processes=processes) as client:
-        return train_on_engine(source, engine=DaskEngine(client), work_dir=work_dir,
-                               settings=settings, **options)
+        return train_on_engine(
+            source,
+            engine=DaskEngine(client),
+            work_dir=work_dir,
+            settings=settings,
+            **options,
+        )

@@ -81,14 +81,18 @@ class JobLayout:
         return self.features / f"bucket={bucket:05d}" / "part-0.parquet"
 
     def segment_file(self, bucket: int, cluster_id: int) -> Path:
-        return self.segments / f"cluster_id={cluster_id}" / f"bucket-{bucket:05d}.parquet"
+        return (
+            self.segments / f"cluster_id={cluster_id}" / f"bucket-{bucket:05d}.parquet"
+        )
 
     def read_layout(self) -> dict[str, int]:
         """Return the saved bucket count and schema versions."""
         path = self.root / LAYOUT_FILE
         if not path.exists():
-            raise CrmbetError(f"{self.root} is not a crmbet scale work folder ({path} "
-                              "is missing); pass the folder of an earlier job")
+            raise CrmbetError(
+                f"{self.root} is not a crmbet scale work folder ({path} "
+                "is missing); pass the folder of an earlier job"
+            )
         return json.loads(path.read_text())
 
     def prepare(self, n_buckets: int) -> None:
@@ -103,25 +107,33 @@ class JobLayout:
         marker = self.root / LAYOUT_FILE
         if self.root.exists() and any(self.root.iterdir()) and not marker.exists():
             raise CrmbetError(
-                f"work folder {self.root} is not empty and holds no {LAYOUT_FILE}; "
+                f"work folder {self.root} is not empty and has no {LAYOUT_FILE}; "
                 "pass an empty or new folder"
             )
         for name in _OWNED:
             shutil.rmtree(self.root / name, ignore_errors=True)
         self.root.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps({
-            "n_buckets": n_buckets,
-            "state_schema_version": STATE_SCHEMA_VERSION,
-            "feature_schema_version": FEATURE_SCHEMA_VERSION,
-        }))
+        marker.write_text(
+            json.dumps(
+                {
+                    "n_buckets": n_buckets,
+                    "state_schema_version": STATE_SCHEMA_VERSION,
+                    "feature_schema_version": FEATURE_SCHEMA_VERSION,
+                }
+            )
+        )
 
 
-def write_bucket_features(features: pl.DataFrame, layout: JobLayout, bucket: int) -> Path:
+def write_bucket_features(
+    features: pl.DataFrame, layout: JobLayout, bucket: int
+) -> Path:
     """Write the feature table of one bucket into the features dataset."""
     return write_atomic(features, layout.feature_file(bucket))
 
 
-def write_bucket_segments(assignments: pl.DataFrame, layout: JobLayout, bucket: int) -> None:
+def write_bucket_segments(
+    assignments: pl.DataFrame, layout: JobLayout, bucket: int
+) -> None:
     """Write one bucket's segment assignments, one file per segment."""
     for (cluster_id,), part in assignments.partition_by(
         "cluster_id", as_dict=True, include_key=True

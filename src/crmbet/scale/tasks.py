@@ -19,7 +19,12 @@ from pathlib import Path
 
 import polars as pl
 
-from crmbet.events.adapters import SourceFormat, detect_format, iter_ingest, write_dead_letters
+from crmbet.events.adapters import (
+    SourceFormat,
+    detect_format,
+    iter_ingest,
+    write_dead_letters,
+)
 from crmbet.events.pseudonym import Pseudonymizer
 from crmbet.events.schema import EVENT_SCHEMA
 from crmbet.events.validation import ColumnMapping, normalize
@@ -50,7 +55,10 @@ def in_sample(fraction: float) -> pl.Expr:
     """Return True for a deterministic ``fraction`` of players."""
     digits = pl.col("player_id").str.slice(10, 8).str.to_integer(base=16, strict=False)
     fallback = pl.col("player_id").hash(seed=1) % (16**8)
-    return digits.cast(pl.UInt64).fill_null(fallback).cast(pl.Float64) < fraction * _HEX_RANGE
+    return (
+        digits.cast(pl.UInt64).fill_null(fallback).cast(pl.Float64)
+        < fraction * _HEX_RANGE
+    )
 
 
 @dataclass(frozen=True)
@@ -66,7 +74,7 @@ class IngestTask:
 
 @dataclass(frozen=True)
 class IngestStats:
-    """What one ingest task read."""
+    """Counts of one ingest task: valid events and dead letters."""
 
     n_events: int
     n_dead_letters: int
@@ -74,14 +82,16 @@ class IngestStats:
 
 @dataclass(frozen=True)
 class BucketStats:
-    """What folding one bucket produced."""
+    """Counts of one folded bucket: players and the newest event time."""
 
     bucket: int
     n_players: int
     last_ts: float | None
 
 
-def plan_ingest(source: str | Path, source_format: SourceFormat, batch_size: int) -> list[IngestTask]:
+def plan_ingest(
+    source: str | Path, source_format: SourceFormat, batch_size: int
+) -> list[IngestTask]:
     """Split a source into ingest tasks of at most ``batch_size`` rows.
 
     Parquet files, and folders of them, split by row range; CSV, JSON lines
@@ -95,16 +105,22 @@ def plan_ingest(source: str | Path, source_format: SourceFormat, batch_size: int
         return [IngestTask(0, str(path), fmt)]
     files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
     if not files:
-        raise FileNotFoundError(f"folder {path} holds no .parquet files; check the path")
+        raise FileNotFoundError(
+            f"folder {path} contains no .parquet files; check the path"
+        )
     tasks: list[IngestTask] = []
     for file in files:
         rows = pl.scan_parquet(file).select(pl.len()).collect().item()
         for offset in range(0, rows, batch_size):
-            tasks.append(IngestTask(len(tasks), str(file), "parquet", offset, batch_size))
+            tasks.append(
+                IngestTask(len(tasks), str(file), "parquet", offset, batch_size)
+            )
     return tasks
 
 
-def _write_events(events: pl.DataFrame, layout: JobLayout, n_buckets: int, name: str) -> None:
+def _write_events(
+    events: pl.DataFrame, layout: JobLayout, n_buckets: int, name: str
+) -> None:
     bucketed = events.with_columns(bucket_of(n_buckets).alias("__bucket"))
     for (bucket,), part in bucketed.partition_by("__bucket", as_dict=True).items():
         write_atomic(part.drop("__bucket"), layout.event_bucket(int(bucket)) / name)
@@ -132,13 +148,19 @@ def run_ingest(
         source = f"parquet:{Path(task.path).name}"
         raw = pl.scan_parquet(task.path).slice(task.offset, task.length).collect()
         result = normalize(raw, mapping, row_offset=task.offset, source=source)
-        batches = [(pseudonymizer.pseudonymize_column(result.events), result.dead_letters)]
+        batches = [
+            (pseudonymizer.pseudonymize_column(result.events), result.dead_letters)
+        ]
     else:
         batches = (
             (part.events, part.dead_letters)
-            for part in iter_ingest(task.path, pseudonymizer=pseudonymizer,
-                                    source_format=task.source_format, mapping=mapping,
-                                    batch_size=batch_size)
+            for part in iter_ingest(
+                task.path,
+                pseudonymizer=pseudonymizer,
+                source_format=task.source_format,
+                mapping=mapping,
+                batch_size=batch_size,
+            )
         )
     for index, (events, dead) in enumerate(batches):
         _write_events(events, layout, n_buckets, f"{name}-{index:04d}.parquet")
@@ -160,16 +182,20 @@ def run_fold(
     """
     folder = layout.event_bucket(bucket)
     files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
-    states = fold(pl.scan_parquet(files, schema=EVENT_SCHEMA)) if files else empty_states()
+    states = (
+        fold(pl.scan_parquet(files, schema=EVENT_SCHEMA)) if files else empty_states()
+    )
     if previous is not None and previous.state_file(bucket).exists():
         states = merge(pl.read_parquet(previous.state_file(bucket)), states)
     write_atomic(states.cast(STATE_SCHEMA), layout.state_file(bucket))
     last_ts = states["last_ts"].max() if states.height else None
-    return BucketStats(bucket, states.height, None if last_ts is None else float(last_ts))
+    return BucketStats(
+        bucket, states.height, None if last_ts is None else float(last_ts)
+    )
 
 
 def run_features(bucket: int, *, layout: JobLayout, as_of: float) -> int:
-    """Compute the features of one bucket's players as of ``as_of``; return the count."""
+    """Compute one bucket's features as of ``as_of`` and return the player count."""
     states = pl.read_parquet(layout.state_file(bucket))
     features = compute_features(states, as_of=as_of)
     write_bucket_features(features, layout, bucket)
@@ -183,14 +209,18 @@ def run_assign(bucket: int, *, layout: JobLayout, model: object) -> dict[int, in
         return {}
     labels, confidence, _ = model.assign(model.matrix(features))  # type: ignore[attr-defined]
     names = [profile.name for profile in model.profiles]  # type: ignore[attr-defined]
-    assignments = pl.DataFrame({
-        "player_id": features["player_id"],
-        "cluster_id": pl.Series(labels, dtype=pl.Int64),
-        "segment": [names[label] for label in labels],
-        "confidence": confidence,
-    }).with_columns(
+    assignments = pl.DataFrame(
+        {
+            "player_id": features["player_id"],
+            "cluster_id": pl.Series(labels, dtype=pl.Int64),
+            "segment": [names[label] for label in labels],
+            "confidence": confidence,
+        }
+    ).with_columns(
         pl.lit(model.version, dtype=pl.String).alias("model_version")  # type: ignore[attr-defined]
     )
     write_bucket_segments(assignments, layout, bucket)
     counts = assignments.group_by("cluster_id").len()
-    return dict(zip(counts["cluster_id"].to_list(), counts["len"].to_list(), strict=True))
+    return dict(
+        zip(counts["cluster_id"].to_list(), counts["len"].to_list(), strict=True)
+    )

@@ -33,11 +33,16 @@ def transactions_path(
 
 @pytest.fixture(scope="session")
 def local_job(
-    transactions_path: Path, pseudonymizer: Pseudonymizer, tmp_path_factory: pytest.TempPathFactory
+    transactions_path: Path,
+    pseudonymizer: Pseudonymizer,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> FeatureJob:
     """The features of ``transactions_path`` computed by the local engine."""
     return compute_player_features(
-        transactions_path, engine=LocalEngine(), work_dir=tmp_path_factory.mktemp("local"),
-        pseudonymizer=pseudonymizer, n_buckets=3, batch_size=BATCH_SIZE,
+        transactions_path,
+        engine=LocalEngine(),
+        work_dir=tmp_path_factory.mktemp("local"),
+        pseudonymizer=pseudonymizer,
+        n_buckets=3,
+        batch_size=BATCH_SIZE,
     )
-

@@ -17,12 +17,13 @@ from crmbet.events.adapters import ingest
 from crmbet.events.pseudonym import Pseudonymizer
 from crmbet.features.definitions import compute_features
 from crmbet.features.state import fold
+from crmbet.models.bundle import SegmentModel, train_segments
 from crmbet.pipeline import ClusterConfig
 from crmbet.scale.cluster import BLAS_THREAD_VARIABLES, open_cluster
 from crmbet.scale.engines import DaskEngine, LocalEngine
 from crmbet.scale.job import FeatureJob, compute_player_features, gather_features
 from crmbet.scale.output import scan_segments
-from crmbet.scale.tasks import bucket_of
+from crmbet.scale.tasks import bucket_of, run_assign
 
 pytestmark = pytest.mark.integration
 
@@ -38,11 +39,8 @@ def assert_same_features(left: pl.DataFrame, right: pl.DataFrame) -> None:
     assert_frame_equal(left, right, check_exact=False, rtol=RTOL, atol=0.0)
 
 
-def fit_labels(features: pl.DataFrame) -> np.ndarray:
-    from crmbet.models.bundle import train_segments
-
-    _, labels = train_segments(features, k=6, seed=0)
-    return labels
+def fit_segments(features: pl.DataFrame) -> tuple[SegmentModel, np.ndarray]:
+    return train_segments(features, k=6, seed=0)
 
 
 def test_local_engine_matches_one_fold(
@@ -56,8 +54,9 @@ def test_local_engine_matches_one_fold(
 
 
 def test_features_partitioned_by_bucket(local_job: FeatureJob) -> None:
-    frame = pl.scan_parquet(local_job.layout.features / "**" / "*.parquet",
-                            hive_partitioning=True).collect()
+    frame = pl.scan_parquet(
+        local_job.layout.features / "**" / "*.parquet", hive_partitioning=True
+    ).collect()
     expected = frame.select(bucket_of(local_job.n_buckets)).to_series()
     assert frame["player_id"].is_unique().all()
     assert (frame["bucket"] == expected).all()
@@ -66,28 +65,50 @@ def test_features_partitioned_by_bucket(local_job: FeatureJob) -> None:
 
 @pytest.mark.slow
 def test_dask_engine_matches_local(
-    local_job: FeatureJob, transactions_path: Path, pseudonymizer: Pseudonymizer,
+    local_job: FeatureJob,
+    transactions_path: Path,
+    pseudonymizer: Pseudonymizer,
     tmp_path: Path,
 ) -> None:
+    local = read_features(local_job)
+    model, local_labels = fit_segments(local)
     config = ClusterConfig(engine="dask", n_workers=2, memory_limit="1GB")
     with open_cluster(config, processes=False) as client:
         engine = DaskEngine(client)
         assert engine.parallelism == 2
         dask_job = compute_player_features(
-            transactions_path, engine=engine, work_dir=tmp_path, pseudonymizer=pseudonymizer,
-            n_buckets=5, batch_size=BATCH_SIZE,
+            transactions_path,
+            engine=engine,
+            work_dir=tmp_path,
+            pseudonymizer=pseudonymizer,
+            n_buckets=5,
+            batch_size=BATCH_SIZE,
         )
-    local = read_features(local_job)
+        sizes = engine.map(
+            run_assign,
+            dask_job.buckets,
+            step="assign",
+            layout=dask_job.layout,
+            model=model,
+        )
     distributed = read_features(dask_job)
     assert dask_job.n_players == local_job.n_players
     assert dask_job.as_of == local_job.as_of
     assert_same_features(distributed, local)
-    assert adjusted_rand_score(fit_labels(local), fit_labels(distributed)) >= 0.99
+
+    _, dask_labels = fit_segments(distributed)
+    assert adjusted_rand_score(local_labels, dask_labels) >= 0.99
+    segments = scan_segments(dask_job.layout.root).collect().sort("player_id")
+    assert sum(sum(counts.values()) for counts in sizes) == local_job.n_players
+    assert (segments["player_id"] == local["player_id"]).all()
+    assert (segments["cluster_id"].to_numpy() == local_labels).all()
 
 
 @pytest.mark.slow
 def test_killed_worker_recovered(
-    local_job: FeatureJob, transactions_path: Path, pseudonymizer: Pseudonymizer,
+    local_job: FeatureJob,
+    transactions_path: Path,
+    pseudonymizer: Pseudonymizer,
     tmp_path: Path,
 ) -> None:
     config = ClusterConfig(engine="dask", n_workers=2, memory_limit="1GB")
@@ -103,8 +124,12 @@ def test_killed_worker_recovered(
                 killed.append(victim)
 
         job = compute_player_features(
-            transactions_path, engine=DaskEngine(client), work_dir=tmp_path,
-            pseudonymizer=pseudonymizer, n_buckets=4, batch_size=BATCH_SIZE // 2,
+            transactions_path,
+            engine=DaskEngine(client),
+            work_dir=tmp_path,
+            pseudonymizer=pseudonymizer,
+            n_buckets=4,
+            batch_size=BATCH_SIZE // 2,
             progress=kill_once,
         )
         survivors = set(client.run(os.getpid).values())
@@ -131,18 +156,33 @@ def test_local_cluster_restores_blas_threads(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_incremental_job_matches_full(
-    local_job: FeatureJob, transactions: pl.DataFrame, pseudonymizer: Pseudonymizer,
+    local_job: FeatureJob,
+    transactions: pl.DataFrame,
+    pseudonymizer: Pseudonymizer,
     tmp_path: Path,
 ) -> None:
-    cut = transactions["ts"].min() + (transactions["ts"].max() - transactions["ts"].min()) / 2
+    cut = (
+        transactions["ts"].min()
+        + (transactions["ts"].max() - transactions["ts"].min()) / 2
+    )
     first, second = tmp_path / "first.parquet", tmp_path / "second.parquet"
     transactions.filter(pl.col("ts") < cut).write_parquet(first)
     transactions.filter(pl.col("ts") >= cut).write_parquet(second)
     engine = LocalEngine()
-    earlier = compute_player_features(first, engine=engine, work_dir=tmp_path / "a",
-                                      pseudonymizer=pseudonymizer, n_buckets=3)
-    later = compute_player_features(second, engine=engine, work_dir=tmp_path / "b",
-                                    pseudonymizer=pseudonymizer, previous=earlier.layout.root)
+    earlier = compute_player_features(
+        first,
+        engine=engine,
+        work_dir=tmp_path / "a",
+        pseudonymizer=pseudonymizer,
+        n_buckets=3,
+    )
+    later = compute_player_features(
+        second,
+        engine=engine,
+        work_dir=tmp_path / "b",
+        pseudonymizer=pseudonymizer,
+        previous=earlier.layout.root,
+    )
     assert later.n_buckets == 3
     assert later.n_players == local_job.n_players
     assert_same_features(read_features(later), read_features(local_job))
@@ -159,8 +199,14 @@ def test_sampled_training_assigns_everyone(
     assert 0.15 * local_job.n_players < sample.height < 0.35 * local_job.n_players
 
     result = train_on_engine(
-        transactions_path, engine=LocalEngine(), work_dir=tmp_path, settings=settings, k=4,
-        register=False, batch_size=BATCH_SIZE, gather_limit_bytes=limit,
+        transactions_path,
+        engine=LocalEngine(),
+        work_dir=tmp_path,
+        settings=settings,
+        k=4,
+        register=False,
+        batch_size=BATCH_SIZE,
+        gather_limit_bytes=limit,
     )
     segments = scan_segments(result.job.layout.root).collect()
     assert result.sampled
@@ -180,11 +226,18 @@ def test_registry_records_backend(
     from crmbet.scale.job import train_on_engine
 
     result = train_on_engine(
-        transactions_path, engine=LocalEngine(), work_dir=tmp_path, settings=settings, k=6,
-        batch_size=BATCH_SIZE, register=True,
+        transactions_path,
+        engine=LocalEngine(),
+        work_dir=tmp_path,
+        settings=settings,
+        k=6,
+        batch_size=BATCH_SIZE,
+        register=True,
     )
     registry = ModelRegistry(settings)
-    run_id = registry.client.get_model_version(registry.model_name, result.version).run_id
+    run_id = registry.client.get_model_version(
+        registry.model_name, result.version
+    ).run_id
     params = registry.client.get_run(run_id).data.params
     assert result.kmeans_backend.name == "sklearn"
     assert params["kmeans_backend"] == "sklearn"
@@ -199,11 +252,19 @@ def test_adaptive_scaling_counts_events() -> None:
     from prometheus_client import REGISTRY
 
     def up_events() -> float:
-        return REGISTRY.get_sample_value("scaling_events_total", {"direction": "up"}) or 0.0
+        return (
+            REGISTRY.get_sample_value("scaling_events_total", {"direction": "up"})
+            or 0.0
+        )
 
     before = up_events()
-    config = ClusterConfig(engine="dask", n_workers=1, max_workers=2, memory_limit="1GB",
-                           enable_auto_scaling=True)
+    config = ClusterConfig(
+        engine="dask",
+        n_workers=1,
+        max_workers=2,
+        memory_limit="1GB",
+        enable_auto_scaling=True,
+    )
     with open_cluster(config, processes=False) as client:
         futures = client.map(time.sleep, [0.5] * 40, pure=False)
         deadline = time.monotonic() + 30
