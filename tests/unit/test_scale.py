@@ -71,6 +71,7 @@ def test_plan_splits_parquet_rows(tmp_path: Path) -> None:
         ("b.parquet", 0),
     ]
     assert [t.task_id for t in tasks] == [0, 1, 2, 3]
+    assert [t.length for t in tasks] == [4, 4, 2, 3]
 
 
 def test_plan_one_task_for_csv(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ worker dies mid-task, the scheduler reruns its tasks on another worker.
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from collections.abc import Callable, Sequence
@@ -105,7 +106,10 @@ class DaskEngine:
         # same arguments in one session must both run.
         run_id = uuid.uuid4().hex[:8]
         keys = [f"crmbet-{step}-{run_id}-{index}" for index in range(len(items))]
-        futures = self.client.map(function, items, key=keys, **kwargs)
+        # Bind the keyword arguments first: Client.map would take some of
+        # them (batch_size, key, pure, ...) as its own options.
+        task = functools.partial(function, **kwargs)
+        futures = self.client.map(task, items, key=keys)
         for _ in as_completed(futures):
             if progress:
                 progress(step, 1)

@@ -112,9 +112,8 @@ def plan_ingest(
     for file in files:
         rows = pl.scan_parquet(file).select(pl.len()).collect().item()
         for offset in range(0, rows, batch_size):
-            tasks.append(
-                IngestTask(len(tasks), str(file), "parquet", offset, batch_size)
-            )
+            length = min(batch_size, rows - offset)
+            tasks.append(IngestTask(len(tasks), str(file), "parquet", offset, length))
     return tasks
 
 

@@ -39,6 +39,10 @@ def assert_same_features(left: pl.DataFrame, right: pl.DataFrame) -> None:
     assert_frame_equal(left, right, check_exact=False, rtol=RTOL, atol=0.0)
 
 
+def echo_options(item: int, *, batch_size: int, pure: int) -> tuple[int, int, int]:
+    return item, batch_size, pure
+
+
 def fit_segments(features: pl.DataFrame) -> tuple[SegmentModel, np.ndarray]:
     return train_segments(features, k=6, seed=0)
 
@@ -76,6 +80,9 @@ def test_dask_engine_matches_local(
     with open_cluster(config, processes=False) as client:
         engine = DaskEngine(client)
         assert engine.parallelism == 2
+        # Keyword names that Client.map also takes still reach the task.
+        echoed = engine.map(echo_options, [1, 2], step="echo", batch_size=7, pure=3)
+        assert echoed == [(1, 7, 3), (2, 7, 3)]
         dask_job = compute_player_features(
             transactions_path,
             engine=engine,
