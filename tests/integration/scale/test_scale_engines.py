@@ -198,6 +198,7 @@ def test_incremental_job_matches_full(
 def test_sampled_training_assigns_everyone(
     local_job: FeatureJob, transactions_path: Path, tmp_path: Path, settings
 ) -> None:
+    from crmbet.cli import _print_training
     from crmbet.scale.job import train_on_engine
 
     limit = local_job.matrix_bytes // 4
@@ -222,6 +223,9 @@ def test_sampled_training_assigns_everyone(
     assert segments["player_id"].is_unique().all()
     assert sum(result.segment_sizes.values()) == local_job.n_players
     assert result.onnx_mismatches == 0
+    # The summary of `crmbet train` accepts a scale-out result as well.
+    _print_training(result)
+    assert result.states.height == local_job.n_players
 
 
 # MLflow warns that the pyfunc wrapper's predict has untyped input.
