@@ -120,15 +120,18 @@ def test_killed_worker_recovered(
 ) -> None:
     config = ClusterConfig(engine="dask", n_workers=2, memory_limit="1GB")
     killed: list[int] = []
+    victim_tasks: list[int] = []
     with open_cluster(config, processes=True) as client:
         pids = client.run(os.getpid)
 
         def kill_once(step: str, count: int) -> None:
-            # Kill a worker after the first ingest task, while the others run.
+            # Kill a worker with tasks in hand after the first ingest task.
             if step == "ingest" and not killed:
-                victim = next(iter(pids.values()))
-                os.kill(victim, signal.SIGKILL)
-                killed.append(victim)
+                processing = client.processing()
+                address = max(pids, key=lambda a: len(processing.get(a, ())))
+                victim_tasks.append(len(processing.get(address, ())))
+                os.kill(pids[address], signal.SIGKILL)
+                killed.append(pids[address])
 
         job = compute_player_features(
             transactions_path,
@@ -141,6 +144,7 @@ def test_killed_worker_recovered(
         )
         survivors = set(client.run(os.getpid).values())
     assert len(killed) == 1
+    assert victim_tasks[0] > 0
     assert killed[0] not in survivors
     assert job.n_events == local_job.n_events
     assert_same_features(read_features(job), read_features(local_job))
