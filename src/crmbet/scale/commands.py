@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -61,6 +62,14 @@ def _engine_name(value: str) -> Literal["local", "dask"]:
 
 def _cluster_config(engine: str, scheduler: str | None, **values: Any) -> Any:
     from crmbet.pipeline import ClusterConfig
+
+    if engine == "dask":
+        # Dask logs every connection at INFO; crmbet's own logs report the
+        # cluster's start, scaling events and close. Importing distributed
+        # first keeps its logging setup from resetting the level later.
+        import distributed  # noqa: F401
+
+        logging.getLogger("distributed").setLevel(logging.WARNING)
 
     return ClusterConfig(
         engine=_engine_name(engine), scheduler_address=scheduler, **values
