@@ -175,10 +175,14 @@ def compute_player_features(
     """
     layout = JobLayout(Path(work_dir))
     previous_layout = JobLayout(Path(previous)) if previous is not None else None
+    if previous_layout and previous_layout.root.resolve() == layout.root.resolve():
+        raise ValueError(
+            f"previous={previous} is the work folder itself, whose states the job "
+            "replaces; write the new job to another folder"
+        )
     tasks = plan_ingest(source, source_format, batch_size)
-    known_rows = (
-        sum(t.length for t in tasks) if tasks[0].source_format == "parquet" else None
-    )
+    parquet = all(task.source_format == "parquet" for task in tasks)
+    known_rows = sum(task.length or 0 for task in tasks) if parquet else None
     if previous_layout is not None:
         n_buckets = _check_previous(previous_layout, n_buckets)
     n_buckets = _choose_buckets(n_buckets, known_rows, engine)

@@ -195,6 +195,14 @@ def test_incremental_job_matches_full(
         previous=earlier.layout.root,
     )
     assert later.n_buckets == 3
+    with pytest.raises(ValueError, match="is the work folder itself"):
+        compute_player_features(
+            second,
+            engine=engine,
+            work_dir=tmp_path / "b",
+            pseudonymizer=pseudonymizer,
+            previous=tmp_path / "b",
+        )
     assert later.n_players == local_job.n_players
     assert_same_features(read_features(later), read_features(local_job))
 
