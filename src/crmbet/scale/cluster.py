@@ -127,7 +127,9 @@ class ScalingWatcher:
         SCALING_EVENTS.labels(direction=direction).inc()
         self.events.append((direction, address))
         verb = "joined" if direction == "up" else "left"
-        logger.info("scaling event: worker %s %s, %d workers now", address, verb, total)
+        logger.info(
+            "scaling event: worker %s %s, worker count %d", address, verb, total
+        )
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -269,18 +270,23 @@ def test_registry_records_backend(
 
 
 @pytest.mark.slow
-def test_adaptive_scaling_counts_events() -> None:
+def test_adaptive_scaling_counts_events(caplog: pytest.LogCaptureFixture) -> None:
     import time
 
     from prometheus_client import REGISTRY
 
-    def up_events() -> float:
-        return (
-            REGISTRY.get_sample_value("scaling_events_total", {"direction": "up"})
-            or 0.0
+    def events(direction: str) -> float:
+        value = REGISTRY.get_sample_value(
+            "scaling_events_total", {"direction": direction}
         )
+        return value or 0.0
 
-    before = up_events()
+    def wait_for(direction: str, count: float) -> None:
+        deadline = time.monotonic() + 30
+        while events(direction) == count and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+    up, down = events("up"), events("down")
     config = ClusterConfig(
         engine="dask",
         n_workers=1,
@@ -288,13 +294,19 @@ def test_adaptive_scaling_counts_events() -> None:
         memory_limit="1GB",
         enable_auto_scaling=True,
     )
-    with open_cluster(config, processes=False) as client:
+    with (
+        caplog.at_level(logging.INFO, logger="crmbet.scale.cluster"),
+        open_cluster(config, processes=False) as client,
+    ):
         futures = client.map(time.sleep, [0.5] * 40, pure=False)
-        deadline = time.monotonic() + 30
-        while up_events() == before and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_for("up", up)
         client.cancel(futures)
-    assert up_events() > before
+        # Idle again, the cluster shrinks back to its minimum of one worker.
+        wait_for("down", down)
+    assert events("up") > up
+    assert events("down") > down
+    assert "joined, worker count 2" in caplog.text
+    assert "left, worker count 1" in caplog.text
 
 
 def test_background_threads_stopped() -> None:
