@@ -15,8 +15,8 @@ merge law joins states only where earlier states meet new events (the
 
 The player matrix is far smaller than the transactions, so k-means runs in
 one process on the gathered matrix while it fits within
-``gather_limit_bytes``; beyond that it runs on a uniform sample of players
-of that size and only the assignment is distributed.
+``gather_limit_bytes``. Beyond that, k-means runs on a uniform sample of
+players of that size, and only the assignment is distributed.
 """
 
 from __future__ import annotations
