@@ -232,19 +232,18 @@ def predict(
     given = json.loads(features) if features else {}
     source = "request"
     if player is not None:
-        from crmbet.features.definitions import compute_one
-        from crmbet.features.online import MemoryOnlineStore
+        from crmbet.features.store import EnterpriseFeatureStore, FeatureRequest
 
-        snapshot = settings.home / "online_store.parquet"
+        store = EnterpriseFeatureStore.from_settings(settings)
         pseudonym = pseudonymizer_from(settings).pseudonymize(player)
-        if snapshot.exists():
-            store = MemoryOnlineStore.from_snapshot(snapshot)
-            state = store.get_state(pseudonym) or store.get_state(player)
-            if state is not None:
-                given = compute_one(state, store.watermark) | given
-                source = "online store"
-        if source == "request" and not given:
-            source = "cold start"
+        response = store.get_features_sync(FeatureRequest(pseudonym))
+        stored = response.row(0)
+        store.close()
+        if stored is not None and response.status[0] == "fresh":
+            given = {k: v for k, v in stored.items() if v == v} | given
+            source = "online store"
+        elif not given:
+            source = f"cold start ({response.status[0]})"
     prediction = predictor.predict_features(given, player_id=player)
     body = prediction.to_dict()
     body["feature_source"] = source

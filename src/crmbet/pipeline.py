@@ -27,6 +27,7 @@ from crmbet.errors import ModelNotFoundError, NotFittedError
 from crmbet.events.adapters import ingest_frame
 from crmbet.events.validation import ColumnMapping
 from crmbet.features.online import MemoryOnlineStore
+from crmbet.features.store import EnterpriseFeatureStore, FeatureRequest
 from crmbet.models.registry import ModelRegistry
 from crmbet.serving.predictor import SegmentPredictor
 from crmbet.training import TrainingResult, pseudonymizer_from, train_from_events
@@ -129,7 +130,9 @@ class EnterprisePipelineOrchestrator:
         self.config = config or PipelineConfig()
         self.settings = self.config.settings()
         self.registry = ModelRegistry(self.settings)
-        self.store = MemoryOnlineStore()
+        self.feature_store = EnterpriseFeatureStore.from_settings(
+            self.settings, self.config.optimization
+        )
         self.predictor: SegmentPredictor | None = None
         self._pseudonymizer = pseudonymizer_from(self.settings)
         self._latencies: deque[float] = deque(maxlen=10_000)
@@ -143,19 +146,22 @@ class EnterprisePipelineOrchestrator:
     def start_background_services(self) -> None:
         """Load the champion model if one is registered and mark the services up."""
         self._started_at = time.time()
-        snapshot = self.settings.home / "online_store.parquet"
-        if snapshot.exists():
-            self.store = MemoryOnlineStore.from_snapshot(snapshot)
         try:
             self.predictor = SegmentPredictor.from_registry(self.registry)
             logger.info("serving %s version %s", self.registry.model_name, self.predictor.version)
         except ModelNotFoundError:
             logger.info("no champion model registered yet; train one with train_model()")
 
+    @property
+    def store(self) -> Any:
+        """The online store behind the feature store (embedded or Redis)."""
+        return self.feature_store.backend
+
     async def stop(self) -> None:
-        """Snapshot the online store so a restart keeps it."""
-        if len(self.store):
+        """Snapshot the embedded online store so a restart keeps it, then close."""
+        if isinstance(self.store, MemoryOnlineStore) and len(self.store):
             self.store.snapshot(self.settings.home / "online_store.parquet")
+        self.feature_store.close()
 
     # Training -------------------------------------------------------------
 
@@ -182,6 +188,8 @@ class EnterprisePipelineOrchestrator:
             n_dead_letters=ingested.dead_letters.height,
         )
         self.store.put_states(result.states)
+        self.feature_store.register_model(self.registry.model_name,
+                                          result.model.feature_names)
         self._last_training = result
         if result.version is not None and self.registry.alias_version("champion") == result.version:
             self.predictor = SegmentPredictor(result.model)
@@ -213,16 +221,16 @@ class EnterprisePipelineOrchestrator:
         start = time.perf_counter()
         pseudonym = self._pseudonymizer.pseudonymize(str(user_id))
         given = dict(features or {})
-        state = self.store.get_state(pseudonym)
+        response = self.feature_store.get_features_sync(FeatureRequest(pseudonym))
+        stored = response.row(0)
+        status = response.status[0]
         source = "request"
-        if state is not None:
-            from crmbet.features.definitions import compute_one
-
-            stored = compute_one(state, self.store.watermark)
-            given = stored | given
+        if stored is not None and status == "fresh":
+            given = {k: v for k, v in stored.items() if v == v} | given
             source = "request+online_store" if features else "online_store"
         elif not given:
-            source = "cold_start"
+            # Unknown, expired or unreachable: the documented cold-start answer.
+            source = "cold_start" if status == "unknown" else f"cold_start:{status}"
         prediction = predictor.predict_features(given, player_id=pseudonym)
         latency_ms = (time.perf_counter() - start) * 1000.0
         self._latencies.append(latency_ms)
@@ -276,24 +284,30 @@ class EnterprisePipelineOrchestrator:
     # Health and metrics -------------------------------------------------------
 
     def get_comprehensive_health(self) -> dict[str, Any]:
-        """Return the state of every component and an overall score in [0, 1]."""
-        components = {
-            "model": {
-                "status": "healthy" if self.predictor else "degraded",
-                "version": self.predictor.version if self.predictor else None,
-            },
-            "online_store": {"status": "healthy", "backend": "memory", "players": len(self.store)},
-            "registry": {"status": "healthy", "uri_scheme": self.settings.registry_uri.split(":")[0]},
-        }
-        healthy = sum(1 for c in components.values() if c["status"] == "healthy")
-        score = healthy / len(components)
-        return {
-            "status": "healthy" if score == 1.0 else "degraded",
-            "system_health_score": score,
-            "pipeline_health_score": 1.0 if self._last_training or self.predictor else 0.5,
-            "components": components,
-            "uptime_s": time.time() - self._started_at if self._started_at else 0.0,
-        }
+        """Return each component's check and the combined scores in [0, 1]."""
+        from crmbet.monitoring.health import (
+            ComponentCheck,
+            check_model,
+            combine_health,
+        )
+
+        store = self.feature_store.health()
+        checks = [
+            check_model(self.predictor is not None,
+                        self.predictor.version if self.predictor else None),
+            ComponentCheck(
+                "online_store",
+                "healthy" if store["status"] == "healthy" else "degraded",
+                detail={"backend": type(self.store).__name__, "players": len(self.store)},
+            ),
+            ComponentCheck(
+                "training", "healthy" if self._last_training or self.predictor else "degraded",
+                scope="pipeline",
+            ),
+        ]
+        report = combine_health(checks).to_dict()
+        report["uptime_s"] = time.time() - self._started_at if self._started_at else 0.0
+        return report
 
     def get_performance_metrics(self) -> dict[str, Any]:
         """Return request counts and latency percentiles of recent predictions."""
@@ -305,6 +319,7 @@ class EnterprisePipelineOrchestrator:
             "latency_ms_p95": float(np.percentile(latencies, 95)),
             "latency_ms_p99": float(np.percentile(latencies, 99)),
             "online_store_players": len(self.store),
+            "feature_store": self.feature_store.get_performance_stats(),
         }
         if self._last_training is not None:
             metrics["last_training"] = dict(self._last_training.timings)
