@@ -128,6 +128,11 @@ def train(
     mapping: Annotated[str | None, typer.Option(
         help="JSON object mapping canonical fields to source columns.")] = None,
     report: Annotated[Path | None, typer.Option(help="Also write the HTML report here.")] = None,
+    engine: Annotated[str, typer.Option(
+        help="'local' (Polars in this process) or 'dask' (see 'crmbet scale train').")
+    ] = "local",
+    scheduler: Annotated[str | None, typer.Option(
+        help="Dask scheduler address; a LocalCluster when unset.")] = None,
 ) -> None:
     """Train a segmentation model on transactions and register it."""
     from crmbet.events.validation import ColumnMapping
@@ -136,10 +141,21 @@ def train(
     fixed_k = _parse_k(k)
     column_mapping = ColumnMapping(columns=json.loads(mapping)) if mapping else None
     settings = get_settings()
-    with training_progress(0 if fixed_k else k_max - k_min + 1) as advance:
-        result = run_training(input, settings=settings, source_format=format,  # type: ignore[arg-type]
-                              mapping=column_mapping, k=fixed_k, k_range=(k_min, k_max),
-                              seed=seed, progress=advance)
+    if engine not in ("local", "dask"):
+        raise typer.BadParameter(f"--engine {engine!r} is invalid; pass local or dask")
+    if engine == "dask":
+        from crmbet.pipeline import ClusterConfig
+        from crmbet.scale.job import run_scale_training
+
+        config = ClusterConfig(engine="dask", scheduler_address=scheduler, k=fixed_k,
+                               k_min=k_min, k_max=k_max, seed=seed)
+        result = run_scale_training(input, config, settings=settings,
+                                    source_format=format, mapping=column_mapping)
+    else:
+        with training_progress(0 if fixed_k else k_max - k_min + 1) as advance:
+            result = run_training(input, settings=settings, source_format=format,  # type: ignore[arg-type]
+                                  mapping=column_mapping, k=fixed_k, k_range=(k_min, k_max),
+                                  seed=seed, progress=advance)
     _save_online_snapshot(result)
     _print_training(result)
     if report:
