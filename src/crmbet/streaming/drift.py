@@ -16,7 +16,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from river.drift import ADWIN
 
 from crmbet.streaming import metrics
 
@@ -70,6 +69,9 @@ class StreamDriftMonitor:
         self.delta = delta
         self.cooldown_s = cooldown_s
         self._clock = clock
+        # Imported here because river's package import pulls in scikit-learn.
+        from river.drift import ADWIN
+
         self._detectors = {name: ADWIN(delta=delta) for name in signals}
         self._quiet_until = dict.fromkeys(signals, 0.0)
         self._seen = dict.fromkeys(signals, 0)

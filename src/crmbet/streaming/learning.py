@@ -19,11 +19,14 @@ import copy
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from crmbet.models.bundle import SegmentModel
 from crmbet.streaming import metrics
+
+if TYPE_CHECKING:
+    from crmbet.models.bundle import SegmentModel
 
 logger = logging.getLogger(__name__)
 

@@ -16,12 +16,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from crmbet.config import Settings, get_settings
 from crmbet.events.pseudonym import Pseudonymizer
-from crmbet.serving.predictor import SegmentPredictor
 from crmbet.streaming import metrics
 from crmbet.streaming.config import StreamConfig
 from crmbet.streaming.drift import DriftAlarm, StreamDriftMonitor
@@ -36,6 +36,9 @@ from crmbet.streaming.stores import (
     StreamStateStore,
     open_state_store,
 )
+
+if TYPE_CHECKING:
+    from crmbet.serving.predictor import SegmentPredictor
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +123,8 @@ class StreamingMLPipeline:
     def _load_predictor(self) -> SegmentPredictor | None:
         if self.config.model_ref is None:
             return None
+        from crmbet.serving.predictor import SegmentPredictor
+
         return SegmentPredictor.from_registry(self.registry, self.config.model_ref)
 
     @property

@@ -12,6 +12,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -20,12 +21,13 @@ from crmbet.events.pseudonym import Pseudonymizer
 from crmbet.events.validation import normalize
 from crmbet.features.definitions import compute_features
 from crmbet.features.state import empty_states, fold, merge
-from crmbet.models.risk import RISK_FEATURES
-from crmbet.serving.predictor import SegmentPredictor
 from crmbet.streaming import metrics
 from crmbet.streaming.dedupe import DedupeWindow
 from crmbet.streaming.records import DeadLetter, RecordBatch, dead_letter_at, decode
 from crmbet.streaming.stores import Commit, StreamStateStore
+
+if TYPE_CHECKING:
+    from crmbet.serving.predictor import SegmentPredictor
 
 logger = logging.getLogger(__name__)
 
@@ -252,6 +254,8 @@ class BatchProcessor:
         return events, new_ids, duplicates
 
     def _assign_segments(self, merged: pl.DataFrame, commit: Commit, result: BatchResult) -> None:
+        from crmbet.models.risk import RISK_FEATURES
+
         predictor = self.predictor
         assert predictor is not None  # checked by the caller
         model = predictor.model

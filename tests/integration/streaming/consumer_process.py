@@ -18,7 +18,7 @@ def main() -> None:
         kafka_bootstrap_servers=bootstrap, topic=topic, group_id=group,
         redis_url=redis_url, namespace=namespace, max_batch_size=int(batch),
         model_ref=None, enable_online_learning=False,
-        session_timeout_ms=6000, max_poll_interval_ms=10_000,
+        session_timeout_ms=3000, max_poll_interval_ms=10_000,
         dead_letter_topic=f"{topic}.dlq", segment_topic=f"{topic}.segments",
         alert_topic=f"{topic}.alerts",
     )
