@@ -116,7 +116,8 @@ class StreamingMLPipeline:
         self._last_lag = 0.0
         self._rate = deque(maxlen=20)
         self._stall_logged = False
-        self.last_error: str | None = None
+        self.first_batch_at: float | None = None
+        self.last_commit_at: float | None = None
 
     # Setup ------------------------------------------------------------------
 
@@ -238,6 +239,8 @@ class StreamingMLPipeline:
 
     def _handle(self, batch: RecordBatch, seek: Callable[[dict[int, int | None]], None]) -> None:
         started = time.monotonic()
+        if self.first_batch_at is None:
+            self.first_batch_at = started
         result = self.processor.process(batch)
         if result.commit is None:
             return
@@ -255,9 +258,10 @@ class StreamingMLPipeline:
             offsets = self.processor.assign(partitions)
             seek(offsets)
             return
-        self._after_commit(result, time.monotonic() - started)
+        self.last_commit_at = time.monotonic()
+        self._after_commit(result)
 
-    def _after_commit(self, result: BatchResult, seconds: float) -> None:
+    def _after_commit(self, result: BatchResult) -> None:
         now_ms = time.time() * 1000.0
         self.batches += 1
         self.records_processed += result.n_records - result.n_skipped

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+import orjson
 import polars as pl
 
 from crmbet.errors import CrmbetError
@@ -224,13 +225,14 @@ class EmbeddedStateStore:
 
 # The commit script checks every expected offset before it writes anything,
 # so a fenced commit changes nothing. KEYS: offsets hash, segments hash,
-# m dedupe lists, then state keys. ARGV: m, window, m triples (field,
-# expected, next), per partition a count and that many ids, one value per
-# state key, then a count and segment field/value pairs.
+# m dedupe lists, then one key per state. ARGV: m, then m triples (field,
+# expected, next), per partition the batch's ids as one JSON list and how
+# many trailing lists to keep, the states concatenated with the length of
+# one state, then a count and segment field/value pairs. Batching the ids
+# and states into few arguments keeps the client's encoding cost low.
 _COMMIT_SCRIPT = """
 local m = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
-local pos = 3
+local pos = 2
 for i = 1, m do
   local current = redis.call('HGET', KEYS[1], ARGV[pos]) or ''
   if current ~= ARGV[pos + 1] then
@@ -238,28 +240,24 @@ for i = 1, m do
   end
   pos = pos + 3
 end
-pos = 3
+pos = 2
 for i = 1, m do
   redis.call('HSET', KEYS[1], ARGV[pos], ARGV[pos + 2])
   pos = pos + 3
 end
 for i = 1, m do
-  local count = tonumber(ARGV[pos])
-  pos = pos + 1
-  local start = 0
-  while start < count do
-    local stop = math.min(start + 1000, count)
-    redis.call('RPUSH', KEYS[2 + i], unpack(ARGV, pos + start, pos + stop - 1))
-    start = stop
+  if ARGV[pos] ~= '' then
+    redis.call('RPUSH', KEYS[2 + i], ARGV[pos])
+    redis.call('LTRIM', KEYS[2 + i], -tonumber(ARGV[pos + 1]), -1)
   end
-  if count > 0 then
-    redis.call('LTRIM', KEYS[2 + i], -window, -1)
-  end
-  pos = pos + count
+  pos = pos + 2
 end
+local states = ARGV[pos]
+local size = tonumber(ARGV[pos + 1])
+pos = pos + 2
 for i = 3 + m, #KEYS do
-  redis.call('SET', KEYS[i], ARGV[pos])
-  pos = pos + 1
+  local offset = (i - 3 - m) * size
+  redis.call('SET', KEYS[i], string.sub(states, offset + 1, offset + size))
 end
 local n = tonumber(ARGV[pos])
 pos = pos + 1
@@ -282,8 +280,9 @@ class RedisStateStore:
       the order of ``P:fields`` (a JSON list of the state field names),
     - ``P:offsets:{group_id}``: hash of ``{topic}:{partition}`` to the next
       offset to read,
-    - ``P:dedupe:{group_id}:{topic}:{partition}``: list of recent event ids,
-      oldest first,
+    - ``P:dedupe:{group_id}:{topic}:{partition}``: list of JSON arrays, the
+      event ids of one commit each, oldest first, trimmed to the fewest
+      trailing arrays that hold ``window`` ids,
     - ``P:segments``: hash of player id to segment name.
 
     NOTE: the script touches keys of many players, so it needs a single
@@ -297,6 +296,8 @@ class RedisStateStore:
         self.prefix = f"{namespace}:v{STATE_SCHEMA_VERSION}"
         self._script = self.client.register_script(_COMMIT_SCRIPT)
         self.client.set(f"{self.prefix}:fields", json.dumps(_FIELD_NAMES))
+        # Sizes of the id arrays of each partition's dedupe list, oldest first.
+        self._window_sizes: dict[str, list[int]] = {}
 
     def _state_key(self, player_id: str) -> str:
         return f"{self.prefix}:state:{player_id}"
@@ -317,8 +318,10 @@ class RedisStateStore:
 
     def load_dedupe_ids(self, group_id: str, topic: str, partition: int) -> list[str]:
         """Return the event ids of a partition's dedupe window, oldest first."""
-        raw = self.client.lrange(self._dedupe_key(group_id, topic, partition), 0, -1)
-        return [value.decode() for value in raw]
+        key = self._dedupe_key(group_id, topic, partition)
+        arrays = [orjson.loads(value) for value in self.client.lrange(key, 0, -1)]
+        self._window_sizes[key] = [len(ids) for ids in arrays]
+        return [event_id for ids in arrays for event_id in ids]
 
     def get_states(self, player_ids: list[str]) -> pl.DataFrame:
         """Return the stored states of the known players among ``player_ids``."""
@@ -340,22 +343,26 @@ class RedisStateStore:
         return {p: v.decode() for p, v in zip(player_ids, values) if v is not None}
 
     def commit(self, commit: Commit, window: int) -> None:
-        """Apply a commit atomically, keeping at most ``window`` ids per partition."""
+        """Apply a commit atomically, keeping at least ``window`` ids per partition."""
         partitions = sorted(commit.offsets)
+        dedupe_keys = [self._dedupe_key(commit.group_id, commit.topic, p) for p in partitions]
         keys: list[str] = [f"{self.prefix}:offsets:{commit.group_id}", f"{self.prefix}:segments"]
-        keys += [self._dedupe_key(commit.group_id, commit.topic, p) for p in partitions]
-        args: list[bytes | str | int] = [len(partitions), window]
+        keys += dedupe_keys
+        args: list[bytes | str | int] = [len(partitions)]
         for p in partitions:
             expected = commit.expected[p]
             args += [f"{commit.topic}:{p}", "" if expected is None else str(expected),
                      str(commit.offsets[p])]
-        for p in partitions:
-            ids = commit.new_ids.get(p, [])[-window:]
-            args.append(len(ids))
-            args += ids
+        sizes_after: dict[str, list[int]] = {}
+        for p, key in zip(partitions, dedupe_keys):
+            ids = commit.new_ids.get(p, [])
+            sizes = [*self._window_sizes.get(key, []), len(ids)] if ids else []
+            keep = _arrays_to_keep(sizes, window)
+            sizes_after[key] = sizes[-keep:] if ids else self._window_sizes.get(key, [])
+            args += [orjson.dumps(ids) if ids else "", keep]
         players = commit.states["player_id"].to_list()
         keys += [self._state_key(p) for p in players]
-        args += _encode_states(commit.states)
+        args += [_encode_states(commit.states), len(_FIELD_NAMES) * 8]
         args.append(len(commit.segments))
         for player_id, segment in commit.segments.items():
             args += [player_id, segment]
@@ -363,6 +370,7 @@ class RedisStateStore:
         if not ok:
             partition = int(partition_field.decode().rsplit(":", 1)[1])
             raise _stale(commit, partition, int(stored) if stored else None)
+        self._window_sizes.update(sizes_after)
 
     def states_frame(self) -> pl.DataFrame:
         """Return every stored state as a state table (scans the namespace)."""
@@ -391,11 +399,19 @@ class RedisStateStore:
         self.client.close()
 
 
-def _encode_states(states: pl.DataFrame) -> list[bytes]:
-    matrix = np.ascontiguousarray(
-        states.select(_FIELD_NAMES).to_numpy().astype("<f8", copy=False)
-    )
-    return [row.tobytes() for row in matrix]
+def _arrays_to_keep(sizes: list[int], window: int) -> int:
+    """Return how many trailing id arrays hold at least ``window`` ids (at least 1)."""
+    total = 0
+    for count, size in enumerate(reversed(sizes), start=1):
+        total += size
+        if total >= window:
+            return count
+    return max(len(sizes), 1)
+
+
+def _encode_states(states: pl.DataFrame) -> bytes:
+    matrix = states.select(_FIELD_NAMES).to_numpy().astype("<f8", copy=False)
+    return np.ascontiguousarray(matrix).tobytes()
 
 
 def _decode_states(player_ids: list[str], blobs: list[bytes]) -> pl.DataFrame:
