@@ -163,6 +163,8 @@ class KafkaSource:
 
     def _assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         numbers = [tp.partition for tp in partitions]
+        # An assignment needs a working group coordinator, so the broker is back.
+        self.broker_error = None
         stored = self._on_assign(numbers)
         for tp in partitions:
             offset = stored.get(tp.partition)

