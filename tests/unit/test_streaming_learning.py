@@ -34,7 +34,7 @@ def test_centroids_move_towards_shifted_data(trained):
     learner = OnlineCentroids(model, max_count=100)
     shifted = X * 3.0
     for start in range(0, len(X), 500):
-        learner.partial_fit(shifted[start:start + 500])
+        learner.partial_fit(shifted[start : start + 500])
     assert learner.n_updates_ == len(X)
     assert learner.shift() > 0.1
     challenger = learner.to_model()
@@ -45,7 +45,9 @@ def test_centroids_move_towards_shifted_data(trained):
 
 def test_drift_raises_one_alarm_per_change():
     clock = iter(float(t) for t in range(1000))
-    monitor = StreamDriftMonitor(["confidence"], cooldown_s=100, clock=lambda: next(clock))
+    monitor = StreamDriftMonitor(
+        ["confidence"], cooldown_s=100, clock=lambda: next(clock)
+    )
     rng = np.random.default_rng(0)
     alarms = []
     for _ in range(10):

@@ -13,25 +13,42 @@ from crmbet.streaming.processor import BatchProcessor
 from crmbet.streaming.records import RecordBatch
 from crmbet.streaming.stores import EmbeddedStateStore
 
-RAW = pl.DataFrame({
-    "event_id": [f"e{i}" for i in range(8)],
-    "player_id": ["alice", "bob", "alice", "bob", "alice", "carol", "alice", "bob"],
-    "ts": [f"2024-05-01T1{i}:00:00Z" for i in range(8)],
-    "event_type": ["deposit", "bet", "bet", "bet", "bet", "bet", "withdrawal", "bet"],
-    "amount": ["100", "5", "10", "7", "20", "3", "50", "2"],
-    "payout": [None, "0", "0", "14", "0", "6", None, "0"],
-})
+RAW = pl.DataFrame(
+    {
+        "event_id": [f"e{i}" for i in range(8)],
+        "player_id": ["alice", "bob", "alice", "bob", "alice", "carol", "alice", "bob"],
+        "ts": [f"2024-05-01T1{i}:00:00Z" for i in range(8)],
+        "event_type": [
+            "deposit",
+            "bet",
+            "bet",
+            "bet",
+            "bet",
+            "bet",
+            "withdrawal",
+            "bet",
+        ],
+        "amount": ["100", "5", "10", "7", "20", "3", "50", "2"],
+        "payout": [None, "0", "0", "14", "0", "6", None, "0"],
+    }
+)
 
 
 def _batch(rows: list[dict], offsets: list[int], partitions: list[int] | None = None):
-    return RecordBatch(topic="tx", values=[orjson.dumps(row) for row in rows],
-                       partitions=partitions or [0] * len(rows), offsets=offsets,
-                       timestamps_ms=[0] * len(rows))
+    return RecordBatch(
+        topic="tx",
+        values=[orjson.dumps(row) for row in rows],
+        partitions=partitions or [0] * len(rows),
+        offsets=offsets,
+        timestamps_ms=[0] * len(rows),
+    )
 
 
 @pytest.fixture
 def processor(pseudonymizer) -> BatchProcessor:
-    processor = BatchProcessor(EmbeddedStateStore(), pseudonymizer, group_id="g", topic="tx")
+    processor = BatchProcessor(
+        EmbeddedStateStore(), pseudonymizer, group_id="g", topic="tx"
+    )
     processor.assign([0])
     return processor
 
@@ -44,7 +61,9 @@ def test_batches_merge_to_one_fold(processor, pseudonymizer):
     rows = RAW.to_dicts()
     for start in (0, 3, 5):
         stop = {0: 3, 3: 5, 5: 8}[start]
-        processor.apply(processor.process(_batch(rows[start:stop], list(range(start, stop)))))
+        processor.apply(
+            processor.process(_batch(rows[start:stop], list(range(start, stop))))
+        )
     online = processor.store.states_frame().sort("player_id")
     assert_frame_equal(online, _expected(pseudonymizer, RAW), rel_tol=1e-12)
     assert processor.positions == {0: 8}

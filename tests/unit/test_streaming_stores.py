@@ -9,10 +9,18 @@ from crmbet.features.state import fold
 from crmbet.streaming.stores import Commit, EmbeddedStateStore, StaleOffsetError
 
 
-def _commit(states: pl.DataFrame, expected: int | None, offset: int,
-            ids: list[str]) -> Commit:
-    return Commit(group_id="g", topic="tx", states=states, offsets={0: offset},
-                  expected={0: expected}, new_ids={0: ids}, segments={"p": "Regular"})
+def _commit(
+    states: pl.DataFrame, expected: int | None, offset: int, ids: list[str]
+) -> Commit:
+    return Commit(
+        group_id="g",
+        topic="tx",
+        states=states,
+        offsets={0: offset},
+        expected={0: expected},
+        new_ids={0: ids},
+        segments={"p": "Regular"},
+    )
 
 
 @pytest.fixture
@@ -54,6 +62,9 @@ def test_snapshot_restores_states_with_offsets(states, tmp_path):
     assert restored.load_offsets("g", "tx", [0]) == {0: 500}
     assert restored.load_dedupe_ids("g", "tx", 0) == ["a"]
     assert restored.get_segments(["p"]) == {"p": "Regular"}
-    assert restored.states_frame().sort("player_id").equals(
-        store.states_frame().sort("player_id"))
+    assert (
+        restored.states_frame()
+        .sort("player_id")
+        .equals(store.states_frame().sort("player_id"))
+    )
     assert not list(tmp_path.glob("*.tmp"))

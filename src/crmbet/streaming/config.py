@@ -24,9 +24,9 @@ class StreamConfig:
     dead_letter_topic, segment_topic, alert_topic:
         Output topics for invalid records, segment changes and drift alarms.
     max_latency_ms:
-        Longest time a record waits for its micro-batch to fill.
+        Maximum time in milliseconds a record waits for its micro-batch to fill.
     max_batch_size:
-        Most records read into one micro-batch.
+        Maximum number of records read into one micro-batch.
     enable_online_learning:
         Update a challenger's centroids from the stream and watch for drift.
     dedupe_window:
@@ -82,13 +82,15 @@ class StreamConfig:
                 raise ValueError(f"{name}={value} is invalid; pass a positive number")
         if not 0 < self.drift_delta < 1:
             raise ValueError(
-                f"drift_delta={self.drift_delta} is invalid; pass a confidence in (0, 1), "
+                f"drift_delta={self.drift_delta} is invalid; pass a confidence in "
+                "(0, 1), "
                 "e.g. 0.002"
             )
         if self.max_poll_interval_ms < self.session_timeout_ms:
             raise ValueError(
                 f"max_poll_interval_ms={self.max_poll_interval_ms} is below "
-                f"session_timeout_ms={self.session_timeout_ms}; librdkafka rejects that, "
+                f"session_timeout_ms={self.session_timeout_ms}; librdkafka rejects "
+                "that, "
                 "so raise max_poll_interval_ms"
             )
         if self.snapshot_path is not None:

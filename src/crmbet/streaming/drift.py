@@ -1,11 +1,10 @@
 """Drift detection on the stream with ADWIN, debounced.
 
-ADWIN (Bifet and Gavaldà, "Learning from time-changing data with adaptive
-windowing", SDM 2007; River's ``river.drift.ADWIN``) keeps a window of a
-signal and cuts it when two sub-windows' means differ more than chance
-allows. One monitor watches prediction confidence and a few model features
-of every updated player; after an alarm a signal stays quiet for a cooldown,
-so one change raises one alarm.
+River's ADWIN detector (``river.drift.ADWIN``) keeps a window of a signal
+and cuts it when the means of two sub-windows differ more than chance
+allows. One monitor watches the prediction confidence and a few model
+features of every updated player. After an alarm a signal stays quiet for a
+cooldown, so one change raises one alarm.
 """
 
 from __future__ import annotations
@@ -86,7 +85,9 @@ class StreamDriftMonitor:
             if detector is None or column.size == 0:
                 continue
             if column.size > MAX_VALUES_PER_BATCH:
-                column = column[np.linspace(0, column.size - 1, MAX_VALUES_PER_BATCH).astype(int)]
+                column = column[
+                    np.linspace(0, column.size - 1, MAX_VALUES_PER_BATCH).astype(int)
+                ]
             before = detector.estimation
             detected = False
             for value in column.tolist():
@@ -96,13 +97,23 @@ class StreamDriftMonitor:
             if now >= self._quiet_until[name]:
                 metrics.DRIFT_ACTIVE.labels(signal=name).set(0)
             if detected and now >= self._quiet_until[name]:
-                alarm = DriftAlarm(name, float(before), float(detector.estimation),
-                                   self._seen[name], now)
+                alarm = DriftAlarm(
+                    name,
+                    float(before),
+                    float(detector.estimation),
+                    self._seen[name],
+                    now,
+                )
                 self._quiet_until[name] = now + self.cooldown_s
                 metrics.DRIFT_ALARMS.labels(signal=name).inc()
                 metrics.DRIFT_ACTIVE.labels(signal=name).set(1)
-                logger.warning("drift detected on %s: mean %.4g -> %.4g after %d values",
-                               name, alarm.mean_before, alarm.mean_after, alarm.n_seen)
+                logger.warning(
+                    "drift detected on %s: mean %.4g -> %.4g after %d values",
+                    name,
+                    alarm.mean_before,
+                    alarm.mean_after,
+                    alarm.n_seen,
+                )
                 raised.append(alarm)
         self.alarms.extend(raised)
         return raised

@@ -15,7 +15,13 @@ from collections.abc import Callable, Iterable
 
 import orjson
 import polars as pl
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from crmbet.streaming import metrics
@@ -32,7 +38,8 @@ def consumer_settings(config: StreamConfig) -> dict[str, object]:
     """Return the librdkafka settings of the stream consumer."""
     if not config.kafka_bootstrap_servers:
         raise ValueError(
-            "kafka_bootstrap_servers is not set; set CRMBET_KAFKA_BOOTSTRAP_SERVERS or use "
+            "kafka_bootstrap_servers is not set; set "
+            "CRMBET_KAFKA_BOOTSTRAP_SERVERS or use "
             "'crmbet stream --replay FILE'"
         )
     settings: dict[str, object] = {
@@ -66,13 +73,20 @@ def producer_settings(bootstrap_servers: str, **overrides: object) -> dict[str, 
     return settings
 
 
-def ensure_topics(bootstrap_servers: str, topics: Iterable[str], partitions: int = 1,
-                  timeout_s: float = 15.0) -> None:
+def ensure_topics(
+    bootstrap_servers: str,
+    topics: Iterable[str],
+    partitions: int = 1,
+    timeout_s: float = 15.0,
+) -> None:
     """Create the topics that do not exist yet."""
     admin = AdminClient({"bootstrap.servers": bootstrap_servers})
     existing = set(admin.list_topics(timeout=timeout_s).topics)
-    wanted = [NewTopic(name, num_partitions=partitions, replication_factor=1)
-              for name in topics if name not in existing]
+    wanted = [
+        NewTopic(name, num_partitions=partitions, replication_factor=1)
+        for name in topics
+        if name not in existing
+    ]
     if not wanted:
         return
     for name, future in admin.create_topics(wanted).items():
@@ -84,23 +98,28 @@ def ensure_topics(bootstrap_servers: str, topics: Iterable[str], partitions: int
                 raise
 
 
-def event_records(events: pl.DataFrame, player_column: str = "player_id") -> list[
-    tuple[bytes, bytes]
-]:
+def event_records(
+    events: pl.DataFrame, player_column: str = "player_id"
+) -> list[tuple[bytes, bytes]]:
     """Serialise canonical event rows as ``(key, JSON value)`` pairs keyed by player."""
     frame = events.with_columns(
         pl.col(name).dt.to_string("%Y-%m-%dT%H:%M:%S%.6fZ")
-        for name, dtype in events.schema.items() if isinstance(dtype, pl.Datetime)
+        for name, dtype in events.schema.items()
+        if isinstance(dtype, pl.Datetime)
     )
     keys = frame[player_column].cast(pl.String).to_list()
     return [
         (str(key).encode(), orjson.dumps(row))
-        for key, row in zip(keys, frame.iter_rows(named=True))
+        for key, row in zip(keys, frame.iter_rows(named=True), strict=True)
     ]
 
 
-def produce_records(producer: Producer, topic: str, records: Iterable[tuple[bytes, bytes]],
-                    timeout_s: float = 60.0) -> int:
+def produce_records(
+    producer: Producer,
+    topic: str,
+    records: Iterable[tuple[bytes, bytes]],
+    timeout_s: float = 60.0,
+) -> int:
     """Produce key/value pairs, waiting for delivery; return how many were sent."""
     sent = 0
     for key, value in records:
@@ -115,8 +134,10 @@ def produce_records(producer: Producer, topic: str, records: Iterable[tuple[byte
             producer.poll(0)
     remaining = producer.flush(timeout_s)
     if remaining:
-        raise TimeoutError(f"{remaining} of {sent} records to {topic} were not delivered "
-                           f"within {timeout_s} s; check that the broker is reachable")
+        raise TimeoutError(
+            f"{remaining} of {sent} records to {topic} were not delivered "
+            f"within {timeout_s} s; check that the broker is reachable"
+        )
     return sent
 
 
@@ -148,8 +169,12 @@ class KafkaSource:
         settings = consumer_settings(config)
         settings["error_cb"] = self._error
         self.consumer = Consumer(settings)
-        self.consumer.subscribe([config.topic], on_assign=self._assign,
-                                on_revoke=self._revoke, on_lost=self._lost)
+        self.consumer.subscribe(
+            [config.topic],
+            on_assign=self._assign,
+            on_revoke=self._revoke,
+            on_lost=self._lost,
+        )
         self.assigned: list[int] = []
         self._lock = threading.Lock()
 
@@ -159,7 +184,9 @@ class KafkaSource:
         now = time.monotonic()
         if now - self._last_error_log.get(code, 0.0) >= ERROR_LOG_INTERVAL_S:
             self._last_error_log[code] = now
-            logger.warning("Kafka client error (librdkafka retries on its own): %s", error)
+            logger.warning(
+                "Kafka client error (librdkafka retries on its own): %s", error
+            )
 
     def _assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         numbers = [tp.partition for tp in partitions]
@@ -178,9 +205,12 @@ class KafkaSource:
         self.assigned = [p for p in self.assigned if p not in numbers]
 
     def _lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        logger.warning("lost partitions %s of %s (session timed out or poll interval "
-                       "exceeded); the consumer rejoins the group",
-                       [tp.partition for tp in partitions], self.config.topic)
+        logger.warning(
+            "lost partitions %s of %s (session timed out or poll interval "
+            "exceeded); the consumer rejoins the group",
+            [tp.partition for tp in partitions],
+            self.config.topic,
+        )
         self._revoke(consumer, partitions)
 
     def poll_batch(self) -> RecordBatch | None:
@@ -191,8 +221,14 @@ class KafkaSource:
         )
         if not messages:
             return None
-        batch = RecordBatch(topic=self.config.topic, values=[], partitions=[], offsets=[],
-                            keys=[], timestamps_ms=[])
+        batch = RecordBatch(
+            topic=self.config.topic,
+            values=[],
+            partitions=[],
+            offsets=[],
+            keys=[],
+            timestamps_ms=[],
+        )
         for message in messages:
             error = message.error()
             if error is not None:
@@ -215,8 +251,13 @@ class KafkaSource:
             try:
                 self.consumer.seek(TopicPartition(self.config.topic, partition, target))
             except Exception as error:  # noqa: BLE001 - the next rebalance seeks again
-                logger.warning("seek of %s[%d] to %s failed: %s", self.config.topic,
-                               partition, target, error)
+                logger.warning(
+                    "seek of %s[%d] to %s failed: %s",
+                    self.config.topic,
+                    partition,
+                    target,
+                    error,
+                )
 
     def update_lag(self, positions: dict[int, int | None]) -> dict[int, int]:
         """Set the lag gauges from cached high watermarks and return them.
@@ -235,7 +276,9 @@ class KafkaSource:
                 continue
             lag = max(high - (position or 0), 0)
             lags[partition] = lag
-            metrics.CONSUMER_LAG.labels(topic=self.config.topic, partition=str(partition)).set(lag)
+            metrics.CONSUMER_LAG.labels(
+                topic=self.config.topic, partition=str(partition)
+            ).set(lag)
         return lags
 
     def close(self) -> None:

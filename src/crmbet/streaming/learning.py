@@ -1,12 +1,12 @@
 """Online learning: segment centroids that follow the stream as a challenger.
 
 :class:`OnlineCentroids` starts from the champion's centroids and applies
-mini-batch k-means updates (Sculley, "Web-scale k-means clustering", WWW
-2010) to the scaled features of every player a micro-batch updates. Each
-centroid moves towards the mean of the players assigned to it with a step
-of ``batch count / total count``, so it settles as evidence accumulates;
-the total is capped, so the step never falls below ``1 / max_count`` and
-the centroids can still follow a drifting population.
+mini-batch k-means updates to the scaled features of every player a
+micro-batch updates. Each centroid moves towards the mean of the players
+assigned to it with a step of ``batch count / total count``, so it settles
+as evidence accumulates. The total is capped, so the step never falls
+below ``1 / max_count`` and the centroids can still follow a drifting
+population.
 
 :class:`ChallengerPublisher` registers the result now and then under the
 registry alias ``challenger``. It never moves the ``champion`` alias:
@@ -78,15 +78,21 @@ class OnlineCentroids:
         labels = squared.argmin(axis=1)
         for cluster in np.unique(labels):
             members = scaled[labels == cluster]
-            self.counts_[cluster] = min(self.counts_[cluster] + len(members), self.max_count)
+            self.counts_[cluster] = min(
+                self.counts_[cluster] + len(members), self.max_count
+            )
             step = len(members) / self.counts_[cluster]
-            self.centers_[cluster] += step * (members.mean(axis=0) - self.centers_[cluster])
+            self.centers_[cluster] += step * (
+                members.mean(axis=0) - self.centers_[cluster]
+            )
         self.n_updates_ += int(scaled.shape[0])
         return self
 
     def shift(self) -> float:
-        """Return the largest distance any centroid moved from the champion's, scaled units."""
-        return float(np.sqrt(((self.centers_ - self.initial_centers_) ** 2).sum(axis=1)).max())
+        """Return the maximum centroid distance from the champion's, in scaled units."""
+        return float(
+            np.sqrt(((self.centers_ - self.initial_centers_) ** 2).sum(axis=1)).max()
+        )
 
     def to_model(self) -> SegmentModel:
         """Return a copy of the champion with the updated centroids.
@@ -96,7 +102,9 @@ class OnlineCentroids:
         when a challenger is retrained offline.
         """
         challenger = copy.deepcopy(self.model)
-        challenger.pipeline.named_steps["kmeans"].cluster_centers_ = self.centers_.copy()
+        challenger.pipeline.named_steps[
+            "kmeans"
+        ].cluster_centers_ = self.centers_.copy()
         # Re-reading the pickled state rebuilds the NumPy assignment path.
         challenger.__setstate__(challenger.__getstate__())
         challenger.version = None
@@ -104,7 +112,9 @@ class OnlineCentroids:
             "online_updates": self.n_updates_,
             "online_parent_version": self.model.version or "unregistered",
         }
-        challenger.metrics = dict(challenger.metrics) | {"online_centroid_shift": self.shift()}
+        challenger.metrics = dict(challenger.metrics) | {
+            "online_centroid_shift": self.shift()
+        }
         return challenger
 
 
@@ -137,7 +147,10 @@ class ChallengerPublisher:
 
     def maybe_publish(self, learner: OnlineCentroids) -> str | None:
         """Register the challenger when the interval has passed; return its version."""
-        if self._clock() - self._last < self.interval_s or learner.n_updates_ < self.min_updates:
+        if (
+            self._clock() - self._last < self.interval_s
+            or learner.n_updates_ < self.min_updates
+        ):
             return None
         return self.publish(learner)
 
@@ -148,7 +161,9 @@ class ChallengerPublisher:
         # The registry makes its first version the champion, so an empty
         # registry gets no challenger; that would silently become champion.
         if registry.alias_version(CHAMPION) is None:  # type: ignore[attr-defined]
-            logger.warning("registry has no champion; the online challenger is not registered")
+            logger.warning(
+                "registry has no champion; the online challenger is not registered"
+            )
             return None
         challenger = learner.to_model()
         version = registry.register(  # type: ignore[attr-defined]
@@ -160,6 +175,11 @@ class ChallengerPublisher:
         registry.set_alias(CHALLENGER, version)  # type: ignore[attr-defined]
         metrics.CHALLENGERS.inc()
         self.versions.append(version)
-        logger.info("registered online challenger version %s after %d player updates "
-                    "(largest centroid shift %.3f)", version, learner.n_updates_, learner.shift())
+        logger.info(
+            "registered online challenger version %s after %d player updates "
+            "(largest centroid shift %.3f)",
+            version,
+            learner.n_updates_,
+            learner.shift(),
+        )
         return version

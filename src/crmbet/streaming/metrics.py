@@ -29,7 +29,8 @@ CONSUMER_LAG = Gauge(
 )
 EVENTS = Counter("stream_events_total", "Valid events folded into player state.")
 DUPLICATES = Counter(
-    "stream_duplicate_events_total", "Events dropped because their id was seen recently."
+    "stream_duplicate_events_total",
+    "Events dropped because their id was seen recently.",
 )
 DEAD_LETTERS = Counter(
     "stream_dead_letters_total", "Records sent to the dead-letter output.", ["reason"]
@@ -45,7 +46,9 @@ DRIFT_ALARMS = Counter(
     "stream_drift_alarms_total", "Drift alarms raised on the stream.", ["signal"]
 )
 DRIFT_ACTIVE = Gauge(
-    "stream_drift_detected", "1 while a drift alarm is in its cooldown, else 0.", ["signal"]
+    "stream_drift_detected",
+    "1 while a drift alarm is in its cooldown, else 0.",
+    ["signal"],
 )
 CHALLENGERS = Counter(
     "stream_challenger_registrations_total", "Online challengers registered."

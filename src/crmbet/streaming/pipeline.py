@@ -80,28 +80,40 @@ class StreamingMLPipeline:
         sink: OutputSink | None = None,
         registry: object | None = None,
     ) -> None:
+        # Backends not given in the config come from the settings.
         self.settings = settings or get_settings()
         if config.redis_url is None and self.settings.redis_url is not None:
             config.redis_url = self.settings.redis_url.get_secret_value()
         if config.kafka_bootstrap_servers is None:
             config.kafka_bootstrap_servers = self.settings.kafka_bootstrap_servers
         self.config = config
+
         self._registry = registry
         self.predictor = predictor if predictor is not None else self._load_predictor()
-        self.store = store if store is not None else open_state_store(
-            config.redis_url, config.namespace, config.snapshot_path
+        self.store = (
+            store
+            if store is not None
+            else open_state_store(
+                config.redis_url, config.namespace, config.snapshot_path
+            )
         )
         self.sink = sink
         self.processor = BatchProcessor(
-            self.store, Pseudonymizer(self.settings.pseudonym_key_bytes()),
-            group_id=config.group_id, topic=config.topic, predictor=self.predictor,
+            self.store,
+            Pseudonymizer(self.settings.pseudonym_key_bytes()),
+            group_id=config.group_id,
+            topic=config.topic,
+            predictor=self.predictor,
             dedupe_window=config.dedupe_window,
         )
+
         self.learner: OnlineCentroids | None = None
         self.publisher: ChallengerPublisher | None = None
         self.drift: StreamDriftMonitor | None = None
         if config.enable_online_learning and self.predictor is not None:
             self._start_learning(self.predictor)
+
+        # Counters and liveness state, read by health() from other threads.
         self.freshness_ms: deque[float] = deque(maxlen=1_000_000)
         self.events_processed = 0
         self.records_processed = 0
@@ -140,19 +152,26 @@ class StreamingMLPipeline:
     def _start_learning(self, predictor: SegmentPredictor) -> None:
         model = predictor.model
         self.learner = OnlineCentroids(model)
-        self.publisher = ChallengerPublisher(self.registry, self.config.challenger_interval_s)
+        self.publisher = ChallengerPublisher(
+            self.registry, self.config.challenger_interval_s
+        )
         signals = ["confidence", *model.feature_names[:DRIFT_FEATURES]]
-        self.drift = StreamDriftMonitor(signals, self.config.drift_delta,
-                                        self.config.drift_cooldown_s)
+        self.drift = StreamDriftMonitor(
+            signals, self.config.drift_delta, self.config.drift_cooldown_s
+        )
 
     # Running ----------------------------------------------------------------
 
     def start(self) -> StreamingMLPipeline:
         """Run the Kafka consumer loop in a background thread and return at once."""
         if self._thread is not None and self._thread.is_alive():
-            raise RuntimeError("the stream consumer is already running; call stop() first")
+            raise RuntimeError(
+                "the stream consumer is already running; call stop() first"
+            )
         self._stop.clear()
-        self._thread = threading.Thread(target=self.run, name="crmbet-stream", daemon=True)
+        self._thread = threading.Thread(
+            target=self.run, name="crmbet-stream", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -163,7 +182,9 @@ class StreamingMLPipeline:
             self._thread.join(timeout_s)
             self._thread = None
 
-    def run(self, max_records: int | None = None, idle_timeout_s: float | None = None) -> int:
+    def run(
+        self, max_records: int | None = None, idle_timeout_s: float | None = None
+    ) -> int:
         """Consume Kafka until stopped; return the number of records processed.
 
         Parameters
@@ -180,17 +201,26 @@ class StreamingMLPipeline:
         config = self.config
         if self.sink is None:
             producer = Producer(producer_settings(config.kafka_bootstrap_servers or ""))
-            self.sink = KafkaSink(producer, config.dead_letter_topic, config.segment_topic,
-                                  config.alert_topic)
+            self.sink = KafkaSink(
+                producer,
+                config.dead_letter_topic,
+                config.segment_topic,
+                config.alert_topic,
+            )
         source = KafkaSource(config, self.processor.assign, self.processor.revoke)
         self._source = source
         self._running = True
         self._last_poll = self._last_batch = time.monotonic()
-        watchdog = threading.Thread(target=self._watch, name="crmbet-stream-watchdog",
-                                    daemon=True)
+        watchdog = threading.Thread(
+            target=self._watch, name="crmbet-stream-watchdog", daemon=True
+        )
         watchdog.start()
-        logger.info("stream consumer started on %s (group %s, topic %s)",
-                    config.kafka_bootstrap_servers, config.group_id, config.topic)
+        logger.info(
+            "stream consumer started on %s (group %s, topic %s)",
+            config.kafka_bootstrap_servers,
+            config.group_id,
+            config.topic,
+        )
         start = self.records_processed
         try:
             while not self._stop.is_set():
@@ -203,7 +233,10 @@ class StreamingMLPipeline:
                     self._last_poll - self._last_batch >= idle_timeout_s
                 ):
                     break
-                if max_records is not None and self.records_processed - start >= max_records:
+                if (
+                    max_records is not None
+                    and self.records_processed - start >= max_records
+                ):
                     break
                 if self._last_poll - self._last_lag >= LAG_INTERVAL_S:
                     self._last_lag = self._last_poll
@@ -214,7 +247,7 @@ class StreamingMLPipeline:
         return self.records_processed - start
 
     def replay(self, path: str | Path, rate: float | None = None) -> int:
-        """Process a file through the same path as Kafka records; return the record count."""
+        """Process a file like Kafka records and return the record count."""
         source = ReplaySource(path, batch_size=self.config.max_batch_size, rate=rate)
         self.processor.topic = source.topic
         if self.sink is None:
@@ -237,7 +270,9 @@ class StreamingMLPipeline:
         logger.info("replayed %d records from %s", self.records_processed - start, path)
         return self.records_processed - start
 
-    def _handle(self, batch: RecordBatch, seek: Callable[[dict[int, int | None]], None]) -> None:
+    def _handle(
+        self, batch: RecordBatch, seek: Callable[[dict[int, int | None]], None]
+    ) -> None:
         started = time.monotonic()
         if self.first_batch_at is None:
             self.first_batch_at = started
@@ -314,7 +349,9 @@ class StreamingMLPipeline:
         finally:
             source.close()  # type: ignore[attr-defined]
             self.store.close()
-            logger.info("stream consumer stopped after %d records", self.records_processed)
+            logger.info(
+                "stream consumer stopped after %d records", self.records_processed
+            )
 
     # Liveness ---------------------------------------------------------------
 
@@ -325,9 +362,12 @@ class StreamingMLPipeline:
             metrics.HEALTHY.set(1 if healthy else 0)
             stalled = time.monotonic() - self._last_poll > limit
             if stalled and not self._stall_logged:
-                logger.error("the stream handler has not polled for over %.0f s "
-                             "(max.poll.interval.ms); the group will reassign its "
-                             "partitions and this consumer rejoins when it polls again", limit)
+                logger.error(
+                    "the stream handler has not polled for over %.0f s "
+                    "(max.poll.interval.ms); the group will reassign its "
+                    "partitions and this consumer rejoins when it polls again",
+                    limit,
+                )
             self._stall_logged = stalled
             time.sleep(min(1.0, limit / 4))
 
@@ -335,10 +375,15 @@ class StreamingMLPipeline:
         """Return the consumer's liveness: status, poll age, broker error, counts."""
         now = time.monotonic()
         poll_age = now - self._last_poll if self._running else None
-        broker_error = getattr(self._source, "broker_error", None) if self._running else None
+        broker_error = (
+            getattr(self._source, "broker_error", None) if self._running else None
+        )
         if not self._running:
             status = "stopped"
-        elif poll_age is not None and poll_age > self.config.max_poll_interval_ms / 1000.0:
+        elif (
+            poll_age is not None
+            and poll_age > self.config.max_poll_interval_ms / 1000.0
+        ):
             status = "stalled"
         elif broker_error:
             status = "broker_unavailable"

@@ -62,7 +62,7 @@ class SegmentChange:
 
 @dataclass
 class BatchResult:
-    """What processing one micro-batch produced, before it is committed."""
+    """Outputs of one processed micro-batch, before its commit."""
 
     commit: Commit | None
     dead_letters: list[DeadLetter] = field(default_factory=list)
@@ -139,7 +139,9 @@ class BatchProcessor:
             self.positions[partition] = offsets[partition]
             ids = self.store.load_dedupe_ids(self.group_id, self.topic, partition)
             self.windows[partition] = DedupeWindow(self.dedupe_window, ids)
-        logger.info("assigned %s[%s] at stored offsets %s", self.topic, partitions, offsets)
+        logger.info(
+            "assigned %s[%s] at stored offsets %s", self.topic, partitions, offsets
+        )
         return offsets
 
     def revoke(self, partitions: list[int]) -> None:
@@ -154,7 +156,9 @@ class BatchProcessor:
     def process(self, batch: RecordBatch) -> BatchResult:
         """Validate, fold and merge a micro-batch into a commit (not yet applied)."""
         keep = self._owned_positions(batch)
-        result = BatchResult(commit=None, n_records=len(batch), n_skipped=len(batch) - len(keep))
+        result = BatchResult(
+            commit=None, n_records=len(batch), n_skipped=len(batch) - len(keep)
+        )
         if not keep:
             return result
         if len(keep) < len(batch):
@@ -178,8 +182,11 @@ class BatchProcessor:
         # Step 3: fold, merge with the stored states and assign segments.
         offsets = self._next_offsets(batch)
         commit = Commit(
-            group_id=self.group_id, topic=self.topic, states=empty_states(),
-            offsets=offsets, expected={p: self.positions[p] for p in offsets},
+            group_id=self.group_id,
+            topic=self.topic,
+            states=empty_states(),
+            offsets=offsets,
+            expected={p: self.positions[p] for p in offsets},
             new_ids=new_ids,
         )
         if events.height:
@@ -214,7 +221,9 @@ class BatchProcessor:
 
     def _owned_positions(self, batch: RecordBatch) -> list[int]:
         keep = []
-        for i, (partition, offset) in enumerate(zip(batch.partitions, batch.offsets)):
+        for i, (partition, offset) in enumerate(
+            zip(batch.partitions, batch.offsets, strict=True)
+        ):
             if partition not in self.positions:
                 continue
             stored = self.positions[partition]
@@ -224,7 +233,7 @@ class BatchProcessor:
 
     def _next_offsets(self, batch: RecordBatch) -> dict[int, int]:
         offsets: dict[int, int] = {}
-        for partition, offset in zip(batch.partitions, batch.offsets):
+        for partition, offset in zip(batch.partitions, batch.offsets, strict=True):
             if offset + 1 > offsets.get(partition, -1):
                 offsets[partition] = offset + 1
         return offsets
@@ -232,8 +241,9 @@ class BatchProcessor:
     def _dedupe(
         self, events: pl.DataFrame, positions: list[int], batch: RecordBatch
     ) -> tuple[pl.DataFrame, dict[int, list[str]], int]:
-        partitions = pl.Series("__partition", [batch.partitions[i] for i in positions],
-                               dtype=pl.Int64)
+        partitions = pl.Series(
+            "__partition", [batch.partitions[i] for i in positions], dtype=pl.Int64
+        )
         ids = events["event_id"]
         keep = ids.is_first_distinct()
         batch_ids = set(ids.to_list())
@@ -248,12 +258,18 @@ class BatchProcessor:
             partitions = partitions.filter(keep)
             logger.debug("dropped %d duplicate events", duplicates)
         new_ids: dict[int, list[str]] = {}
-        tagged = pl.DataFrame({"event_id": events["event_id"], "__partition": partitions})
-        for (partition,), part in tagged.partition_by("__partition", as_dict=True).items():
+        tagged = pl.DataFrame(
+            {"event_id": events["event_id"], "__partition": partitions}
+        )
+        for (partition,), part in tagged.partition_by(
+            "__partition", as_dict=True
+        ).items():
             new_ids[int(partition)] = part["event_id"].to_list()
         return events, new_ids, duplicates
 
-    def _assign_segments(self, merged: pl.DataFrame, commit: Commit, result: BatchResult) -> None:
+    def _assign_segments(
+        self, merged: pl.DataFrame, commit: Commit, result: BatchResult
+    ) -> None:
         from crmbet.models.risk import RISK_FEATURES
 
         predictor = self.predictor
@@ -264,10 +280,12 @@ class BatchProcessor:
         # One matrix conversion instead of one per state column.
         matrix = merged.select(list(STATE_FIELDS)).fill_null(0.0).to_numpy()
         state = {name: matrix[:, i] for i, name in enumerate(STATE_FIELDS)}
-        features = pl.DataFrame({
-            "player_id": merged["player_id"],
-            **compute_columns(state, self.watermark, needed),
-        })
+        features = pl.DataFrame(
+            {
+                "player_id": merged["player_id"],
+                **compute_columns(state, self.watermark, needed),
+            }
+        )
         prediction = predictor.predict_batch(features)
         metrics.INFERENCE_LATENCY.observe(time.perf_counter() - start)
         result.features = model.matrix(features)
@@ -282,11 +300,17 @@ class BatchProcessor:
             old = stored.get(player_id)
             if old != names[i]:
                 commit.segments[player_id] = names[i]
-                result.segment_changes.append(SegmentChange(
-                    player_id=player_id, old_segment=old, new_segment=names[i],
-                    cluster_id=int(prediction.cluster_ids[i]), model_version=model.version,
-                    event_time=float(last_ts[i]), changed_at=now,
-                ))
+                result.segment_changes.append(
+                    SegmentChange(
+                        player_id=player_id,
+                        old_segment=old,
+                        new_segment=names[i],
+                        cluster_id=int(prediction.cluster_ids[i]),
+                        model_version=model.version,
+                        event_time=float(last_ts[i]),
+                        changed_at=now,
+                    )
+                )
 
 
 def _subset(batch: RecordBatch, keep: list[int]) -> RecordBatch:
@@ -296,7 +320,7 @@ def _subset(batch: RecordBatch, keep: list[int]) -> RecordBatch:
         partitions=[batch.partitions[i] for i in keep],
         offsets=[batch.offsets[i] for i in keep],
         keys=[batch.keys[i] for i in keep] if batch.keys else [],
-        timestamps_ms=[batch.timestamps_ms[i] for i in keep] if batch.timestamps_ms else [],
+        timestamps_ms=[batch.timestamps_ms[i] for i in keep]
+        if batch.timestamps_ms
+        else [],
     )
-
-

@@ -2,7 +2,7 @@
 
 A record's value is one JSON object with the canonical event fields and the
 raw player id. Decoding reads the whole batch with Polars' NDJSON reader and
-falls back to one record at a time only when the batch holds broken JSON,
+falls back to one record at a time only when the batch contains broken JSON,
 so the common case costs one parse for thousands of records.
 """
 
@@ -99,8 +99,10 @@ def decode(batch: RecordBatch) -> tuple[pl.DataFrame, list[int], list[DeadLetter
     index: list[int] = []
     dead: list[DeadLetter] = []
     for position, value in enumerate(values):
-        problem = "record is empty; send one JSON object per record" if not value else (
-            _parse_one(value)
+        problem = (
+            "record is empty; send one JSON object per record"
+            if not value
+            else (_parse_one(value))
         )
         if problem is not None:
             dead.append(_dead_letter(batch, position, "invalid_json", problem))
@@ -112,7 +114,9 @@ def decode(batch: RecordBatch) -> tuple[pl.DataFrame, list[int], list[DeadLetter
     return frame, index, dead
 
 
-def _dead_letter(batch: RecordBatch, position: int, reason: str, error: str) -> DeadLetter:
+def _dead_letter(
+    batch: RecordBatch, position: int, reason: str, error: str
+) -> DeadLetter:
     return DeadLetter(
         reason=reason,
         error=error,

@@ -34,13 +34,18 @@ class ReplaySource:
         Records per second to replay at; None replays as fast as possible.
     """
 
-    def __init__(self, path: str | Path, batch_size: int = 20_000,
-                 rate: float | None = None) -> None:
+    def __init__(
+        self, path: str | Path, batch_size: int = 20_000, rate: float | None = None
+    ) -> None:
         self.path = Path(path)
         if not self.path.exists():
-            raise FileNotFoundError(f"replay file {self.path} not found; check the path")
+            raise FileNotFoundError(
+                f"replay file {self.path} not found; check the path"
+            )
         if batch_size <= 0:
-            raise ValueError(f"batch_size={batch_size} is invalid; pass a positive number")
+            raise ValueError(
+                f"batch_size={batch_size} is invalid; pass a positive number"
+            )
         if rate is not None and rate <= 0:
             raise ValueError(f"rate={rate} is invalid; pass records per second above 0")
         self.batch_size = batch_size
@@ -60,12 +65,17 @@ class ReplaySource:
             frame = pl.read_parquet(self.path)
         else:
             separator = "\t" if self.path.name.lower().endswith(".tsv") else ","
-            frame = pl.read_csv(self.path, infer_schema=False, null_values=["NA", ""],
-                                separator=separator)
+            frame = pl.read_csv(
+                self.path,
+                infer_schema=False,
+                null_values=["NA", ""],
+                separator=separator,
+            )
             if fmt == "bustabit":
                 frame = bustabit_to_raw(frame)
         frame = frame.with_columns(
-            pl.col(name).cast(pl.String) for name, dtype in frame.schema.items()
+            pl.col(name).cast(pl.String)
+            for name, dtype in frame.schema.items()
             if dtype.is_temporal()
         )
         for row in frame.iter_rows(named=True):
@@ -97,5 +107,11 @@ class ReplaySource:
             time.sleep(wait)
 
     def _empty(self) -> RecordBatch:
-        return RecordBatch(topic=self.topic, values=[], partitions=[], offsets=[],
-                           keys=[], timestamps_ms=[])
+        return RecordBatch(
+            topic=self.topic,
+            values=[],
+            partitions=[],
+            offsets=[],
+            keys=[],
+            timestamps_ms=[],
+        )

@@ -1,4 +1,4 @@
-"""Where a micro-batch's outputs go: Kafka topics or local files.
+"""Output sinks of the stream: Kafka topics or local files.
 
 Outputs are sent and flushed before the batch's commit, so each is
 delivered at least once: a crash after the flush and before the commit
@@ -75,15 +75,20 @@ class LocalSink:
     def send_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         """Keep invalid records and append them to ``dead_letters.jsonl``."""
         self.dead_letters.extend(letters)
-        self._append("dead_letters.jsonl", [
-            {
-                "reason": letter.reason, "error": letter.error,
-                "record": (letter.value or b"").decode(errors="replace"),
-                "source_topic": letter.topic, "source_partition": letter.partition,
-                "source_offset": letter.offset,
-            }
-            for letter in letters
-        ])
+        self._append(
+            "dead_letters.jsonl",
+            [
+                {
+                    "reason": letter.reason,
+                    "error": letter.error,
+                    "record": (letter.value or b"").decode(errors="replace"),
+                    "source_topic": letter.topic,
+                    "source_partition": letter.partition,
+                    "source_offset": letter.offset,
+                }
+                for letter in letters
+            ],
+        )
 
     def send_segment_changes(self, changes: Sequence[SegmentChange]) -> None:
         """Keep segment changes and append them to ``segment_changes.jsonl``."""
@@ -106,7 +111,11 @@ class KafkaSink:
     """Produces outputs to the dead-letter, segment-change and alert topics."""
 
     def __init__(
-        self, producer: object, dead_letter_topic: str, segment_topic: str, alert_topic: str,
+        self,
+        producer: object,
+        dead_letter_topic: str,
+        segment_topic: str,
+        alert_topic: str,
         flush_timeout_s: float = 30.0,
     ) -> None:
         self.producer = producer
@@ -121,12 +130,21 @@ class KafkaSink:
         if error is not None:
             self._failed.append(str(error))
 
-    def _produce(self, topic: str, value: bytes, key: bytes | None,
-                 headers: list[tuple[str, bytes]] | None = None) -> None:
+    def _produce(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
         while True:
             try:
                 self.producer.produce(  # type: ignore[attr-defined]
-                    topic, value=value, key=key, headers=headers, on_delivery=self._delivered
+                    topic,
+                    value=value,
+                    key=key,
+                    headers=headers,
+                    on_delivery=self._delivered,
                 )
                 break
             except BufferError:
@@ -137,19 +155,28 @@ class KafkaSink:
     def send_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         """Produce each invalid record unchanged, with reason and source in headers."""
         for letter in letters:
-            self._produce(self.dead_letter_topic, letter.value or b"", letter.key,
-                          letter.headers())
+            self._produce(
+                self.dead_letter_topic,
+                letter.value or b"",
+                letter.key,
+                letter.headers(),
+            )
 
     def send_segment_changes(self, changes: Sequence[SegmentChange]) -> None:
         """Produce one JSON record per change, keyed by the player."""
         for change in changes:
-            self._produce(self.segment_topic, orjson.dumps(change.to_dict()),
-                          change.player_id.encode())
+            self._produce(
+                self.segment_topic,
+                orjson.dumps(change.to_dict()),
+                change.player_id.encode(),
+            )
 
     def send_alarms(self, alarms: Sequence[DriftAlarm]) -> None:
         """Produce one JSON record per drift alarm, keyed by the signal."""
         for alarm in alarms:
-            self._produce(self.alert_topic, orjson.dumps(alarm.to_dict()), alarm.signal.encode())
+            self._produce(
+                self.alert_topic, orjson.dumps(alarm.to_dict()), alarm.signal.encode()
+            )
 
     def flush(self) -> None:
         """Wait for delivery of everything produced since the last flush."""

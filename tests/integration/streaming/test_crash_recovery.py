@@ -1,4 +1,4 @@
-"""Consumers killed with SIGKILL mid-stream resume without losing or repeating events."""
+"""Consumers killed with SIGKILL resume without losing or repeating events."""
 
 from __future__ import annotations
 
@@ -14,7 +14,12 @@ from confluent_kafka import Producer
 from stream_helpers import assert_same_states
 
 from crmbet.streaming import RedisStateStore
-from crmbet.streaming.kafka import ensure_topics, event_records, produce_records, producer_settings
+from crmbet.streaming.kafka import (
+    ensure_topics,
+    event_records,
+    produce_records,
+    producer_settings,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -23,18 +28,31 @@ CRASH_POINTS = int(os.environ.get("CRMBET_STREAM_CRASH_POINTS", "3"))
 CONSUMER = Path(__file__).with_name("consumer_process.py")
 
 
-def _start(bootstrap: str, topic: str, redis_url: str, namespace: str) -> subprocess.Popen:
+def _start(
+    bootstrap: str, topic: str, redis_url: str, namespace: str
+) -> subprocess.Popen:
     root = Path(__file__).resolve().parents[3]
     env = os.environ | {"PYTHONPATH": str(root / "src")}
     return subprocess.Popen(
-        [sys.executable, str(CONSUMER), bootstrap, topic, f"{topic}-group", redis_url,
-         namespace, "300"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            str(CONSUMER),
+            bootstrap,
+            topic,
+            f"{topic}-group",
+            redis_url,
+            namespace,
+            "300",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
 
 
-def test_sigkill_at_random_points(kafka_bootstrap, topic, redis_url, redis_namespace,
-                                  raw_bustabit, offline_states):
+def test_sigkill_at_random_points(
+    kafka_bootstrap, topic, redis_url, redis_namespace, raw_bustabit, offline_states
+):
     records = event_records(raw_bustabit)
     # Producer retries: a few hundred of the first events written again later.
     rng = random.Random(7)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
 
 import pytest
@@ -10,7 +9,12 @@ from confluent_kafka import Producer
 from stream_helpers import start_tansu
 
 from crmbet.streaming import StreamConfig, StreamingMLPipeline
-from crmbet.streaming.kafka import ensure_topics, event_records, produce_records, producer_settings
+from crmbet.streaming.kafka import (
+    ensure_topics,
+    event_records,
+    produce_records,
+    producer_settings,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -31,10 +35,16 @@ def test_broker_loss_shows_in_health(topic, raw_bustabit, settings, tmp_path):
         ensure_topics(bootstrap, [topic], partitions=1)
         produce_records(Producer(producer_settings(bootstrap)), topic, records[:500])
         config = StreamConfig(
-            kafka_bootstrap_servers=bootstrap, topic=topic, group_id=f"{topic}-group",
-            model_ref=None, enable_online_learning=False, session_timeout_ms=6000,
-            max_poll_interval_ms=10_000, snapshot_path=tmp_path / "state.zip",
-            dead_letter_topic=f"{topic}.dlq", segment_topic=f"{topic}.segments",
+            kafka_bootstrap_servers=bootstrap,
+            topic=topic,
+            group_id=f"{topic}-group",
+            model_ref=None,
+            enable_online_learning=False,
+            session_timeout_ms=6000,
+            max_poll_interval_ms=10_000,
+            snapshot_path=tmp_path / "state.zip",
+            dead_letter_topic=f"{topic}.dlq",
+            segment_topic=f"{topic}.segments",
             alert_topic=f"{topic}.alerts",
         )
         pipeline = StreamingMLPipeline(config, settings=settings).start()

@@ -11,9 +11,18 @@ from crmbet.streaming.stores import Commit, RedisStateStore, StaleOffsetError
 pytestmark = pytest.mark.integration
 
 
-def _commit(states: pl.DataFrame, expected: int | None, offset: int, ids: list[str]) -> Commit:
-    return Commit(group_id="g", topic="tx", states=states, offsets={0: offset},
-                  expected={0: expected}, new_ids={0: ids}, segments={"p": "Regular"})
+def _commit(
+    states: pl.DataFrame, expected: int | None, offset: int, ids: list[str]
+) -> Commit:
+    return Commit(
+        group_id="g",
+        topic="tx",
+        states=states,
+        offsets={0: offset},
+        expected={0: expected},
+        new_ids={0: ids},
+        segments={"p": "Regular"},
+    )
 
 
 @pytest.fixture
