@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing
 import os
 import socket
 import subprocess
@@ -187,9 +188,11 @@ def _throughput(bootstrap, redis_url, namespace, model, settings, records) -> fl
     )
     produce_records(Producer(producer_settings(bootstrap)), topic, records)
     pipeline = _pipeline(bootstrap, topic, redis_url, namespace, model, settings, 100)
+    cpu_before = time.process_time()
     pipeline.run(max_records=len(records), idle_timeout_s=60)
+    cpu_seconds = time.process_time() - cpu_before
     seconds = pipeline.last_commit_at - pipeline.first_batch_at
-    return len(records) / seconds
+    return len(records) / seconds, len(records) / cpu_seconds
 
 
 def _peer(bootstrap, redis_url, namespace, records) -> float:
@@ -245,10 +248,8 @@ def _peer(bootstrap, redis_url, namespace, records) -> float:
     return done / seconds
 
 
-def _freshness(bootstrap, redis_url, namespace, model, settings, raw, seconds) -> float:
-    from confluent_kafka import Producer
-
-    from crmbet.streaming.kafka import ensure_topics, event_records, producer_settings
+def _freshness(bootstrap, redis_url, namespace, model, settings, raw, seconds):
+    from crmbet.streaming.kafka import ensure_topics, event_records
 
     topic = f"fresh-{uuid.uuid4().hex[:8]}"
     ensure_topics(
@@ -263,17 +264,12 @@ def _freshness(bootstrap, redis_url, namespace, model, settings, raw, seconds) -
         time.sleep(0.05)
     total = int(10_000 * seconds)
     records = event_records(raw.head(total))
-    producer = Producer(producer_settings(bootstrap, **{"linger.ms": 1}))
-    started = time.monotonic()
-    # Produce in 1 ms steps of 10 records to hold 10,000 records per second.
-    for start in range(0, total, 10):
-        for key, value in records[start : start + 10]:
-            producer.produce(topic, value=value, key=key)
-        producer.poll(0)
-        wait = started + (start + 10) / 10_000 - time.monotonic()
-        if wait > 0:
-            time.sleep(wait)
-    producer.flush(30)
+    # A separate producer process, as in production, keeps the producer's
+    # Python loop from competing with the consumer for the GIL.
+    context = multiprocessing.get_context("spawn")
+    producer = context.Process(target=_produce_paced, args=(bootstrap, topic, records))
+    producer.start()
+    producer.join(seconds + 120)
     while (
         pipeline.records_processed < total
         and time.monotonic() < deadline + seconds + 60
@@ -281,7 +277,28 @@ def _freshness(bootstrap, redis_url, namespace, model, settings, raw, seconds) -
         time.sleep(0.05)
     pipeline.stop()
     ages = np.fromiter(pipeline.freshness_ms, dtype=np.float64)
-    return float(np.percentile(ages, 99))
+    p50, p99 = np.percentile(ages, [50, 99])
+    return float(p50), float(p99)
+
+
+def _produce_paced(
+    bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]
+) -> None:
+    """Produce ``records`` at 10,000 per second, in 1 ms steps of 10 records."""
+    from confluent_kafka import Producer
+
+    from crmbet.streaming.kafka import producer_settings
+
+    producer = Producer(producer_settings(bootstrap, **{"linger.ms": 1}))
+    started = time.monotonic()
+    for start in range(0, len(records), 10):
+        for key, value in records[start : start + 10]:
+            producer.produce(topic, value=value, key=key)
+        producer.poll(0)
+        wait = started + (start + 10) / 10_000 - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+    producer.flush(30)
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -301,13 +318,13 @@ def run(args: argparse.Namespace) -> list[dict]:
     namespace = f"crmbet-bench:{uuid.uuid4().hex[:8]}"
     broker, bootstrap = _start_broker()
     try:
-        ours = _throughput(
+        ours, per_cpu = _throughput(
             bootstrap, args.redis_url, namespace, model, settings, records
         )
         RedisStateStore(args.redis_url, namespace).clear()
         peer = _peer(bootstrap, args.redis_url, namespace, records[:peer_events])
         fresh_ns = f"{namespace}-fresh"
-        p99 = _freshness(
+        p50, p99 = _freshness(
             bootstrap, args.redis_url, fresh_ns, model, settings, raw, seconds
         )
     finally:
@@ -338,11 +355,22 @@ def run(args: argparse.Namespace) -> list[dict]:
         },
         {
             "benchmark": "streaming",
+            "metric": "events_per_cpu_second",
+            "value": round(per_cpu),
+            "unit": "events/CPU-s",
+            "peer": None,
+            "peer_value": None,
+            "note": "records divided by the CPU time of the consumer process (all "
+            "threads, group join included); a shared machine distorts it less",
+        },
+        {
+            "benchmark": "streaming",
             "metric": "freshness_p99_ms_at_10k",
             "value": round(p99, 1),
             "unit": "ms",
             "peer": None,
             "peer_value": None,
-            "note": f"{int(10_000 * seconds):,} records produced at 10,000/s",
+            "note": f"{int(10_000 * seconds):,} records produced at 10,000/s; "
+            f"p50 {p50:.1f} ms",
         },
     ]
