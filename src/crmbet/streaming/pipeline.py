@@ -281,15 +281,26 @@ class StreamingMLPipeline:
             return
         sink = self.sink
         assert sink is not None  # set by run() and replay()
-        sink.send_dead_letters(result.dead_letters)
-        sink.send_segment_changes(result.segment_changes)
-        sink.flush()
+        partitions = list(result.commit.offsets)
+        try:
+            sink.send_dead_letters(result.dead_letters)
+            sink.send_segment_changes(result.segment_changes)
+            sink.flush()
+        except (TimeoutError, RuntimeError) as error:
+            # Nothing is committed, so seeking back reads the batch again.
+            logger.error(
+                "sending the outputs of %s%s failed, retrying the batch: %s",
+                self.processor.topic,
+                partitions,
+                error,
+            )
+            seek({p: self.processor.positions.get(p) for p in partitions})
+            return
         try:
             self.processor.apply(result)
         except StaleOffsetError as error:
             metrics.FENCED_BATCHES.inc()
             logger.warning("%s", error)
-            partitions = list(result.commit.offsets)
             offsets = self.processor.assign(partitions)
             seek(offsets)
             return

@@ -36,7 +36,6 @@ from crmbet.errors import CrmbetError
 from crmbet.features.online import MemoryOnlineStore
 from crmbet.features.state import (
     STATE_FIELDS,
-    STATE_SCHEMA,
     STATE_SCHEMA_VERSION,
     empty_states,
 )
@@ -459,11 +458,10 @@ def _decode_states(player_ids: list[str], blobs: list[bytes]) -> pl.DataFrame:
     matrix = np.frombuffer(b"".join(blobs), dtype="<f8").reshape(
         len(blobs), len(_FIELD_NAMES)
     )
-    columns = {name: matrix[:, i] for i, name in enumerate(_FIELD_NAMES)}
     # NaN marks a missing value (a player without bets has no first bet), and
     # the merge reads missing values as nulls.
-    frame = pl.DataFrame({"player_id": player_ids, **columns})
-    return frame.fill_nan(None).cast(STATE_SCHEMA)
+    values = pl.from_numpy(matrix, schema=_FIELD_NAMES, orient="row").fill_nan(None)
+    return values.insert_column(0, pl.Series("player_id", player_ids, dtype=pl.String))
 
 
 def open_state_store(
