@@ -88,6 +88,7 @@ def test_sigkill_at_random_points(
     process.kill()
     process.communicate(timeout=30)
 
-    assert kills >= 1
+    # A point the previous run already passed is skipped, so allow a few.
+    assert kills >= max(1, CRASH_POINTS // 2)
     assert stored_total() == len(stream)
     assert_same_states(store.states_frame(), offline_states)
