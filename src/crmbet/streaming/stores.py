@@ -383,6 +383,8 @@ class RedisStateStore:
             f"{self.prefix}:segments",
         ]
         keys += dedupe_keys
+
+        # Offsets: field, expected value and new value per partition.
         args: list[bytes | str | int] = [len(partitions)]
         for p in partitions:
             expected = commit.expected[p]
@@ -391,6 +393,8 @@ class RedisStateStore:
                 "" if expected is None else str(expected),
                 str(commit.offsets[p]),
             ]
+
+        # Dedupe ids: one JSON array per partition and how many arrays to keep.
         sizes_after: dict[str, list[int]] = {}
         for p, key in zip(partitions, dedupe_keys, strict=True):
             ids = commit.new_ids.get(p, [])
@@ -398,12 +402,15 @@ class RedisStateStore:
             keep = _arrays_to_keep(sizes, window)
             sizes_after[key] = sizes[-keep:] if ids else self._window_sizes.get(key, [])
             args += [orjson.dumps(ids) if ids else "", keep]
+
+        # States as one concatenated argument, then the changed segments.
         players = commit.states["player_id"].to_list()
         keys += [self._state_key(p) for p in players]
         args += [_encode_states(commit.states), len(_FIELD_NAMES) * 8]
         args.append(len(commit.segments))
         for player_id, segment in commit.segments.items():
             args += [player_id, segment]
+
         ok, partition_field, stored = self._script(keys=keys, args=args)
         if not ok:
             partition = int(partition_field.decode().rsplit(":", 1)[1])
