@@ -1,0 +1,103 @@
+"""The micro-batch processor: dedupe, ownership, dead letters and the merge law."""
+
+from __future__ import annotations
+
+import orjson
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from crmbet.events.adapters import ingest_frame
+from crmbet.features.state import fold
+from crmbet.streaming.processor import BatchProcessor
+from crmbet.streaming.records import RecordBatch
+from crmbet.streaming.stores import EmbeddedStateStore
+
+RAW = pl.DataFrame(
+    {
+        "event_id": [f"e{i}" for i in range(8)],
+        "player_id": ["alice", "bob", "alice", "bob", "alice", "carol", "alice", "bob"],
+        "ts": [f"2024-05-01T1{i}:00:00Z" for i in range(8)],
+        "event_type": [
+            "deposit",
+            "bet",
+            "bet",
+            "bet",
+            "bet",
+            "bet",
+            "withdrawal",
+            "bet",
+        ],
+        "amount": ["100", "5", "10", "7", "20", "3", "50", "2"],
+        "payout": [None, "0", "0", "14", "0", "6", None, "0"],
+    }
+)
+
+
+def _batch(rows: list[dict], offsets: list[int], partitions: list[int] | None = None):
+    return RecordBatch(
+        topic="tx",
+        values=[orjson.dumps(row) for row in rows],
+        partitions=partitions or [0] * len(rows),
+        offsets=offsets,
+        timestamps_ms=[0] * len(rows),
+    )
+
+
+@pytest.fixture
+def processor(pseudonymizer) -> BatchProcessor:
+    processor = BatchProcessor(
+        EmbeddedStateStore(), pseudonymizer, group_id="g", topic="tx"
+    )
+    processor.assign([0])
+    return processor
+
+
+def _expected(pseudonymizer, rows: pl.DataFrame) -> pl.DataFrame:
+    return fold(ingest_frame(rows, pseudonymizer=pseudonymizer).events)
+
+
+def test_batches_merge_to_one_fold(processor, pseudonymizer):
+    rows = RAW.to_dicts()
+    for start in (0, 3, 5):
+        stop = {0: 3, 3: 5, 5: 8}[start]
+        processor.apply(
+            processor.process(_batch(rows[start:stop], list(range(start, stop))))
+        )
+    online = processor.store.states_frame().sort("player_id")
+    assert_frame_equal(online, _expected(pseudonymizer, RAW), rel_tol=1e-12)
+    assert processor.positions == {0: 8}
+
+
+def test_duplicate_event_ids_count_once(processor, pseudonymizer):
+    rows = RAW.to_dicts()
+    processor.apply(processor.process(_batch(rows[:4], [0, 1, 2, 3])))
+    result = processor.process(_batch([rows[1], rows[4], rows[4]], [4, 5, 6]))
+    processor.apply(result)
+    assert result.n_duplicates == 2
+    online = processor.store.states_frame().sort("player_id")
+    assert_frame_equal(online, _expected(pseudonymizer, RAW.head(5)), rel_tol=1e-12)
+
+
+def test_records_before_stored_offset_are_skipped(processor):
+    rows = RAW.to_dicts()
+    processor.apply(processor.process(_batch(rows[:4], [0, 1, 2, 3])))
+    result = processor.process(_batch(rows[2:6], [2, 3, 4, 5]))
+    assert result.n_skipped == 2
+    assert result.n_events == 2
+
+
+def test_unowned_partition_is_ignored(processor):
+    result = processor.process(_batch(RAW.to_dicts()[:2], [0, 1], partitions=[3, 3]))
+    assert result.commit is None
+    assert result.n_skipped == 2
+
+
+def test_invalid_records_become_dead_letters(processor):
+    rows = RAW.to_dicts()[:3]
+    rows[1] = {**rows[1], "amount": "-1"}
+    result = processor.process(_batch(rows, [0, 1, 2]))
+    assert [letter.offset for letter in result.dead_letters] == [1]
+    assert result.dead_letters[0].reason == "invalid_amount"
+    assert result.n_events == 2
+    assert result.commit is not None and result.commit.offsets == {0: 3}
