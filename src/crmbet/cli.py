@@ -212,7 +212,36 @@ def demo(
     console.print(f"predicted {len(batch):,} players in {batch.latency_ms:.1f} ms; "
                   f"{flagged:,} flagged by responsible-gambling markers get no promotions")
     _print_training(result)
+    _demo_stream(settings, source, predictor)
     console.print(f"report: {write_report(result.model, out)}")
+
+
+def _demo_stream(settings: Any, source: Path, predictor: Any) -> None:
+    """Replay the bets through the stream consumer and show segment changes."""
+    import shutil
+
+    from crmbet.streaming import StreamConfig, StreamingMLPipeline
+    from crmbet.streaming.sinks import LocalSink
+
+    console.rule("the same bets replayed as a stream")
+    shutil.rmtree(settings.home / "stream", ignore_errors=True)
+    sink = LocalSink(settings.home / "stream")
+    pipeline = StreamingMLPipeline(StreamConfig(max_batch_size=5_000), settings=settings,
+                                   predictor=predictor, sink=sink)
+    start = time.perf_counter()
+    records = pipeline.replay(source)
+    elapsed = time.perf_counter() - start
+    changes = list(sink.segment_changes)
+    moved = [c for c in changes if c.old_segment is not None]
+    console.print(f"replayed {records:,} records in {elapsed:.1f} s "
+                  f"({records / max(elapsed, 1e-9):,.0f} events/s): {len(changes):,} segment "
+                  f"assignments, {len(moved):,} players moved segment as their bets arrived")
+    table = Table(title="latest segment changes (player, old, new)")
+    for column in ("player", "old segment", "new segment"):
+        table.add_column(column)
+    for change in moved[-8:]:
+        table.add_row(change.player_id, str(change.old_segment), change.new_segment)
+    console.print(table)
 
 
 @app.command()
