@@ -94,9 +94,12 @@ class SegmentModel:
         """Number of segments."""
         return int(self._centers.shape[0])
 
-    def scale(self, X: np.ndarray) -> np.ndarray:  # noqa: N803
-        """Impute, transform and scale a raw feature matrix (NumPy path)."""
-        X = np.array(X, dtype=np.float64, copy=True, order="C")
+    def scale(self, X: np.ndarray, copy: bool = True) -> np.ndarray:  # noqa: N803
+        """Impute, transform and scale a raw feature matrix (NumPy path).
+
+        With ``copy=False`` a C-ordered float64 ``X`` is scaled in place.
+        """
+        X = np.array(X, dtype=np.float64, copy=copy, order="C")
         if X.ndim == 1:
             X = X[None, :]
         missing = np.isnan(X)
@@ -112,13 +115,16 @@ class SegmentModel:
         X /= self._scale
         return X
 
-    def assign(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # noqa: N803
+    def assign(
+        self, X: np.ndarray, overwrite: bool = False  # noqa: N803
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Return labels, confidence and distance to the nearest centroid.
 
         Confidence is ``1 - d1 / d2`` with ``d1`` and ``d2`` the distances to
         the nearest and second-nearest centroid: 0 on the border between two
         segments, close to 1 near a centroid. Rows are processed in blocks
-        that stay in the CPU cache.
+        that stay in the CPU cache. With ``overwrite=True`` a C-ordered
+        float64 ``X`` is used as scratch space and left scaled.
         """
         X = np.asarray(X, dtype=np.float64)
         if X.ndim == 1:
@@ -130,12 +136,12 @@ class SegmentModel:
         for start in range(0, n, ASSIGN_BLOCK_ROWS):
             stop = min(start + ASSIGN_BLOCK_ROWS, n)
             self._assign_block(X[start:stop], labels[start:stop], confidence[start:stop],
-                               nearest[start:stop])
+                               nearest[start:stop], owned=overwrite)
         return labels, confidence, nearest
 
     def _assign_block(self, X: np.ndarray, labels: np.ndarray, confidence: np.ndarray,  # noqa: N803
-                      nearest: np.ndarray) -> None:
-        Z = self.scale(X)
+                      nearest: np.ndarray, owned: bool = False) -> None:
+        Z = self.scale(X, copy=not owned)
         squared = Z @ self._centers.T
         squared *= -2.0
         squared += self._center_sq
