@@ -112,6 +112,9 @@ def _parse(model: type[Model], body: bytes) -> Model:
         for item in errors:
             item["loc"] = ("body", *item["loc"])
             item.pop("ctx", None)
+            if isinstance(item.get("input"), bytes):
+                # Invalid JSON comes back as raw bytes, which may not even be UTF-8.
+                item["input"] = item["input"][:200].decode("utf-8", errors="replace")
         raise RequestValidationError(errors) from None
 
 
@@ -174,7 +177,9 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ModelNotFoundError)
     async def _not_found(request: Request, error: ModelNotFoundError) -> JSONResponse:
         code = 404 if request.url.path.startswith(("/admin", "/v2/models")) else 503
-        logger.warning("%s %s: %s", request.method, request.url.path, error)
+        # A wrong name or version is the client's mistake; a missing champion is ours.
+        logger.log(logging.DEBUG if code == 404 else logging.WARNING, "%s %s answered %d: %s",
+                   request.method, request.url.path, code, error)
         return JSONResponse({"detail": str(error)}, status_code=code)
 
     @app.exception_handler(RoutingError)
