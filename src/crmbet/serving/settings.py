@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from crmbet.errors import CrmbetError
 
@@ -47,7 +47,7 @@ class ServingSettings(BaseSettings):
         default=None, description="PEM file of the RS256 public key that verifies admin tokens."
     )
     jwt_audience: str = Field(default="crmbet-admin", description="Required 'aud' claim.")
-    api_keys: list[SecretStr] = Field(
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
         description="API keys accepted in the X-API-Key header of prediction endpoints; "
         "prediction endpoints are open when the list is empty.",
@@ -73,9 +73,8 @@ class ServingSettings(BaseSettings):
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
-        # A plain comma-separated string is easier to set in an environment
-        # variable than the JSON list pydantic-settings expects.
-        if isinstance(value, str) and not value.lstrip().startswith("["):
+        # Keys come from the environment as one comma-separated string.
+        if isinstance(value, str):
             return [key.strip() for key in value.split(",") if key.strip()]
         return value
 
