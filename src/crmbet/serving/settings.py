@@ -64,6 +64,14 @@ class ServingSettings(BaseSettings):
     max_batch_size: int = Field(
         default=100_000, ge=1, description="Most players accepted in one batch request."
     )
+    batch_max_size: int = Field(
+        default=512, ge=1,
+        description="Most single requests grouped into one model call (1 turns grouping off).",
+    )
+    batch_timeout_ms: float = Field(
+        default=2.0, ge=0,
+        description="Longest a single request waits for others to join its batch, in ms.",
+    )
     registry_poll_seconds: float = Field(
         default=30.0,
         ge=0,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -41,9 +42,12 @@ class RoutingError(CrmbetError, ValueError):
     """Raised when a routing change cannot apply, such as promoting with no challenger."""
 
 
+#: Feature source names, indexed by ``from_request + 2 * from_store``.
+SOURCES = ("cold_start", "request", "online_store", "request+online_store")
+
+
 def _sources(requested: np.ndarray, known: np.ndarray) -> list[str]:
-    names = np.array(["cold_start", "request", "online_store", "request+online_store"])
-    return names[requested.astype(int) + 2 * known.astype(int)].tolist()
+    return np.array(SOURCES)[requested.astype(int) + 2 * known.astype(int)].tolist()
 
 
 class ModelServingSystem:
@@ -59,7 +63,8 @@ class ModelServingSystem:
         Features of players known only by id; the embedded online store
         (loaded from its snapshot under ``settings.home`` when present) when None.
     max_batch_size, batch_timeout_ms:
-        Micro-batching limits, as in ``OptimizationConfig``.
+        Micro-batching limits, as in ``OptimizationConfig``; the serving
+        settings' ``batch_max_size`` and ``batch_timeout_ms`` when None.
     """
 
     def __init__(
@@ -69,16 +74,18 @@ class ModelServingSystem:
         *,
         registry: ModelRegistry | None = None,
         feature_source: FeatureSource | None = None,
-        max_batch_size: int = 512,
-        batch_timeout_ms: float = 2.0,
+        max_batch_size: int | None = None,
+        batch_timeout_ms: float | None = None,
     ) -> None:
         self.settings = settings or get_settings()
         self.serving = serving or ServingSettings()
         self.registry = registry or ModelRegistry(self.settings)
         self.model_name = self.registry.model_name
         self.feature_source = feature_source or self._default_feature_source()
-        self.max_batch_size = max_batch_size
-        self.batch_timeout_ms = batch_timeout_ms
+        self.max_batch_size = max_batch_size or self.serving.batch_max_size
+        self.batch_timeout_ms = (
+            batch_timeout_ms if batch_timeout_ms is not None else self.serving.batch_timeout_ms
+        )
         self._pseudonymizer = pseudonymizer_from(self.settings)
         self._loaded: dict[str, ServingModel] = {}
         self._variants: dict[str, ServingModel] = {}
@@ -282,14 +289,15 @@ class ModelServingSystem:
     def _row(
         self, model: ServingModel, *sources: Mapping[str, float | None] | None
     ) -> tuple[np.ndarray, list[str]]:
-        row = np.full(len(model.needed), np.nan)
-        for values in sources:
-            for name, value in (values or {}).items():
+        # Plain lists, then one array: per-element NumPy writes cost more at one row.
+        values = [math.nan] * len(model.needed)
+        for source in sources:
+            for name, value in (source or {}).items():
                 position = model.position.get(name)
-                if position is not None and value is not None and np.isnan(row[position]):
-                    row[position] = value
-        imputed = [n for n in model.model.feature_names if np.isnan(row[model.position[n]])]
-        return row, imputed
+                if position is not None and value is not None and math.isnan(values[position]):
+                    values[position] = value
+        imputed = [n for n in model.model.feature_names if math.isnan(values[model.position[n]])]
+        return np.array(values, dtype=np.float64), imputed
 
     async def predict(self, request: PredictionRequest) -> dict[str, Any]:
         """Predict one player; the answer names the variant and model version."""
@@ -314,8 +322,7 @@ class ModelServingSystem:
             raise
         latency = time.perf_counter() - start
         answer = dict(answer, model_name=self.model_name, variant=variant,
-                      feature_source=_sources(np.array([bool(given)]),
-                                              np.array([stored is not None]))[0],
+                      feature_source=SOURCES[bool(given) + 2 * (stored is not None)],
                       latency_ms=latency * 1000.0)
         stats.record(player, answer["segment"], answer["responsible_gambling_flag"],
                      latency * 1000.0)

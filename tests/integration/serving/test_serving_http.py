@@ -179,7 +179,7 @@ def test_health_endpoints(secured: LiveServer, trained: Trained) -> None:
     assert overall["status"] == "healthy"
     assert overall["system_health_score"] == 1.0
     store = httpx.get(f"{secured.url}/health/feature-store").json()
-    assert store["players"] == trained.states.height
+    assert store["players"] >= trained.states.height
     serving = httpx.get(f"{secured.url}/health/model-serving").json()
     assert serving["champion"] == trained.champion
 
