@@ -71,6 +71,8 @@ def _record(metric: str, value: float, unit: str, peer: str | None = None,
 
 def _train(home: Path) -> tuple[str, dict[str, float], list[str]]:
     os.environ["CRMBET_HOME"] = str(home)
+    # Benchmark players are synthetic ids, so a fixed key is enough and avoids the warning.
+    os.environ.setdefault("CRMBET_PSEUDONYM_KEY", "crmbet-benchmark-key-not-for-real-players")
     from crmbet.config import get_settings
     from crmbet.events.adapters import bundled_bustabit_path, ingest
     from crmbet.features.definitions import compute_features

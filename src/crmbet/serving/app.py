@@ -1,7 +1,7 @@
 """The FastAPI application: predictions, health, metrics, Open Inference Protocol, admin.
 
 Request bodies of the prediction endpoints are parsed with pydantic-core's
-JSON parser straight from the bytes, and answers are encoded with orjson,
+JSON parser straight from the bytes, and responses are encoded with orjson,
 because the generic FastAPI path costs more than the prediction itself.
 Limits: bodies over ``CRMBET_MAX_BODY_BYTES`` (16 MiB by default) and batches
 of more than ``CRMBET_MAX_BATCH_SIZE`` players (100,000 by default) get 413.
@@ -59,7 +59,7 @@ class BodyTooLargeError(Exception):
 
 
 class BodyLimitMiddleware:
-    """Answers 413 to request bodies larger than ``max_bytes``, declared or streamed."""
+    """Returns 413 for request bodies larger than ``max_bytes``, declared or streamed."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -105,11 +105,11 @@ class BodyLimitMiddleware:
 
 
 class PredictFastPath:
-    """Answers valid ``POST /v1/predict`` requests without FastAPI's per-request machinery.
+    """Serves valid ``POST /v1/predict`` requests without FastAPI's per-request machinery.
 
     Single predictions are the hot path, and FastAPI's request object,
     dependency resolution and exception layers cost more than the model
-    call. Any request this path cannot answer (bad body, missing API key,
+    call. Any request this path cannot serve (bad body, missing API key,
     no model) goes on to the FastAPI route with its body replayed, so
     errors look the same on both paths.
     """
@@ -247,7 +247,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def _not_found(request: Request, error: ModelNotFoundError) -> JSONResponse:
         code = 404 if request.url.path.startswith(("/admin", "/v2/models")) else 503
         # A wrong name or version is the client's mistake; a missing champion is ours.
-        logger.log(logging.DEBUG if code == 404 else logging.WARNING, "%s %s answered %d: %s",
+        logger.log(logging.DEBUG if code == 404 else logging.WARNING, "%s %s returned %d: %s",
                    request.method, request.url.path, code, error)
         return JSONResponse({"detail": str(error)}, status_code=code)
 

@@ -1,8 +1,8 @@
 """``crmbet serve`` and the ``crmbet models`` commands.
 
-The ``models`` commands change the registry (aliases and routing tags)
-directly; a running server picks the change up at its next registry poll
-(``CRMBET_REGISTRY_POLL_SECONDS``) or at once on ``POST /admin/models/reload``.
+The ``models`` commands change the aliases and routing tags in the registry
+directly. A running server picks the change up at its next registry poll
+(``CRMBET_REGISTRY_POLL_SECONDS``), or at once on ``POST /admin/models/reload``.
 """
 
 from __future__ import annotations

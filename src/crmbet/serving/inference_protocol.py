@@ -1,7 +1,7 @@
 """Open Inference Protocol (KServe v2) endpoints, so standard clients work.
 
 The model takes one input tensor per feature, named after the feature,
-FP64 with shape ``[n]`` or ``[n, 1]``; features left out are imputed with
+FP64 with shape ``[n]`` or ``[n, 1]``. Features left out are imputed with
 the training medians. Outputs are ``cluster_id`` (INT64), ``segment``
 (BYTES), ``confidence`` and ``harm_score`` (FP64) and
 ``responsible_gambling_flag`` (BOOL). Inputs may use the binary tensor
@@ -146,8 +146,9 @@ def add_routes(app: FastAPI, system: ModelServingSystem, key: Any) -> None:
     @app.get("/v2/models/{name}/ready", tags=tags)
     async def model_ready(name: str) -> Response:
         """200 when the model is loaded."""
-        ok = name == system.model_name and system.ready
-        return Response(status_code=200 if ok else 404 if name != system.model_name else 503)
+        if name != system.model_name:
+            return Response(status_code=404)
+        return Response(status_code=200 if system.ready else 503)
 
     async def infer_version(name: str, version: str | None, request: Request) -> dict[str, Any]:
         model = _model(system, name, version)
@@ -169,8 +170,8 @@ def add_routes(app: FastAPI, system: ModelServingSystem, key: Any) -> None:
             "harm_score": scored.risk.harm_score.tolist(),
             "responsible_gambling_flag": scored.risk.harm_flag.tolist(),
         }
-        wanted = [str(o.get("name")) for o in body.outputs or []] or list(OUTPUTS)
-        unknown = [o for o in wanted if o not in OUTPUTS]
+        requested = [str(o.get("name")) for o in body.outputs or []] or list(OUTPUTS)
+        unknown = [o for o in requested if o not in OUTPUTS]
         if unknown:
             raise HTTPException(400, detail=f"unknown output(s) {unknown}; valid: {list(OUTPUTS)}")
         return {
@@ -178,7 +179,7 @@ def add_routes(app: FastAPI, system: ModelServingSystem, key: Any) -> None:
             "model_version": model.version,
             "id": body.id,
             "outputs": [{"name": o, "datatype": OUTPUTS[o], "shape": [size], "data": data[o]}
-                        for o in wanted],
+                        for o in requested],
         }
 
     @app.post("/v2/models/{name}/infer", dependencies=[key], tags=tags,

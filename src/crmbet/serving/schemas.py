@@ -78,7 +78,7 @@ class BatchPredictionRequest(BaseModel):
 
 
 class PredictionResponse(BaseModel):
-    """The answer for one player, naming the model version that produced it."""
+    """The prediction for one player, naming the model version that produced it."""
 
     player_id: str = Field(description="Pseudonymised player id.")
     model_name: str

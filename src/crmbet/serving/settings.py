@@ -70,7 +70,7 @@ class ServingSettings(BaseSettings):
     )
     batch_timeout_ms: float = Field(
         default=2.0, ge=0,
-        description="Longest a single request waits for others to join its batch, in ms.",
+        description="Maximum time a single request waits for others to join its batch, in ms.",
     )
     registry_poll_seconds: float = Field(
         default=30.0,

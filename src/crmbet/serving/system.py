@@ -300,20 +300,20 @@ class ModelServingSystem:
         return np.array(values, dtype=np.float64), imputed
 
     async def predict(self, request: PredictionRequest) -> dict[str, Any]:
-        """Predict one player; the answer names the variant and model version."""
+        """Predict one player; the result names the variant and model version."""
         start = time.perf_counter()
         player = self._pseudonymizer.pseudonymize(request.player_id)
         variant = self.router.route(player)
         stats = self.router.variant_stats(variant)
         try:
             model = self._require(variant)
-            given = request.features or {}
+            request_features = request.features or {}
             stored = None
-            if not given or any(
-                given.get(name) is None for name in model.needed
+            if not request_features or any(
+                request_features.get(name) is None for name in model.needed
             ):
                 stored = (await self.feature_source.get_features([player])).get(player)
-            row, imputed = self._row(model, given, stored)
+            row, imputed = self._row(model, request_features, stored)
             answer = await self._batcher(model).submit((player, row, imputed))
         except Exception:
             stats.errors += 1
@@ -322,7 +322,7 @@ class ModelServingSystem:
             raise
         latency = time.perf_counter() - start
         answer = dict(answer, model_name=self.model_name, variant=variant,
-                      feature_source=SOURCES[bool(given) + 2 * (stored is not None)],
+                      feature_source=SOURCES[bool(request_features) + 2 * (stored is not None)],
                       latency_ms=latency * 1000.0)
         stats.record(player, answer["segment"], answer["responsible_gambling_flag"],
                      latency * 1000.0)
@@ -490,8 +490,11 @@ class ModelServingSystem:
         pipeline_score = (healthy[0] + healthy[1]) / 2
         metrics.system_health_score.set(system_score)
         metrics.pipeline_health_score.set(pipeline_score)
+        status = "healthy" if all(healthy) else "degraded"
+        if not self.ready:
+            status = "unavailable"
         return {
-            "status": "healthy" if all(healthy) else ("degraded" if self.ready else "unavailable"),
+            "status": status,
             "system_health_score": system_score,
             "pipeline_health_score": pipeline_score,
             "components": components,

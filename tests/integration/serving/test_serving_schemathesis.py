@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_no_server_errors(secured: LiveServer, tmp_path: Path) -> None:
-    # Admin endpoints answer 401 without a token, so the run cannot change routing.
+    # Admin endpoints return 401 without a token, so the run cannot change routing.
     command = [
         str(Path(sys.executable).with_name("schemathesis")), "run",
         f"{secured.url}/openapi.json",
