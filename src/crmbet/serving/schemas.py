@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from crmbet.features.definitions import FEATURES
 
@@ -46,7 +46,9 @@ class BatchPredictionRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    player_ids: list[str] = Field(min_length=1, description="Raw player ids.")
+    player_ids: list[
+        Annotated[str, StringConstraints(min_length=1, max_length=MAX_PLAYER_ID_LENGTH)]
+    ] = Field(min_length=1, description="Raw player ids.")
     features: dict[str, list[float | None]] | None = Field(
         default=None,
         description="Feature name to one value per player (null for missing), in the "
@@ -57,17 +59,6 @@ class BatchPredictionRequest(BaseModel):
         description="'rows' returns one object per player; 'columns' returns one list "
         "per field and the campaigns once per segment, which is much faster to encode.",
     )
-
-    @field_validator("player_ids")
-    @classmethod
-    def _id_lengths(cls, value: list[str]) -> list[str]:
-        for index, player_id in enumerate(value):
-            if not 1 <= len(player_id) <= MAX_PLAYER_ID_LENGTH:
-                raise ValueError(
-                    f"player_ids[{index}] has {len(player_id)} characters; use 1 to "
-                    f"{MAX_PLAYER_ID_LENGTH}"
-                )
-        return value
 
     @field_validator("features")
     @classmethod
