@@ -275,6 +275,9 @@ def _measure_crmbet(args: argparse.Namespace, env: dict[str, str], duration: flo
                                note=f"{batch_size} players per request, columns format"))
     port = _free_port()
     with _crmbet(env, args.workers, port, CRMBET_BATCH_TIMEOUT_MS="0"):
+        rps = _wrk(f"http://127.0.0.1:{port}/v1/predict", single, duration,
+                   args.connections, tmp)
+        records.append(_record("max_rps_batch_timeout_0", rps, "requests/s", note=note))
         latencies = asyncio.run(_open_loop(port, "/v1/predict", single, args.rate, duration))
         records.append(_record(
             "p99_ms_at_1000rps_batch_timeout_0", float(np.nanpercentile(latencies, 99)), "ms",

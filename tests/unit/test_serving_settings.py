@@ -47,3 +47,15 @@ def test_api_keys_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_secret_hidden_in_repr() -> None:
     assert "topsecret" not in repr(ServingSettings(jwt_secret="topsecret"))
+
+
+def test_serve_rejects_open_network_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from crmbet.cli import app
+
+    for name in ("CRMBET_JWT_SECRET", "CRMBET_JWT_PUBLIC_KEY_PATH", "CRMBET_ALLOW_INSECURE"):
+        monkeypatch.delenv(name, raising=False)
+    result = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0", "--port", "0"])
+    assert result.exit_code == 2
+    assert "refusing to serve on 0.0.0.0" in result.output

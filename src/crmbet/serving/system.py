@@ -211,6 +211,7 @@ class ModelServingSystem:
             if self.router.mode != "single" or self.router.stats[CHAMPION].model_version != champion:
                 self.router.stop(champion)
             self._variants.pop(CHALLENGER, None)
+            self._update_gauge()
             return
         routed = (self.router.mode, self.router.traffic, self._version(CHALLENGER))
         if routed != (mode, traffic, challenger):
