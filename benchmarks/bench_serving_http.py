@@ -6,8 +6,8 @@ them with ``wrk`` (closed loop, for the maximum rate) and a small open-loop
 asyncio client (fixed arrival rate, for the p99 latency). Every request
 carries the player's features, so no feature-store lookup is measured.
 
-Metrics: ``p99_ms_at_1000rps`` (with the default 2 ms batch timeout and
-with 0), ``max_rps`` (peer ``mlflow models serve``),
+Metrics: ``p99_ms_at_1000rps``, ``max_rps`` (peer ``mlflow models serve``),
+both also with a 2 ms micro-batch timeout instead of the default 0,
 ``max_rps_without_microbatching``, ``batch_predictions_per_second`` and the
 in-process segment assignment time of the NumPy and ONNX Runtime paths.
 """
@@ -274,14 +274,14 @@ def _measure_crmbet(args: argparse.Namespace, env: dict[str, str], duration: flo
         records.append(_record("batch_predictions_per_second", rate, "predictions/s",
                                note=f"{batch_size} players per request, columns format"))
     port = _free_port()
-    with _crmbet(env, args.workers, port, CRMBET_BATCH_TIMEOUT_MS="0"):
+    with _crmbet(env, args.workers, port, CRMBET_BATCH_TIMEOUT_MS="2"):
         rps = _wrk(f"http://127.0.0.1:{port}/v1/predict", single, duration,
                    args.connections, tmp)
-        records.append(_record("max_rps_batch_timeout_0", rps, "requests/s", note=note))
+        records.append(_record("max_rps_batch_timeout_2ms", rps, "requests/s", note=note))
         latencies = asyncio.run(_open_loop(port, "/v1/predict", single, args.rate, duration))
         records.append(_record(
-            "p99_ms_at_1000rps_batch_timeout_0", float(np.nanpercentile(latencies, 99)), "ms",
-            note=f"CRMBET_BATCH_TIMEOUT_MS=0, open loop at {args.rate:.0f} requests/s for "
+            "p99_ms_at_1000rps_batch_timeout_2ms", float(np.nanpercentile(latencies, 99)), "ms",
+            note=f"CRMBET_BATCH_TIMEOUT_MS=2, open loop at {args.rate:.0f} requests/s for "
                  f"{duration:.0f} s, p50 {np.nanpercentile(latencies, 50):.2f} ms"))
     port = _free_port()
     with _crmbet(env, args.workers, port, CRMBET_BATCH_MAX_SIZE="1"):

@@ -57,3 +57,13 @@ def test_stats_summary_counts() -> None:
     assert summary["responsible_gambling_flag_share"] == 0.5
     assert summary["error_rate"] == pytest.approx(1 / 3)
     assert summary["segment_share"] == {"Regular": 0.5, "Casual": 0.5}
+
+
+def test_batch_stats_counts() -> None:
+    stats = TrafficRouter("1").variant_stats(CHAMPION)
+    stats.record_batch(["a", "b", "a"], ["Regular", "Regular", "Casual"],
+                       np.array([True, False, False]))
+    assert stats.requests == 3
+    assert stats.flagged == 1
+    assert stats.segments == {"Regular": 2, "Casual": 1}
+    assert stats.players == {"a", "b"}

@@ -54,6 +54,15 @@ class VariantStats:
         if len(self.players) < self.MAX_TRACKED_PLAYERS:
             self.players.add(player_id)
 
+    def record_batch(self, player_ids: list[str], segments: list[str], flags: np.ndarray) -> None:
+        """Count the predictions of one batch request (batches add no latency samples)."""
+        self.requests += len(player_ids)
+        self.flagged += int(np.count_nonzero(flags))
+        self.segments.update(segments)
+        room = self.MAX_TRACKED_PLAYERS - len(self.players)
+        if room > 0:
+            self.players.update(player_ids[:room])
+
     def summary(self) -> dict[str, object]:
         """Return counts, error rate, latency percentiles and segment shares."""
         latencies = np.fromiter(self.latencies_ms, dtype=np.float64)

@@ -68,8 +68,10 @@ class ServingSettings(BaseSettings):
         default=512, ge=1,
         description="Most single requests grouped into one model call (1 turns grouping off).",
     )
+    # 0 closes a batch on the next event-loop turn. In the serving-http
+    # benchmark it gave both a higher maximum rate and a lower p99 than 2 ms.
     batch_timeout_ms: float = Field(
-        default=2.0, ge=0,
+        default=0.0, ge=0,
         description="Maximum time a single request waits for others to join its batch, in ms.",
     )
     registry_poll_seconds: float = Field(

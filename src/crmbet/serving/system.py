@@ -401,37 +401,47 @@ class ModelServingSystem:
         columns: Mapping[str, np.ndarray],
     ) -> tuple[np.ndarray, ServingModel, Any, list[str], list[str], list[list[str]], str]:
         model = self._require(variant)
-        stats = self.router.variant_stats(variant)
         ids = [players[i] for i in index]
         rows = np.full((index.size, len(model.needed)), np.nan)
         for name, values in columns.items():
             if name in model.position:
                 rows[:, model.position[name]] = values[index]
         requested = ~np.isnan(rows).all(axis=1)
-        known = np.zeros(index.size, dtype=bool)
-        lacking = np.flatnonzero(np.isnan(rows).any(axis=1))
-        if lacking.size:
-            found = await self.feature_source.get_features([ids[i] for i in lacking])
-            for i in lacking:
-                stored = found.get(ids[i])
-                if stored is None:
-                    continue
-                known[i] = True
-                fill = np.array([stored.get(name, np.nan) for name in model.needed])
-                rows[i] = np.where(np.isnan(rows[i]), fill, rows[i])
+        known = await self._fill_from_store(model, ids, rows)
+
         model_columns = [model.position[n] for n in model.model.feature_names]
         missing = np.isnan(rows[:, model_columns])
         names = np.array(model.model.feature_names)
-        imputed = [names[m].tolist() if m.any() else [] for m in missing] if missing.any() \
-            else [[] for _ in ids]
+        imputed = [names[row].tolist() if row.any() else [] for row in missing]
         scored = model.score(rows)
-        stats.requests += index.size
-        stats.flagged += int(scored.risk.harm_flag.sum())
-        for label, count in zip(*np.unique(scored.labels, return_counts=True), strict=True):
-            stats.segments[model.segment_names[label]] += int(count)
+
+        segments = np.array(model.segment_names, dtype=object)[scored.labels]
+        self.router.variant_stats(variant).record_batch(ids, segments.tolist(),
+                                                        scored.risk.harm_flag)
         metrics.model_requests_total.labels(
             "predict_batch", variant, str(model.version), "ok").inc(index.size)
         return index, model, scored, ids, _sources(requested, known), imputed, variant
+
+    async def _fill_from_store(
+        self, model: ServingModel, ids: list[str], rows: np.ndarray
+    ) -> np.ndarray:
+        """Fill missing values of ``rows`` in place from the feature source.
+
+        Returns which players the source knows.
+        """
+        known = np.zeros(len(ids), dtype=bool)
+        lacking = np.flatnonzero(np.isnan(rows).any(axis=1))
+        if not lacking.size:
+            return known
+        found = await self.feature_source.get_features([ids[i] for i in lacking])
+        for i in lacking:
+            stored = found.get(ids[i])
+            if stored is None:
+                continue
+            known[i] = True
+            fill = np.array([stored.get(name, np.nan) for name in model.needed])
+            rows[i] = np.where(np.isnan(rows[i]), fill, rows[i])
+        return known
 
     def _assemble(self, parts: list[Any], order: np.ndarray, size: int,
                   as_columns: bool) -> dict[str, Any]:
