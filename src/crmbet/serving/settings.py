@@ -68,8 +68,9 @@ class ServingSettings(BaseSettings):
         default=512, ge=1,
         description="Most single requests grouped into one model call (1 turns grouping off).",
     )
-    # 0 closes a batch on the next event-loop turn. In the serving-http
-    # benchmark it gave both a higher maximum rate and a lower p99 than 2 ms.
+    # 0 closes a batch on the next event-loop turn. In two serving-http
+    # benchmark runs it gave a lower p99 at 1,000 requests/s than 2 ms, and a
+    # maximum rate within the run-to-run noise (docs/serving.md).
     batch_timeout_ms: float = Field(
         default=0.0, ge=0,
         description="Maximum time a single request waits for others to join its batch, in ms.",
