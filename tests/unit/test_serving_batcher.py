@@ -62,8 +62,9 @@ async def test_error_reaches_every_waiter() -> None:
         raise RuntimeError("model failed")
 
     batcher = MicroBatcher(fail, 4, 1.0)
-    results = await asyncio.gather(*(batcher.submit(i) for i in range(3)),
-                                   return_exceptions=True)
+    results = await asyncio.gather(
+        *(batcher.submit(i) for i in range(3)), return_exceptions=True
+    )
     assert all(isinstance(r, RuntimeError) for r in results)
 
 

@@ -54,8 +54,14 @@ def test_answers_match_predictor(fitted: tuple, engine: str) -> None:
         record = dict(zip(serving.needed, rows[index].tolist(), strict=True))
         expected = predictor.predict_features(record).to_dict()
         answer = answers[index]
-        for key in ("cluster_id", "segment", "campaign_recommendations", "risk",
-                    "responsible_gambling_flag", "responsible_gambling_reasons",
-                    "recommendation_note"):
+        for key in (
+            "cluster_id",
+            "segment",
+            "campaign_recommendations",
+            "risk",
+            "responsible_gambling_flag",
+            "responsible_gambling_reasons",
+            "recommendation_note",
+        ):
             assert answer[key] == expected[key], key
         assert answer["confidence"] == pytest.approx(expected["confidence"])

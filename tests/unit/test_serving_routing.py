@@ -61,8 +61,11 @@ def test_stats_summary_counts() -> None:
 
 def test_batch_stats_counts() -> None:
     stats = TrafficRouter("1").variant_stats(CHAMPION)
-    stats.record_batch(["a", "b", "a"], ["Regular", "Regular", "Casual"],
-                       np.array([True, False, False]))
+    stats.record_batch(
+        ["a", "b", "a"],
+        ["Regular", "Regular", "Casual"],
+        np.array([True, False, False]),
+    )
     assert stats.requests == 3
     assert stats.flagged == 1
     assert stats.segments == {"Regular": 2, "Casual": 1}

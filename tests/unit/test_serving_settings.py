@@ -54,7 +54,11 @@ def test_serve_rejects_open_network_host(monkeypatch: pytest.MonkeyPatch) -> Non
 
     from crmbet.cli import app
 
-    for name in ("CRMBET_JWT_SECRET", "CRMBET_JWT_PUBLIC_KEY_PATH", "CRMBET_ALLOW_INSECURE"):
+    for name in (
+        "CRMBET_JWT_SECRET",
+        "CRMBET_JWT_PUBLIC_KEY_PATH",
+        "CRMBET_ALLOW_INSECURE",
+    ):
         monkeypatch.delenv(name, raising=False)
     result = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0", "--port", "0"])
     assert result.exit_code == 2

@@ -17,7 +17,18 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 
 #: Latency buckets in seconds, dense below 10 ms where predictions land.
 LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    1.0,
 )
 
 model_requests_total = Counter(

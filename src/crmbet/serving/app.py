@@ -1,4 +1,4 @@
-"""The FastAPI application: predictions, health, metrics, Open Inference Protocol, admin.
+"""The FastAPI application: predictions, health, metrics, OIP v2 and admin.
 
 Request bodies of the prediction endpoints are parsed with pydantic-core's
 JSON parser straight from the bytes, and responses are encoded with orjson,
@@ -59,7 +59,7 @@ class BodyTooLargeError(Exception):
 
 
 class BodyLimitMiddleware:
-    """Returns 413 for request bodies larger than ``max_bytes``, declared or streamed."""
+    """Returns 413 for bodies larger than ``max_bytes``, declared or streamed."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -70,7 +70,11 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+        if (
+            declared is not None
+            and declared.isdigit()
+            and int(declared) > self.max_bytes
+        ):
             await self._reject(send)
             return
         received = 0
@@ -96,16 +100,27 @@ class BodyLimitMiddleware:
                 await self._reject(send)
 
     async def _reject(self, send: Send) -> None:
-        body = orjson.dumps({"detail": f"request body exceeds the limit of {self.max_bytes} "
-                             "bytes; split the batch or raise CRMBET_MAX_BODY_BYTES"})
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})
+        body = orjson.dumps(
+            {
+                "detail": f"request body exceeds the limit of {self.max_bytes} "
+                "bytes; split the batch or raise CRMBET_MAX_BODY_BYTES"
+            }
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 
 class PredictFastPath:
-    """Serves valid ``POST /v1/predict`` requests without FastAPI's per-request machinery.
+    """Serves valid ``POST /v1/predict`` requests below FastAPI's routing.
 
     Single predictions are the hot path, and FastAPI's request object,
     dependency resolution and exception layers cost more than the model
@@ -114,13 +129,19 @@ class PredictFastPath:
     errors look the same on both paths.
     """
 
-    def __init__(self, app: ASGIApp, system: ModelServingSystem, api_keys: ApiKeyChecker) -> None:
+    def __init__(
+        self, app: ASGIApp, system: ModelServingSystem, api_keys: ApiKeyChecker
+    ) -> None:
         self.app = app
         self.system = system
         self.api_keys = api_keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != "/v1/predict" or scope["method"] != "POST":
+        if (
+            scope["type"] != "http"
+            or scope["path"] != "/v1/predict"
+            or scope["method"] != "POST"
+        ):
             await self.app(scope, receive, send)
             return
         body = await _read_body(receive)
@@ -129,9 +150,16 @@ class PredictFastPath:
             await self.app(scope, _replay(body, receive), send)
             return
         content = orjson.dumps(await self.system.predict(request))
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(content)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(content)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": content})
 
     def _accept(self, scope: Scope, body: bytes) -> PredictionRequest | None:
@@ -186,14 +214,18 @@ def _parse(model: type[Model], body: bytes) -> Model:
 
 
 def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
-    return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": inline_schema(model)}}}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": inline_schema(model)}},
+        }
+    }
 
 
 def create_app(
     system: ModelServingSystem | None = None, serving: ServingSettings | None = None
 ) -> FastAPI:
-    """Build the application around a serving system (built from the environment when None)."""
+    """Build the application around a serving system (from the environment if None)."""
     serving = serving or (system.serving if system is not None else ServingSettings())
     system = system or ModelServingSystem(serving=serving)
     admin = AdminAuthenticator(serving)
@@ -218,15 +250,22 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_bytes=serving.max_body_bytes)
     _add_error_handlers(app)
 
-    bearer = HTTPBearer(auto_error=False, description="JWT signed for the admin audience.")
-    key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
-                              description="Required only when CRMBET_API_KEYS is set.")
+    bearer = HTTPBearer(
+        auto_error=False, description="JWT signed for the admin audience."
+    )
+    key_header = APIKeyHeader(
+        name="X-API-Key",
+        auto_error=False,
+        description="Required only when CRMBET_API_KEYS is set.",
+    )
 
-    def require_key(key: str | None = Security(key_header)) -> None:
+    # FastAPI reads dependencies from parameter defaults. Annotated[] cannot be
+    # used here, because the schemes are locals that string annotations miss.
+    def require_key(key: str | None = Security(key_header)) -> None:  # noqa: B008
         api_keys.check(key)
 
     def require_admin(
-        credentials: HTTPAuthorizationCredentials | None = Security(bearer),
+        credentials: HTTPAuthorizationCredentials | None = Security(bearer),  # noqa: B008
     ) -> dict[str, Any]:
         return admin.verify(credentials.credentials if credentials else None)
 
@@ -238,7 +277,7 @@ def create_app(
 
 
 def create_app_from_env() -> FastAPI:
-    """Build the application from ``CRMBET_*`` variables (uvicorn factory for workers)."""
+    """Build the application from ``CRMBET_*`` variables (the uvicorn factory)."""
     return create_app()
 
 
@@ -247,8 +286,14 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def _not_found(request: Request, error: ModelNotFoundError) -> JSONResponse:
         code = 404 if request.url.path.startswith(("/admin", "/v2/models")) else 503
         # A wrong name or version is the client's mistake; a missing champion is ours.
-        logger.log(logging.DEBUG if code == 404 else logging.WARNING, "%s %s returned %d: %s",
-                   request.method, request.url.path, code, error)
+        logger.log(
+            logging.DEBUG if code == 404 else logging.WARNING,
+            "%s %s returned %d: %s",
+            request.method,
+            request.url.path,
+            code,
+            error,
+        )
         return JSONResponse({"detail": str(error)}, status_code=code)
 
     @app.exception_handler(RoutingError)
@@ -260,10 +305,17 @@ def _add_error_handlers(app: FastAPI) -> None:
 def _add_prediction_routes(
     app: FastAPI, system: ModelServingSystem, serving: ServingSettings, key: Any
 ) -> None:
-    @app.post("/v1/predict", response_model=PredictionResponse, dependencies=[key],
-              openapi_extra=_body_schema(PredictionRequest), tags=["predictions"],
-              responses={413: {"description": "Body larger than CRMBET_MAX_BODY_BYTES."},
-                         503: {"description": "No champion model is loaded."}})
+    @app.post(
+        "/v1/predict",
+        response_model=PredictionResponse,
+        dependencies=[key],
+        openapi_extra=_body_schema(PredictionRequest),
+        tags=["predictions"],
+        responses={
+            413: {"description": "Body larger than CRMBET_MAX_BODY_BYTES."},
+            503: {"description": "No champion model is loaded."},
+        },
+    )
     async def predict(request: Request) -> Response:
         """Predict one player's segment, risk and campaigns.
 
@@ -274,35 +326,57 @@ def _add_prediction_routes(
         body = _parse(PredictionRequest, await request.body())
         return OrjsonResponse(await system.predict(body))
 
-    @app.post("/v1/predict/batch", response_model=BatchPredictionResponse, dependencies=[key],
-              openapi_extra=_body_schema(BatchPredictionRequest), tags=["predictions"],
-              responses={413: {"description": "More players than CRMBET_MAX_BATCH_SIZE, "
-                               "or a body larger than CRMBET_MAX_BODY_BYTES."},
-                         503: {"description": "No champion model is loaded."}})
+    @app.post(
+        "/v1/predict/batch",
+        response_model=BatchPredictionResponse,
+        dependencies=[key],
+        openapi_extra=_body_schema(BatchPredictionRequest),
+        tags=["predictions"],
+        responses={
+            413: {
+                "description": "More players than CRMBET_MAX_BATCH_SIZE, "
+                "or a body larger than CRMBET_MAX_BODY_BYTES."
+            },
+            503: {"description": "No champion model is loaded."},
+        },
+    )
     async def predict_batch(request: Request) -> Response:
         """Predict many players given in columns, in one vectorised pass."""
         body = _parse(BatchPredictionRequest, await request.body())
         if len(body.player_ids) > serving.max_batch_size:
-            raise HTTPException(413, detail=(
-                f"batch of {len(body.player_ids)} players exceeds the limit of "
-                f"{serving.max_batch_size}; split it or raise CRMBET_MAX_BATCH_SIZE"))
+            raise HTTPException(
+                413,
+                detail=(
+                    f"batch of {len(body.player_ids)} players exceeds the limit of "
+                    f"{serving.max_batch_size}; split it or raise CRMBET_MAX_BATCH_SIZE"
+                ),
+            )
         size = len(body.player_ids)
         errors = [
-            {"type": "value_error", "loc": ("body", "features", name),
-             "msg": f"has {len(values)} values but player_ids has {size}; give one value "
-                    "(or null) per player", "input": len(values)}
-            for name, values in (body.features or {}).items() if len(values) != size
+            {
+                "type": "value_error",
+                "loc": ("body", "features", name),
+                "msg": f"has {len(values)} values but player_ids has {size}; "
+                "give one value "
+                "(or null) per player",
+                "input": len(values),
+            }
+            for name, values in (body.features or {}).items()
+            if len(values) != size
         ]
         if errors:
             raise RequestValidationError(errors)
-        answer = await system.predict_batch(body.player_ids, body.features,
-                                            as_columns=body.format == "columns")
+        answer = await system.predict_batch(
+            body.player_ids, body.features, as_columns=body.format == "columns"
+        )
         return OrjsonResponse(answer)
 
 
 def _add_health_routes(app: FastAPI, system: ModelServingSystem) -> None:
     def _status(body: dict[str, Any]) -> OrjsonResponse:
-        return OrjsonResponse(body, status_code=200 if body["status"] != "unavailable" else 503)
+        return OrjsonResponse(
+            body, status_code=200 if body["status"] != "unavailable" else 503
+        )
 
     @app.get("/health", tags=["health"])
     async def health() -> Response:
@@ -325,7 +399,9 @@ def _add_health_routes(app: FastAPI, system: ModelServingSystem) -> None:
     async def prometheus_metrics() -> Response:
         """Prometheus metrics in the text exposition format."""
         system.health()
-        return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+        return Response(
+            generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST
+        )
 
 
 def _add_admin_routes(app: FastAPI, system: ModelServingSystem, admin: Any) -> None:
@@ -348,12 +424,16 @@ def _add_admin_routes(app: FastAPI, system: ModelServingSystem, admin: Any) -> N
     @app.post("/admin/models/canary", dependencies=[admin], tags=["admin"])
     async def canary(body: CanaryRequest) -> Response:
         """Send a fraction of the players to a version as a canary."""
-        return await run(system.deploy_canary, body.model_name, body.version, body.traffic)
+        return await run(
+            system.deploy_canary, body.model_name, body.version, body.traffic
+        )
 
     @app.post("/admin/models/ab-test", dependencies=[admin], tags=["admin"])
     async def ab_test(body: CanaryRequest) -> Response:
         """Split the players between the champion and a version."""
-        return await run(system.start_ab_test, body.model_name, body.version, body.traffic)
+        return await run(
+            system.start_ab_test, body.model_name, body.version, body.traffic
+        )
 
     @app.post("/admin/models/promote", dependencies=[admin], tags=["admin"])
     async def promote() -> Response:
@@ -370,4 +450,3 @@ def _add_admin_routes(app: FastAPI, system: ModelServingSystem, admin: Any) -> N
         """Re-read aliases and routing from the registry now."""
         await asyncio.to_thread(system.refresh)
         return OrjsonResponse(system.get_system_status())
-

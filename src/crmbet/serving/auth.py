@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 
 class AdminAuthenticator:
-    """Verifies admin bearer tokens; lets every request through when auth is disabled."""
+    """Verifies admin bearer tokens, or lets every request through when auth is off."""
 
     def __init__(self, serving: ServingSettings) -> None:
         self.enabled = serving.auth_enabled
@@ -39,10 +39,15 @@ class AdminAuthenticator:
         if not self.enabled:
             return {}
         if not token:
-            raise _unauthorized("missing bearer token; send 'Authorization: Bearer <JWT>'")
+            raise _unauthorized(
+                "missing bearer token; send 'Authorization: Bearer <JWT>'"
+            )
         try:
             return jwt.decode(
-                token, self._key, algorithms=self._algorithms, audience=self.audience,
+                token,
+                self._key,
+                algorithms=self._algorithms,
+                audience=self.audience,
                 options={"require": ["exp", "aud"]},
             )
         except jwt.ExpiredSignatureError as error:
@@ -57,7 +62,7 @@ class AdminAuthenticator:
 
 
 class ApiKeyChecker:
-    """Checks the ``X-API-Key`` header of prediction requests when keys are configured."""
+    """Checks the ``X-API-Key`` header of predictions when keys are configured."""
 
     def __init__(self, serving: ServingSettings) -> None:
         self._keys = [key.get_secret_value().encode() for key in serving.api_keys]
@@ -75,10 +80,15 @@ class ApiKeyChecker:
         # Compare against every key so the time taken does not reveal which matched.
         matched = [hmac.compare_digest(given, known) for known in self._keys]
         if not any(matched):
-            raise _unauthorized("missing or invalid API key; send it in the X-API-Key header",
-                                scheme="ApiKey")
+            raise _unauthorized(
+                "missing or invalid API key; send it in the X-API-Key header",
+                scheme="ApiKey",
+            )
 
 
 def _unauthorized(detail: str, scheme: str = "Bearer") -> HTTPException:
-    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail=detail,
-                         headers={"WWW-Authenticate": scheme})
+    return HTTPException(
+        status.HTTP_401_UNAUTHORIZED,
+        detail=detail,
+        headers={"WWW-Authenticate": scheme},
+    )

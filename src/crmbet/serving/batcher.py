@@ -43,7 +43,9 @@ class MicroBatcher(Generic[T, R]):
         timeout_ms: float,
     ) -> None:
         if max_batch_size < 1:
-            raise ValueError(f"max_batch_size={max_batch_size} is invalid; use 1 or more")
+            raise ValueError(
+                f"max_batch_size={max_batch_size} is invalid; use 1 or more"
+            )
         if timeout_ms < 0:
             raise ValueError(f"timeout_ms={timeout_ms} is invalid; use 0 or more")
         self.process = process

@@ -19,8 +19,9 @@ from crmbet.serving.settings import InsecureServerError, ServingSettings
 
 logger = logging.getLogger(__name__)
 console = Console()
-models_app = typer.Typer(help="List registered models and route traffic between them.",
-                         no_args_is_help=True)
+models_app = typer.Typer(
+    help="List registered models and route traffic between them.", no_args_is_help=True
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -30,12 +31,22 @@ def register(app: typer.Typer) -> None:
 
 
 def serve(
-    host: Annotated[str | None, typer.Option(help="Address to bind; CRMBET_HOST.")] = None,
-    port: Annotated[int | None, typer.Option(help="TCP port; CRMBET_PORT, 8080.")] = None,
-    workers: Annotated[int | None, typer.Option(help="Worker processes; CRMBET_WORKERS.")] = None,
-    allow_insecure: Annotated[bool, typer.Option(
-        "--allow-insecure",
-        help="Serve on a non-loopback address without admin authentication.")] = False,
+    host: Annotated[
+        str | None, typer.Option(help="Address to bind; CRMBET_HOST.")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="TCP port; CRMBET_PORT, 8080.")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Worker processes; CRMBET_WORKERS.")
+    ] = None,
+    allow_insecure: Annotated[
+        bool,
+        typer.Option(
+            "--allow-insecure",
+            help="Serve on a non-loopback address without admin authentication.",
+        ),
+    ] = False,
 ) -> None:
     """Serve predictions over HTTP (FastAPI on uvicorn)."""
     import os
@@ -54,17 +65,27 @@ def serve(
         raise typer.Exit(2) from error
     # Workers build their app from the environment, so pass the overrides there.
     for key, value in overrides.items():
-        os.environ[f"CRMBET_{key.upper()}"] = str(value).lower() if isinstance(value, bool) \
-            else str(value)
-    logger.info("serving on %s://%s:%d with %d worker(s), admin auth %s",
-                "https" if serving.tls_enabled else "http", serving.host, serving.port,
-                serving.workers, "on" if serving.auth_enabled else "off")
+        os.environ[f"CRMBET_{key.upper()}"] = (
+            str(value).lower() if isinstance(value, bool) else str(value)
+        )
+    logger.info(
+        "serving on %s://%s:%d with %d worker(s), admin auth %s",
+        "https" if serving.tls_enabled else "http",
+        serving.host,
+        serving.port,
+        serving.workers,
+        "on" if serving.auth_enabled else "off",
+    )
     uvicorn.run(
-        "crmbet.serving.app:create_app_from_env", factory=True,
-        host=serving.host, port=serving.port, workers=serving.workers,
+        "crmbet.serving.app:create_app_from_env",
+        factory=True,
+        host=serving.host,
+        port=serving.port,
+        workers=serving.workers,
         ssl_certfile=str(serving.tls_cert_path) if serving.tls_cert_path else None,
         ssl_keyfile=str(serving.tls_key_path) if serving.tls_key_path else None,
-        log_level="warning", access_log=False,
+        log_level="warning",
+        access_log=False,
     )
 
 
@@ -76,9 +97,11 @@ def _system() -> Any:
 
 def _show_routing(status: dict[str, Any]) -> None:
     routing = status["routing"]
-    console.print(f"champion: version {status['champion']}, challenger: "
-                  f"{status['challenger'] or 'none'}, mode {routing['mode']}, "
-                  f"challenger traffic {routing['challenger_traffic']:.1%}")
+    console.print(
+        f"champion: version {status['champion']}, challenger: "
+        f"{status['challenger'] or 'none'}, mode {routing['mode']}, "
+        f"challenger traffic {routing['challenger_traffic']:.1%}"
+    )
 
 
 @models_app.command("list")
@@ -93,9 +116,12 @@ def list_models() -> None:
     for row in registry.versions():
         metrics = row["metrics"] if isinstance(row["metrics"], dict) else {}
         silhouette = metrics.get("silhouette")
-        table.add_row(str(row["version"]), ", ".join(row["aliases"]),  # type: ignore[arg-type]
-                      str(row["segments"])[:60],
-                      f"{silhouette:.3f}" if silhouette is not None else "")
+        table.add_row(
+            str(row["version"]),
+            ", ".join(row["aliases"]),  # type: ignore[arg-type]
+            str(row["segments"])[:60],
+            f"{silhouette:.3f}" if silhouette is not None else "",
+        )
     console.print(table)
 
 
@@ -111,7 +137,9 @@ def deploy_canary(
 @models_app.command("ab-test")
 def ab_test(
     version: Annotated[str, typer.Argument(help="Registered version number.")],
-    traffic: Annotated[float, typer.Option(help="Fraction of players for VERSION.")] = 0.5,
+    traffic: Annotated[
+        float, typer.Option(help="Fraction of players for VERSION.")
+    ] = 0.5,
 ) -> None:
     """Split the players between the champion and VERSION."""
     _show_routing(_system().start_ab_test(None, version, traffic))

@@ -50,7 +50,7 @@ class NumpyEngine:
 
 
 class OnnxEngine:
-    """ONNX Runtime over the exported pipeline; k-means scores are centroid distances."""
+    """ONNX Runtime over the exported pipeline, whose k-means scores are distances."""
 
     name = "onnx"
 
@@ -67,7 +67,9 @@ class OnnxEngine:
 
     def assign(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # noqa: N803
         """Return the label and the confidence of each row."""
-        labels, distances = self._session.run(None, {self._input: np.asarray(X, np.float64)})
+        labels, distances = self._session.run(
+            None, {self._input: np.asarray(X, np.float64)}
+        )
         labels = np.asarray(labels, dtype=np.int64).ravel()
         if distances.shape[1] < 2:
             return labels, np.ones(labels.size)
@@ -107,12 +109,21 @@ def choose_engine(
     onnx_engine = OnnxEngine(onnx_bytes)
     if preference == "onnx":
         return onnx_engine
-    fill = np.asarray(model.pipeline.named_steps["impute"].statistics_, dtype=np.float64)
-    rows = np.tile(fill, (256, 1)) * np.random.default_rng(0).uniform(0.5, 1.5, (256, fill.size))
+    fill = np.asarray(
+        model.pipeline.named_steps["impute"].statistics_, dtype=np.float64
+    )
+    rows = np.tile(fill, (256, 1)) * np.random.default_rng(0).uniform(
+        0.5, 1.5, (256, fill.size)
+    )
     timings = {e.name: _time_engine(e, rows, 50) for e in (numpy_engine, onnx_engine)}
     chosen = numpy_engine if timings["numpy"] <= timings["onnx"] else onnx_engine
-    logger.info("inference timing for version %s: numpy %.1f ms, onnx %.1f ms; serving %s",
-                model.version, timings["numpy"] * 1e3, timings["onnx"] * 1e3, chosen.name)
+    logger.info(
+        "inference timing for version %s: numpy %.1f ms, onnx %.1f ms; serving %s",
+        model.version,
+        timings["numpy"] * 1e3,
+        timings["onnx"] * 1e3,
+        chosen.name,
+    )
     return chosen
 
 
@@ -154,7 +165,9 @@ class ServingModel:
         """Segment name of each cluster id."""
         return list(self._segment_names)
 
-    def campaigns(self, cluster_id: int, flagged: bool = False) -> list[dict[str, object]]:
+    def campaigns(
+        self, cluster_id: int, flagged: bool = False
+    ) -> list[dict[str, object]]:
         """Return a segment's campaigns, without promotions when ``flagged``."""
         return (self._flagged_campaigns if flagged else self._campaigns)[cluster_id]
 
@@ -176,34 +189,60 @@ class ServingModel:
         markers = [risk.markers[name].tolist() for name in marker_names]
         marker_keys = [f"marker_{name}" for name in marker_names]
         columns = zip(
-            player_ids, scored.labels.tolist(), scored.confidence.tolist(),
-            risk.harm_flag.tolist(), risk.harm_score.tolist(), risk.churn_risk.tolist(),
-            risk.bonus_abuse_risk.tolist(), strict=True,
+            player_ids,
+            scored.labels.tolist(),
+            scored.confidence.tolist(),
+            risk.harm_flag.tolist(),
+            risk.harm_score.tolist(),
+            risk.churn_risk.tolist(),
+            risk.bonus_abuse_risk.tolist(),
+            strict=True,
         )
         answers = []
-        for index, (player, label, confidence, flagged, harm, churn, abuse) in enumerate(columns):
-            risk_row = {"harm_score": harm, "churn_risk": churn, "bonus_abuse_risk": abuse}
+        for index, (
+            player,
+            label,
+            confidence,
+            flagged,
+            harm,
+            churn,
+            abuse,
+        ) in enumerate(columns):
+            risk_row = {
+                "harm_score": harm,
+                "churn_risk": churn,
+                "bonus_abuse_risk": abuse,
+            }
             for key, values in zip(marker_keys, markers, strict=True):
                 risk_row[key] = values[index]
             reasons = (
-                [n for n, values in zip(marker_names, markers, strict=True) if values[index] >= 1]
-                if flagged else []
+                [
+                    n
+                    for n, values in zip(marker_names, markers, strict=True)
+                    if values[index] >= 1
+                ]
+                if flagged
+                else []
             )
-            answers.append({
-                "player_id": player,
-                "cluster_id": label,
-                "segment": self._segment_names[label],
-                "confidence": confidence,
-                "campaign_recommendations": (
-                    self._flagged_campaigns[label] if flagged else self._campaigns[label]
-                ),
-                "risk": risk_row,
-                "responsible_gambling_flag": flagged,
-                "responsible_gambling_reasons": reasons,
-                "recommendation_note": _withheld_note(reasons) if flagged else "",
-                "imputed_features": imputed[index] if imputed is not None else [],
-                "model_version": self.version,
-            })
+            answers.append(
+                {
+                    "player_id": player,
+                    "cluster_id": label,
+                    "segment": self._segment_names[label],
+                    "confidence": confidence,
+                    "campaign_recommendations": (
+                        self._flagged_campaigns[label]
+                        if flagged
+                        else self._campaigns[label]
+                    ),
+                    "risk": risk_row,
+                    "responsible_gambling_flag": flagged,
+                    "responsible_gambling_reasons": reasons,
+                    "recommendation_note": _withheld_note(reasons) if flagged else "",
+                    "imputed_features": imputed[index] if imputed is not None else [],
+                    "model_version": self.version,
+                }
+            )
         return answers
 
 

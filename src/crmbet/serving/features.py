@@ -45,7 +45,9 @@ class OnlineStoreFeatureSource:
     {'nobody': None}
     """
 
-    def __init__(self, store: MemoryOnlineStore, names: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, store: MemoryOnlineStore, names: Sequence[str] | None = None
+    ) -> None:
         self.store = store
         self.names = list(names) if names is not None else None
 
@@ -57,7 +59,9 @@ class OnlineStoreFeatureSource:
         found: dict[str, dict[str, float] | None] = {}
         for player_id in player_ids:
             state = self.store.get_state(player_id)
-            found[player_id] = None if state is None else compute_one(state, watermark, self.names)
+            found[player_id] = (
+                None if state is None else compute_one(state, watermark, self.names)
+            )
         return found
 
     def health(self) -> dict[str, object]:

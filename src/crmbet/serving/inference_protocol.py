@@ -44,16 +44,22 @@ def _model(system: ModelServingSystem, name: str, version: str | None = None) ->
     return model
 
 
-def _metadata(system: ModelServingSystem, name: str, version: str | None) -> dict[str, Any]:
+def _metadata(
+    system: ModelServingSystem, name: str, version: str | None
+) -> dict[str, Any]:
     model = _model(system, name, version)
     return {
         "name": name,
         "versions": [model.version],
         "platform": f"crmbet-{model.engine.name}",
-        "inputs": [{"name": feature, "datatype": "FP64", "shape": [-1]}
-                   for feature in model.needed],
-        "outputs": [{"name": output, "datatype": datatype, "shape": [-1]}
-                    for output, datatype in OUTPUTS.items()],
+        "inputs": [
+            {"name": feature, "datatype": "FP64", "shape": [-1]}
+            for feature in model.needed
+        ],
+        "outputs": [
+            {"name": output, "datatype": datatype, "shape": [-1]}
+            for output, datatype in OUTPUTS.items()
+        ],
     }
 
 
@@ -61,13 +67,20 @@ def _split_binary(body: bytes, header_length: str | None) -> tuple[bytes, bytes]
     if header_length is None:
         return body, b""
     if not header_length.isdigit() or int(header_length) > len(body):
-        raise HTTPException(400, detail=(
-            f"Inference-Header-Content-Length={header_length!r} is invalid for a body of "
-            f"{len(body)} bytes; send the byte length of the JSON header"))
-    return body[: int(header_length)], body[int(header_length):]
+        raise HTTPException(
+            400,
+            detail=(
+                f"Inference-Header-Content-Length={header_length!r} is invalid for a "
+                f"body of "
+                f"{len(body)} bytes; send the byte length of the JSON header"
+            ),
+        )
+    return body[: int(header_length)], body[int(header_length) :]
 
 
-def _input_columns(request: InferRequest, binary: bytes, needed: list[str]) -> dict[str, Any]:
+def _input_columns(
+    request: InferRequest, binary: bytes, needed: list[str]
+) -> dict[str, Any]:
     columns: dict[str, np.ndarray] = {}
     offset = 0
     errors = []
@@ -75,16 +88,26 @@ def _input_columns(request: InferRequest, binary: bytes, needed: list[str]) -> d
         where = ("body", "inputs", position)
         size = (tensor.parameters or {}).get("binary_data_size")
         if tensor.name not in needed:
-            errors.append((where + ("name",), f"unknown input {tensor.name!r}; GET the model "
-                           "metadata for the valid input names"))
+            errors.append(
+                (
+                    where + ("name",),
+                    f"unknown input {tensor.name!r}; GET the model "
+                    "metadata for the valid input names",
+                )
+            )
             continue
         if tensor.datatype not in ("FP64", "FP32"):
-            errors.append((where + ("datatype",), f"datatype {tensor.datatype!r} is not "
-                           "supported; send FP64 (or FP32)"))
+            errors.append(
+                (
+                    where + ("datatype",),
+                    f"datatype {tensor.datatype!r} is not "
+                    "supported; send FP64 (or FP32)",
+                )
+            )
             continue
         dtype = np.float64 if tensor.datatype == "FP64" else np.float32
         if isinstance(size, int):
-            values = np.frombuffer(binary[offset: offset + size], dtype=dtype)
+            values = np.frombuffer(binary[offset : offset + size], dtype=dtype)
             offset += size
         elif tensor.data is not None:
             try:
@@ -93,24 +116,39 @@ def _input_columns(request: InferRequest, binary: bytes, needed: list[str]) -> d
                 errors.append((where + ("data",), "data must be numbers"))
                 continue
         else:
-            errors.append((where + ("data",), "missing data; send 'data' or binary data"))
+            errors.append(
+                (where + ("data",), "missing data; send 'data' or binary data")
+            )
             continue
         expected = int(np.prod(tensor.shape)) if tensor.shape else -1
         if len(tensor.shape) not in (1, 2) or expected != values.size:
-            errors.append((where + ("shape",), f"shape {tensor.shape} does not match "
-                           f"{values.size} values; use [n] or [n, 1]"))
+            errors.append(
+                (
+                    where + ("shape",),
+                    f"shape {tensor.shape} does not match "
+                    f"{values.size} values; use [n] or [n, 1]",
+                )
+            )
             continue
         columns[tensor.name] = values.astype(np.float64)
     sizes = {values.size for values in columns.values()}
     if len(sizes) > 1:
-        errors.append((("body", "inputs"), f"inputs have different lengths {sorted(sizes)}; "
-                       "give every input one value per player"))
+        errors.append(
+            (
+                ("body", "inputs"),
+                f"inputs have different lengths {sorted(sizes)}; "
+                "give every input one value per player",
+            )
+        )
     if errors:
         from fastapi.exceptions import RequestValidationError
 
         raise RequestValidationError(
-            [{"type": "value_error", "loc": loc, "msg": msg, "input": None}
-             for loc, msg in errors])
+            [
+                {"type": "value_error", "loc": loc, "msg": msg, "input": None}
+                for loc, msg in errors
+            ]
+        )
     return columns
 
 
@@ -121,7 +159,11 @@ def add_routes(app: FastAPI, system: ModelServingSystem, key: Any) -> None:
     @app.get("/v2", tags=tags)
     async def server_metadata() -> dict[str, Any]:
         """Server name, version and protocol extensions."""
-        return {"name": "crmbet", "version": __version__, "extensions": ["binary_tensor_data"]}
+        return {
+            "name": "crmbet",
+            "version": __version__,
+            "extensions": ["binary_tensor_data"],
+        }
 
     @app.get("/v2/health/live", tags=tags)
     async def live() -> dict[str, bool]:
@@ -150,10 +192,13 @@ def add_routes(app: FastAPI, system: ModelServingSystem, key: Any) -> None:
             return Response(status_code=404)
         return Response(status_code=200 if system.ready else 503)
 
-    async def infer_version(name: str, version: str | None, request: Request) -> dict[str, Any]:
+    async def infer_version(
+        name: str, version: str | None, request: Request
+    ) -> dict[str, Any]:
         model = _model(system, name, version)
-        head, binary = _split_binary(await request.body(),
-                                     request.headers.get("inference-header-content-length"))
+        head, binary = _split_binary(
+            await request.body(), request.headers.get("inference-header-content-length")
+        )
         from crmbet.serving.app import _parse
 
         body = _parse(InferRequest, head)
@@ -173,25 +218,51 @@ def add_routes(app: FastAPI, system: ModelServingSystem, key: Any) -> None:
         requested = [str(o.get("name")) for o in body.outputs or []] or list(OUTPUTS)
         unknown = [o for o in requested if o not in OUTPUTS]
         if unknown:
-            raise HTTPException(400, detail=f"unknown output(s) {unknown}; valid: {list(OUTPUTS)}")
+            raise HTTPException(
+                400, detail=f"unknown output(s) {unknown}; valid: {list(OUTPUTS)}"
+            )
         return {
             "model_name": name,
             "model_version": model.version,
             "id": body.id,
-            "outputs": [{"name": o, "datatype": OUTPUTS[o], "shape": [size], "data": data[o]}
-                        for o in requested],
+            "outputs": [
+                {"name": o, "datatype": OUTPUTS[o], "shape": [size], "data": data[o]}
+                for o in requested
+            ],
         }
 
-    @app.post("/v2/models/{name}/infer", dependencies=[key], tags=tags,
-              openapi_extra={"requestBody": {"required": True, "content": {
-                  "application/json": {"schema": inline_schema(InferRequest)}}}})
+    @app.post(
+        "/v2/models/{name}/infer",
+        dependencies=[key],
+        tags=tags,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": inline_schema(InferRequest)}
+                },
+            }
+        },
+    )
     async def infer(name: str, request: Request) -> dict[str, Any]:
         """Run the model on feature tensors (JSON, or the binary tensor extension)."""
         return await infer_version(name, None, request)
 
-    @app.post("/v2/models/{name}/versions/{version}/infer", dependencies=[key], tags=tags,
-              openapi_extra={"requestBody": {"required": True, "content": {
-                  "application/json": {"schema": inline_schema(InferRequest)}}}})
-    async def infer_with_version(name: str, version: str, request: Request) -> dict[str, Any]:
+    @app.post(
+        "/v2/models/{name}/versions/{version}/infer",
+        dependencies=[key],
+        tags=tags,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": inline_schema(InferRequest)}
+                },
+            }
+        },
+    )
+    async def infer_with_version(
+        name: str, version: str, request: Request
+    ) -> dict[str, Any]:
         """Run one version of the model (only the champion is served here)."""
         return await infer_version(name, version, request)

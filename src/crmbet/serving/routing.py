@@ -45,7 +45,9 @@ class VariantStats:
     #: Distinct players are counted exactly up to this many, then no longer grow.
     MAX_TRACKED_PLAYERS = 100_000
 
-    def record(self, player_id: str, segment: str, flagged: bool, latency_ms: float) -> None:
+    def record(
+        self, player_id: str, segment: str, flagged: bool, latency_ms: float
+    ) -> None:
         """Count one answered prediction."""
         self.requests += 1
         self.flagged += int(flagged)
@@ -54,8 +56,10 @@ class VariantStats:
         if len(self.players) < self.MAX_TRACKED_PLAYERS:
             self.players.add(player_id)
 
-    def record_batch(self, player_ids: list[str], segments: list[str], flags: np.ndarray) -> None:
-        """Count the predictions of one batch request (batches add no latency samples)."""
+    def record_batch(
+        self, player_ids: list[str], segments: list[str], flags: np.ndarray
+    ) -> None:
+        """Count the predictions of one batch request (no latency samples)."""
         self.requests += len(player_ids)
         self.flagged += int(np.count_nonzero(flags))
         self.segments.update(segments)
@@ -74,8 +78,12 @@ class VariantStats:
             "error_rate": self.errors / max(self.requests + self.errors, 1),
             "distinct_players": len(self.players),
             "responsible_gambling_flag_share": self.flagged / answered,
-            "latency_ms_p50": float(np.percentile(latencies, 50)) if latencies.size else None,
-            "latency_ms_p99": float(np.percentile(latencies, 99)) if latencies.size else None,
+            "latency_ms_p50": float(np.percentile(latencies, 50))
+            if latencies.size
+            else None,
+            "latency_ms_p99": float(np.percentile(latencies, 99))
+            if latencies.size
+            else None,
             "segment_share": {name: n / answered for name, n in self.segments.items()},
         }
 
@@ -98,10 +106,14 @@ class TrafficRouter:
         self.stats: dict[str, VariantStats] = {CHAMPION: VariantStats(champion_version)}
         self._lock = threading.Lock()
 
-    def start(self, mode: Mode, challenger_version: str, traffic: float, salt: str) -> None:
+    def start(
+        self, mode: Mode, challenger_version: str, traffic: float, salt: str
+    ) -> None:
         """Send ``traffic`` of the players to the challenger; stats start afresh."""
         if not 0.0 <= traffic <= 1.0:
-            raise ValueError(f"traffic={traffic} is invalid; use a fraction between 0 and 1")
+            raise ValueError(
+                f"traffic={traffic} is invalid; use a fraction between 0 and 1"
+            )
         with self._lock:
             self.mode, self.traffic, self.salt = mode, traffic, salt
             self.stats = {

@@ -26,9 +26,12 @@ class PredictionRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    player_id: str = Field(min_length=1, max_length=MAX_PLAYER_ID_LENGTH,
-                           description="The operator's raw player id; it is pseudonymised "
-                           "before any lookup and never logged.")
+    player_id: str = Field(
+        min_length=1,
+        max_length=MAX_PLAYER_ID_LENGTH,
+        description="The operator's raw player id; it is pseudonymised "
+        "before any lookup and never logged.",
+    )
     features: dict[str, float | None] | None = Field(
         default=None, description="Feature name to value; null values count as missing."
     )
@@ -84,9 +87,11 @@ class PredictionResponse(BaseModel):
     responsible_gambling_reasons: list[str]
     recommendation_note: str
     imputed_features: list[str]
-    feature_source: Literal["request", "online_store", "request+online_store", "cold_start"] = (
-        Field(description="'cold_start' when the player is unknown and sent no features: "
-              "the answer is the segment of the training medians.")
+    feature_source: Literal[
+        "request", "online_store", "request+online_store", "cold_start"
+    ] = Field(
+        description="'cold_start' when the player is unknown and sent no features: "
+        "the answer is the segment of the training medians."
     )
     latency_ms: float
 
@@ -110,7 +115,9 @@ class CanaryRequest(BaseModel):
 
     version: str = Field(pattern=r"^[0-9]+$", description="Registered version number.")
     traffic: float = Field(ge=0.0, le=1.0, description="Fraction of players, 0 to 1.")
-    model_name: str | None = Field(default=None, description="Defaults to the served model.")
+    model_name: str | None = Field(
+        default=None, description="Defaults to the served model."
+    )
 
 
 class InferTensor(BaseModel):
@@ -133,7 +140,7 @@ class InferRequest(BaseModel):
 
 
 def inline_schema(model: type[BaseModel]) -> dict[str, object]:
-    """Return the JSON schema of ``model`` with every ``$ref`` replaced by its definition.
+    """Return the JSON schema of ``model`` with every ``$ref`` inlined.
 
     OpenAPI request bodies given through ``openapi_extra`` cannot carry the
     ``$defs`` that pydantic emits for nested models, so they are inlined.

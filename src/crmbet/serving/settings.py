@@ -38,47 +38,54 @@ class ServingSettings(BaseSettings):
     workers: int = Field(default=1, ge=1, description="uvicorn worker processes.")
     engine: Literal["auto", "numpy", "onnx"] = Field(
         default="auto",
-        description="Inference path; 'auto' measures both at start-up and keeps the faster.",
+        description="Inference path; 'auto' times both at start-up, keeps the faster.",
     )
     jwt_secret: SecretStr | None = Field(
         default=None, description="HS256 secret that signs admin tokens."
     )
     jwt_public_key_path: Path | None = Field(
-        default=None, description="PEM file of the RS256 public key that verifies admin tokens."
+        default=None,
+        description="PEM file of the RS256 public key that verifies admin tokens.",
     )
-    jwt_audience: str = Field(default="crmbet-admin", description="Required 'aud' claim.")
+    jwt_audience: str = Field(
+        default="crmbet-admin", description="Required 'aud' claim."
+    )
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
-        description="API keys accepted in the X-API-Key header of prediction endpoints; "
+        description="API keys accepted in the X-API-Key header of predictions; "
         "prediction endpoints are open when the list is empty.",
     )
     tls_cert_path: Path | None = None
     tls_key_path: Path | None = None
     allow_insecure: bool = Field(
         default=False,
-        description="Allow serving without admin authentication on a non-loopback address.",
+        description="Allow serving without admin auth on a non-loopback address.",
     )
     max_body_bytes: int = Field(
-        default=16 * 2**20, ge=1024, description="Largest accepted request body, in bytes."
+        default=16 * 2**20,
+        ge=1024,
+        description="Largest accepted request body, in bytes.",
     )
     max_batch_size: int = Field(
         default=100_000, ge=1, description="Most players accepted in one batch request."
     )
     batch_max_size: int = Field(
-        default=512, ge=1,
-        description="Most single requests grouped into one model call (1 turns grouping off).",
+        default=512,
+        ge=1,
+        description="Maximum single requests in one model call (1 turns grouping off).",
     )
     # 0 closes a batch on the next event-loop turn. In two serving-http
     # benchmark runs it gave a lower p99 at 1,000 requests/s than 2 ms, and a
     # maximum rate within the run-to-run noise (docs/serving.md).
     batch_timeout_ms: float = Field(
-        default=0.0, ge=0,
-        description="Maximum time a single request waits for others to join its batch, in ms.",
+        default=0.0,
+        ge=0,
+        description="Maximum wait of a single request for others to join, in ms.",
     )
     registry_poll_seconds: float = Field(
         default=30.0,
         ge=0,
-        description="How often the server re-reads registry aliases; 0 turns polling off.",
+        description="Seconds between reads of registry aliases; 0 turns polling off.",
     )
 
     @field_validator("api_keys", mode="before")
@@ -91,7 +98,7 @@ class ServingSettings(BaseSettings):
 
     @property
     def auth_enabled(self) -> bool:
-        """Whether admin endpoints verify a JWT (a secret or public key is configured)."""
+        """Whether admin endpoints verify a JWT (a secret or public key is set)."""
         return self.jwt_secret is not None or self.jwt_public_key_path is not None
 
     @property
@@ -100,7 +107,7 @@ class ServingSettings(BaseSettings):
         return self.tls_cert_path is not None and self.tls_key_path is not None
 
     def check_startup(self) -> None:
-        """Raise :class:`InsecureServerError` when the configuration is unsafe to serve."""
+        """Raise :class:`InsecureServerError` when the configuration is unsafe."""
         if (self.tls_cert_path is None) != (self.tls_key_path is None):
             raise InsecureServerError(
                 "TLS needs both CRMBET_TLS_CERT_PATH and CRMBET_TLS_KEY_PATH; "
@@ -110,7 +117,8 @@ class ServingSettings(BaseSettings):
             return
         raise InsecureServerError(
             f"refusing to serve on {self.host} with admin authentication disabled: set "
-            "CRMBET_JWT_SECRET or CRMBET_JWT_PUBLIC_KEY_PATH, bind to 127.0.0.1, or pass "
+            "CRMBET_JWT_SECRET or CRMBET_JWT_PUBLIC_KEY_PATH, bind to 127.0.0.1, "
+            "or pass "
             "--allow-insecure (CRMBET_ALLOW_INSECURE=true) to accept the risk"
         )
 

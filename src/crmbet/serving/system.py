@@ -69,7 +69,7 @@ class FastPseudonymizer:
 
 
 class RoutingError(CrmbetError, ValueError):
-    """Raised when a routing change cannot apply, such as promoting with no challenger."""
+    """Raised when a routing change cannot apply, such as promoting no challenger."""
 
 
 #: Feature source names, indexed by ``from_request + 2 * from_store``.
@@ -114,11 +114,14 @@ class ModelServingSystem:
         self.feature_source = feature_source or self._default_feature_source()
         self.max_batch_size = max_batch_size or self.serving.batch_max_size
         self.batch_timeout_ms = (
-            batch_timeout_ms if batch_timeout_ms is not None else self.serving.batch_timeout_ms
+            batch_timeout_ms
+            if batch_timeout_ms is not None
+            else self.serving.batch_timeout_ms
         )
         self._pseudonymizer = pseudonymizer_from(self.settings)
-        self._pseudonym = FastPseudonymizer(self.settings.pseudonym_key_bytes(),
-                                            self._pseudonymizer)
+        self._pseudonym = FastPseudonymizer(
+            self.settings.pseudonym_key_bytes(), self._pseudonymizer
+        )
         self._loaded: dict[str, ServingModel] = {}
         self._variants: dict[str, ServingModel] = {}
         self._batchers: dict[str, MicroBatcher[Any, dict[str, Any]]] = {}
@@ -131,7 +134,9 @@ class ModelServingSystem:
         snapshot = Path(self.settings.home) / "online_store.parquet"
         store = MemoryOnlineStore.from_snapshot(snapshot) if snapshot.exists() else None
         if store is not None:
-            logger.info("feature source: online store snapshot with %d players", len(store))
+            logger.info(
+                "feature source: online store snapshot with %d players", len(store)
+            )
         return OnlineStoreFeatureSource(store or MemoryOnlineStore())
 
     # Lifecycle ---------------------------------------------------------------
@@ -171,8 +176,12 @@ class ModelServingSystem:
                 onnx_bytes = None
             engine = choose_engine(model, onnx_bytes, self.serving.engine)
             self._loaded[version] = ServingModel(model, engine)
-            logger.info("loaded %s version %s with the %s engine",
-                        self.model_name, version, engine.name)
+            logger.info(
+                "loaded %s version %s with the %s engine",
+                self.model_name,
+                version,
+                engine.name,
+            )
         return self._loaded[version]
 
     def refresh(self) -> None:
@@ -189,8 +198,10 @@ class ModelServingSystem:
             self.last_refresh_error = None
         except Exception as error:  # noqa: BLE001 - serving must survive a registry outage
             self.last_refresh_error = f"{type(error).__name__}: {error}"
-            logger.exception("reading the registry for %s failed; serving the loaded models",
-                             self.model_name)
+            logger.exception(
+                "reading the registry for %s failed; serving the loaded models",
+                self.model_name,
+            )
 
     def _routing_tags(self) -> dict[str, str]:
         from mlflow.exceptions import MlflowException
@@ -200,7 +211,9 @@ class ModelServingSystem:
         except MlflowException:
             return {}
 
-    def _apply(self, champion: str | None, challenger: str | None, tags: Mapping[str, str]) -> None:
+    def _apply(
+        self, champion: str | None, challenger: str | None, tags: Mapping[str, str]
+    ) -> None:
         if champion is None:
             return
         if self._version(CHAMPION) != champion:
@@ -208,7 +221,10 @@ class ModelServingSystem:
         mode = tags.get(MODE_TAG, "single")
         traffic = float(tags.get(TRAFFIC_TAG, "0") or 0)
         if challenger is None or mode == "single":
-            if self.router.mode != "single" or self.router.stats[CHAMPION].model_version != champion:
+            if (
+                self.router.mode != "single"
+                or self.router.stats[CHAMPION].model_version != champion
+            ):
                 self.router.stop(champion)
             self._variants.pop(CHALLENGER, None)
             self._update_gauge()
@@ -226,8 +242,11 @@ class ModelServingSystem:
         self._update_gauge()
 
     def _update_gauge(self) -> None:
-        versions = {m.version for v, m in self._variants.items()
-                    if v == CHAMPION or self.router.traffic > 0}
+        versions = {
+            m.version
+            for v, m in self._variants.items()
+            if v == CHAMPION or self.router.traffic > 0
+        }
         metrics.active_instances.set(len(versions))
 
     def _version(self, variant: str) -> str | None:
@@ -252,19 +271,29 @@ class ModelServingSystem:
                 f"{self.model_name!r} (set CRMBET_MODEL_NAME to serve another)"
             )
 
-    def _route(self, mode: Mode, model_name: str | None, version: str, traffic: float) -> None:
+    def _route(
+        self, mode: Mode, model_name: str | None, version: str, traffic: float
+    ) -> None:
         self._check_name(model_name)
         if not 0.0 <= traffic <= 1.0:
-            raise RoutingError(f"traffic={traffic} is invalid; use a fraction between 0 and 1")
+            raise RoutingError(
+                f"traffic={traffic} is invalid; use a fraction between 0 and 1"
+            )
         self.load(str(version))
         client = self.registry.client
         self.registry.set_alias(CHALLENGER, str(version))
         client.set_registered_model_tag(self.model_name, MODE_TAG, mode)
-        client.set_registered_model_tag(self.model_name, TRAFFIC_TAG, repr(float(traffic)))
-        logger.info("%s: version %s gets %.1f%% of players", mode, version, traffic * 100)
+        client.set_registered_model_tag(
+            self.model_name, TRAFFIC_TAG, repr(float(traffic))
+        )
+        logger.info(
+            "%s: version %s gets %.1f%% of players", mode, version, traffic * 100
+        )
         self.refresh()
 
-    def deploy_canary(self, model_name: str | None, version: str, traffic: float) -> dict[str, Any]:
+    def deploy_canary(
+        self, model_name: str | None, version: str, traffic: float
+    ) -> dict[str, Any]:
         """Send ``traffic`` (a fraction) of the players to ``version`` as a canary."""
         self._route("canary", model_name, version, traffic)
         return self.get_system_status()
@@ -287,7 +316,9 @@ class ModelServingSystem:
             )
         self.registry.set_alias(CHAMPION, challenger)
         self._end_experiment()
-        logger.info("promoted version %s of %s to champion", challenger, self.model_name)
+        logger.info(
+            "promoted version %s of %s to champion", challenger, self.model_name
+        )
         return self.get_system_status()
 
     def rollback(self, model_name: str | None = None) -> dict[str, Any]:
@@ -296,13 +327,19 @@ class ModelServingSystem:
         self.router.stop(self._version(CHAMPION))
         self._variants.pop(CHALLENGER, None)
         self._end_experiment()
-        logger.info("rolled back %s: every player goes to the champion", self.model_name)
+        logger.info(
+            "rolled back %s: every player goes to the champion", self.model_name
+        )
         return self.get_system_status()
 
     def _end_experiment(self) -> None:
         self.registry.delete_alias(CHALLENGER)
-        self.registry.client.set_registered_model_tag(self.model_name, MODE_TAG, "single")
-        self.registry.client.set_registered_model_tag(self.model_name, TRAFFIC_TAG, "0.0")
+        self.registry.client.set_registered_model_tag(
+            self.model_name, MODE_TAG, "single"
+        )
+        self.registry.client.set_registered_model_tag(
+            self.model_name, TRAFFIC_TAG, "0.0"
+        )
         self.refresh()
 
     # Prediction ------------------------------------------------------------------
@@ -310,13 +347,19 @@ class ModelServingSystem:
     def _batcher(self, model: ServingModel) -> MicroBatcher[Any, dict[str, Any]]:
         key = str(model.version)
         if key not in self._batchers:
-            def process(items: list[tuple[str, np.ndarray, list[str]]]) -> list[dict[str, Any]]:
+
+            def process(
+                items: list[tuple[str, np.ndarray, list[str]]],
+            ) -> list[dict[str, Any]]:
                 rows = np.vstack([item[1] for item in items])
                 scored = model.score(rows)
-                return model.answers(scored, [i[0] for i in items], [i[2] for i in items])
+                return model.answers(
+                    scored, [i[0] for i in items], [i[2] for i in items]
+                )
 
-            self._batchers[key] = MicroBatcher(process, self.max_batch_size,
-                                               self.batch_timeout_ms)
+            self._batchers[key] = MicroBatcher(
+                process, self.max_batch_size, self.batch_timeout_ms
+            )
         return self._batchers[key]
 
     def _row(
@@ -327,9 +370,17 @@ class ModelServingSystem:
         for source in sources:
             for name, value in (source or {}).items():
                 position = model.position.get(name)
-                if position is not None and value is not None and math.isnan(values[position]):
+                if (
+                    position is not None
+                    and value is not None
+                    and math.isnan(values[position])
+                ):
                     values[position] = value
-        imputed = [n for n in model.model.feature_names if math.isnan(values[model.position[n]])]
+        imputed = [
+            n
+            for n in model.model.feature_names
+            if math.isnan(values[model.position[n]])
+        ]
         return np.array(values, dtype=np.float64), imputed
 
     async def predict(self, request: PredictionRequest) -> dict[str, Any]:
@@ -351,15 +402,26 @@ class ModelServingSystem:
         except Exception:
             stats.errors += 1
             metrics.model_requests_total.labels(
-                "predict", variant, str(stats.model_version), "error").inc()
+                "predict", variant, str(stats.model_version), "error"
+            ).inc()
             raise
         latency = time.perf_counter() - start
-        answer = dict(answer, model_name=self.model_name, variant=variant,
-                      feature_source=SOURCES[bool(request_features) + 2 * (stored is not None)],
-                      latency_ms=latency * 1000.0)
-        stats.record(player, answer["segment"], answer["responsible_gambling_flag"],
-                     latency * 1000.0)
-        metrics.model_requests_total.labels("predict", variant, str(model.version), "ok").inc()
+        answer = dict(
+            answer,
+            model_name=self.model_name,
+            variant=variant,
+            feature_source=SOURCES[bool(request_features) + 2 * (stored is not None)],
+            latency_ms=latency * 1000.0,
+        )
+        stats.record(
+            player,
+            answer["segment"],
+            answer["responsible_gambling_flag"],
+            latency * 1000.0,
+        )
+        metrics.model_requests_total.labels(
+            "predict", variant, str(model.version), "ok"
+        ).inc()
         metrics.model_latency_seconds.labels("predict").observe(latency)
         return answer
 
@@ -370,7 +432,7 @@ class ModelServingSystem:
         *,
         as_columns: bool = False,
     ) -> dict[str, Any]:
-        """Predict many players given in columns; see :class:`BatchPredictionRequest`."""
+        """Predict many players given in columns (see ``BatchPredictionRequest``)."""
         start = time.perf_counter()
         size = len(player_ids)
         for name, values in (features or {}).items():
@@ -380,10 +442,15 @@ class ModelServingSystem:
                     f"{size}; give one value (or null) per player"
                 )
         players = [self._pseudonym(p) for p in player_ids]
-        variants = np.array([self.router.route(p) for p in players]) if self.router.traffic \
+        variants = (
+            np.array([self.router.route(p) for p in players])
+            if self.router.traffic
             else np.full(size, CHAMPION)
-        columns = {name: np.array(values, dtype=np.float64)
-                   for name, values in (features or {}).items()}
+        )
+        columns = {
+            name: np.array(values, dtype=np.float64)
+            for name, values in (features or {}).items()
+        }
         parts = []
         for variant in (CHAMPION, CHALLENGER):
             index = np.flatnonzero(variants == variant)
@@ -397,9 +464,14 @@ class ModelServingSystem:
         return body
 
     async def _predict_part(
-        self, variant: str, players: list[str], index: np.ndarray,
+        self,
+        variant: str,
+        players: list[str],
+        index: np.ndarray,
         columns: Mapping[str, np.ndarray],
-    ) -> tuple[np.ndarray, ServingModel, Any, list[str], list[str], list[list[str]], str]:
+    ) -> tuple[
+        np.ndarray, ServingModel, Any, list[str], list[str], list[list[str]], str
+    ]:
         model = self._require(variant)
         ids = [players[i] for i in index]
         rows = np.full((index.size, len(model.needed)), np.nan)
@@ -416,10 +488,12 @@ class ModelServingSystem:
         scored = model.score(rows)
 
         segments = np.array(model.segment_names, dtype=object)[scored.labels]
-        self.router.variant_stats(variant).record_batch(ids, segments.tolist(),
-                                                        scored.risk.harm_flag)
+        self.router.variant_stats(variant).record_batch(
+            ids, segments.tolist(), scored.risk.harm_flag
+        )
         metrics.model_requests_total.labels(
-            "predict_batch", variant, str(model.version), "ok").inc(index.size)
+            "predict_batch", variant, str(model.version), "ok"
+        ).inc(index.size)
         return index, model, scored, ids, _sources(requested, known), imputed, variant
 
     async def _fill_from_store(
@@ -443,25 +517,33 @@ class ModelServingSystem:
             rows[i] = np.where(np.isnan(rows[i]), fill, rows[i])
         return known
 
-    def _assemble(self, parts: list[Any], order: np.ndarray, size: int,
-                  as_columns: bool) -> dict[str, Any]:
+    def _assemble(
+        self, parts: list[Any], order: np.ndarray, size: int, as_columns: bool
+    ) -> dict[str, Any]:
         versions = [part[1].version for part in parts]
         if as_columns:
             return self._assemble_columns(parts, order, versions)
         answers: list[Any] = [None] * size
         for index, model, scored, ids, sources, imputed, variant in parts:
             rows = model.answers(scored, ids, imputed)
-            for position, answer, source in zip(index.tolist(), rows, sources, strict=True):
+            for position, answer, source in zip(
+                index.tolist(), rows, sources, strict=True
+            ):
                 answer["model_name"] = self.model_name
                 answer["variant"] = variant
                 answer["feature_source"] = source
                 answer["latency_ms"] = 0.0
                 answers[position] = answer
-        return {"model_name": self.model_name, "model_versions": versions,
-                "count": size, "predictions": answers}
+        return {
+            "model_name": self.model_name,
+            "model_versions": versions,
+            "count": size,
+            "predictions": answers,
+        }
 
-    def _assemble_columns(self, parts: list[Any], order: np.ndarray,
-                          versions: list[str | None]) -> dict[str, Any]:
+    def _assemble_columns(
+        self, parts: list[Any], order: np.ndarray, versions: list[str | None]
+    ) -> dict[str, Any]:
         inverse = np.argsort(order)
         merged: dict[str, list[Any]] = {}
         segments: dict[str, dict[str, Any]] = {}
@@ -481,22 +563,32 @@ class ModelServingSystem:
                 "variant": [variant] * len(ids),
             }
             for key, values in part.items():
-                merged.setdefault(key, []).append(np.asarray(values, dtype=object)
-                                                  if isinstance(values, list) else values)
+                merged.setdefault(key, []).append(
+                    np.asarray(values, dtype=object)
+                    if isinstance(values, list)
+                    else values
+                )
             for cluster_id, profile in enumerate(model.model.profiles):
                 segments[f"{model.version}:{cluster_id}"] = {
                     "segment": profile.name,
                     "campaign_recommendations": model.campaigns(cluster_id),
                 }
-        columns = {key: np.concatenate(values)[inverse].tolist()
-                   for key, values in merged.items()}
-        return {"model_name": self.model_name, "model_versions": versions,
-                "count": len(inverse), "columns": columns, "segments": segments}
+        columns = {
+            key: np.concatenate(values)[inverse].tolist()
+            for key, values in merged.items()
+        }
+        return {
+            "model_name": self.model_name,
+            "model_versions": versions,
+            "count": len(inverse),
+            "columns": columns,
+            "segments": segments,
+        }
 
     # Status ------------------------------------------------------------------
 
     def get_system_status(self) -> dict[str, Any]:
-        """Return the loaded versions, routing, per-variant stats and batching figures."""
+        """Return loaded versions, routing, per-variant stats and batching figures."""
         return {
             "model_name": self.model_name,
             "ready": self.ready,
@@ -507,7 +599,9 @@ class ModelServingSystem:
             "micro_batching": {
                 "max_batch_size": self.max_batch_size,
                 "batch_timeout_ms": self.batch_timeout_ms,
-                "mean_batch_size": {v: b.mean_batch_size for v, b in self._batchers.items()},
+                "mean_batch_size": {
+                    v: b.mean_batch_size for v, b in self._batchers.items()
+                },
             },
             "feature_source": self.feature_source.health(),
             "registry_error": self.last_refresh_error,
@@ -520,13 +614,20 @@ class ModelServingSystem:
             store = self.feature_source.health()
         except Exception as error:  # noqa: BLE001 - a failing store is a health result
             logger.exception("feature source health check failed")
-            store = {"status": "unavailable", "error": f"{type(error).__name__}: {error}"}
+            store = {
+                "status": "unavailable",
+                "error": f"{type(error).__name__}: {error}",
+            }
         components = {
-            "model": {"status": "healthy" if self.ready else "unavailable",
-                      "version": self._version(CHAMPION)},
+            "model": {
+                "status": "healthy" if self.ready else "unavailable",
+                "version": self._version(CHAMPION),
+            },
             "feature_store": store,
-            "registry": {"status": "healthy" if self.last_refresh_error is None else "degraded",
-                         "error": self.last_refresh_error},
+            "registry": {
+                "status": "healthy" if self.last_refresh_error is None else "degraded",
+                "error": self.last_refresh_error,
+            },
         }
         healthy = [c["status"] == "healthy" for c in components.values()]
         system_score = sum(healthy) / len(healthy)

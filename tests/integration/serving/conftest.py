@@ -26,14 +26,18 @@ from crmbet.training import train_from_events
 def trained(
     tmp_path_factory: pytest.TempPathFactory, bustabit_events: pl.DataFrame
 ) -> Trained:
-    """A registry holding two versions of the bustabit model and an online-store snapshot."""
+    """A registry with two versions of the bustabit model, and a store snapshot."""
     home = tmp_path_factory.mktemp("serving") / "home"
     settings = Settings(home=home)
     with warnings.catch_warnings():
         # MLflow warns about its own pyfunc type hints while logging a bundle.
         warnings.simplefilter("ignore")
-        first = train_from_events(bustabit_events, settings=settings, k=6, register=True)
-        second = train_from_events(bustabit_events, settings=settings, k=5, register=True)
+        first = train_from_events(
+            bustabit_events, settings=settings, k=6, register=True
+        )
+        second = train_from_events(
+            bustabit_events, settings=settings, k=5, register=True
+        )
     store = MemoryOnlineStore()
     store.put_states(first.states)
     store.snapshot(Path(home) / "online_store.parquet")
@@ -43,8 +47,13 @@ def trained(
 @pytest.fixture(scope="session")
 def secured(trained: Trained) -> Iterator[LiveServer]:
     """A server that requires an HS256 admin token and an API key for predictions."""
-    system = make_system(trained, jwt_secret=JWT_SECRET, api_keys=[API_KEY],
-                         max_body_bytes=64 * 1024, max_batch_size=1000)
+    system = make_system(
+        trained,
+        jwt_secret=JWT_SECRET,
+        api_keys=[API_KEY],
+        max_body_bytes=64 * 1024,
+        max_batch_size=1000,
+    )
     with run_server(system) as url:
         yield LiveServer(url, system)
 

@@ -48,8 +48,14 @@ def free_port() -> int:
 def run_server(system: ModelServingSystem) -> Iterator[str]:
     """Serve the app of ``system`` with uvicorn on a free loopback port in a thread."""
     port = free_port()
-    config = uvicorn.Config(create_app(system), host="127.0.0.1", port=port,
-                            log_level="warning", access_log=False, lifespan="on")
+    config = uvicorn.Config(
+        create_app(system),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -68,12 +74,17 @@ def run_server(system: ModelServingSystem) -> Iterator[str]:
 
 def make_system(trained: Trained, **serving: object) -> ModelServingSystem:
     settings = ServingSettings(registry_poll_seconds=0, **serving)  # type: ignore[arg-type]
-    return ModelServingSystem(trained.settings, settings, max_batch_size=64,
-                              batch_timeout_ms=1.0)
+    return ModelServingSystem(
+        trained.settings, settings, max_batch_size=64, batch_timeout_ms=1.0
+    )
 
 
-def admin_token(secret: str = JWT_SECRET, expires_in: float = 300.0,
-                audience: str = AUDIENCE, algorithm: str = "HS256") -> str:
+def admin_token(
+    secret: str = JWT_SECRET,
+    expires_in: float = 300.0,
+    audience: str = AUDIENCE,
+    algorithm: str = "HS256",
+) -> str:
     """Return a signed admin token."""
     claims = {"sub": "tests", "aud": audience, "exp": int(time.time() + expires_in)}
     return jwt.encode(claims, secret, algorithm=algorithm)

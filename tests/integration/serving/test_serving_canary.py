@@ -45,7 +45,9 @@ async def test_raising_traffic_keeps_players(trained: Trained) -> None:
     small = await _variants(system)
     system.deploy_canary(None, trained.challenger, 0.3)
     large = await _variants(system)
-    moved = [a for a, b in zip(small, large, strict=True) if a == "challenger" and b != a]
+    moved = [
+        a for a, b in zip(small, large, strict=True) if a == "challenger" and b != a
+    ]
     assert moved == []
     assert large.count("challenger") > small.count("challenger")
 
@@ -60,8 +62,9 @@ def test_cli_canary_reaches_server(
     get_settings.cache_clear()
     runner = CliRunner()
     try:
-        result = runner.invoke(app, ["models", "deploy-canary", trained.challenger,
-                                     "--traffic", "0.25"])
+        result = runner.invoke(
+            app, ["models", "deploy-canary", trained.challenger, "--traffic", "0.25"]
+        )
         assert result.exit_code == 0, result.output
         assert "25.0%" in result.output
         open_server.system.refresh()

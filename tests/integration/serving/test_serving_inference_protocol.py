@@ -39,22 +39,32 @@ def test_health_and_metadata(secured: LiveServer, trained: Trained) -> None:
 
 
 @pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
-def test_infer_matches_sklearn(secured: LiveServer, trained: Trained, binary: bool) -> None:
+def test_infer_matches_sklearn(
+    secured: LiveServer, trained: Trained, binary: bool
+) -> None:
     from crmbet.features.definitions import compute_features
 
     model = secured.system.load(trained.champion).model
     table = compute_features(trained.states)
-    features = {n: table[n].to_numpy().astype(np.float64)[:300] for n in model.feature_names}
+    features = {
+        n: table[n].to_numpy().astype(np.float64)[:300] for n in model.feature_names
+    }
     client = _client(secured)
-    result = client.infer(secured.system.model_name, _inputs(features, binary),
-                          outputs=[triton.InferRequestedOutput("cluster_id", binary_data=False),
-                                   triton.InferRequestedOutput("segment", binary_data=False)],
-                          headers=dict(HEADERS))
+    result = client.infer(
+        secured.system.model_name,
+        _inputs(features, binary),
+        outputs=[
+            triton.InferRequestedOutput("cluster_id", binary_data=False),
+            triton.InferRequestedOutput("segment", binary_data=False),
+        ],
+        headers=dict(HEADERS),
+    )
     expected = model.pipeline.predict(np.column_stack(list(features.values())))
     assert result.as_numpy("cluster_id").tolist() == expected.tolist()
     names = [p.name for p in model.profiles]
-    assert [s.decode() if isinstance(s, bytes) else s
-            for s in result.as_numpy("segment")] == [names[i] for i in expected]
+    assert [
+        s.decode() if isinstance(s, bytes) else s for s in result.as_numpy("segment")
+    ] == [names[i] for i in expected]
     assert result.get_response()["model_version"] == trained.champion
 
 
@@ -69,8 +79,13 @@ def test_infer_unknown_input_is_422(secured: LiveServer) -> None:
     import httpx
 
     response = httpx.post(
-        f"{secured.url}/v2/models/{secured.system.model_name}/infer", headers=HEADERS,
-        json={"inputs": [{"name": "shoe_size", "shape": [1], "datatype": "FP64",
-                          "data": [42.0]}]})
+        f"{secured.url}/v2/models/{secured.system.model_name}/infer",
+        headers=HEADERS,
+        json={
+            "inputs": [
+                {"name": "shoe_size", "shape": [1], "datatype": "FP64", "data": [42.0]}
+            ]
+        },
+    )
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["body", "inputs", 0, "name"]
