@@ -281,11 +281,14 @@ class ModelServingSystem:
             )
         self.load(str(version))
         client = self.registry.client
-        self.registry.set_alias(CHALLENGER, str(version))
+        # Tags before the alias: a server polling in between then routes the
+        # previous challenger (if any) at the new fraction, never a new version
+        # at a stale fraction.
         client.set_registered_model_tag(self.model_name, MODE_TAG, mode)
         client.set_registered_model_tag(
             self.model_name, TRAFFIC_TAG, repr(float(traffic))
         )
+        self.registry.set_alias(CHALLENGER, str(version))
         logger.info(
             "%s: version %s gets %.1f%% of players", mode, version, traffic * 100
         )
