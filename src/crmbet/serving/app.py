@@ -1,0 +1,452 @@
+"""The FastAPI application: predictions, health, metrics, OIP v2 and admin.
+
+Request bodies of the prediction endpoints are parsed with pydantic-core's
+JSON parser straight from the bytes, and responses are encoded with orjson,
+because the generic FastAPI path costs more than the prediction itself.
+Limits: bodies over ``CRMBET_MAX_BODY_BYTES`` (16 MiB by default) and batches
+of more than ``CRMBET_MAX_BATCH_SIZE`` players (100,000 by default) get 413.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import orjson
+from fastapi import Depends, FastAPI, HTTPException, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from crmbet import __version__
+from crmbet.errors import ModelNotFoundError
+from crmbet.monitoring import metrics
+from crmbet.serving import inference_protocol
+from crmbet.serving.auth import AdminAuthenticator, ApiKeyChecker
+from crmbet.serving.schemas import (
+    BatchPredictionRequest,
+    BatchPredictionResponse,
+    CanaryRequest,
+    PredictionRequest,
+    PredictionResponse,
+    inline_schema,
+)
+from crmbet.serving.settings import ServingSettings
+from crmbet.serving.system import ModelServingSystem, RoutingError
+
+logger = logging.getLogger(__name__)
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+class OrjsonResponse(Response):
+    """JSON response encoded with orjson (NumPy arrays and scalars allowed)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        """Encode ``content`` as JSON bytes."""
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+class BodyTooLargeError(Exception):
+    """Raised inside the body-limit middleware when a body passes the limit."""
+
+
+class BodyLimitMiddleware:
+    """Returns 413 for bodies larger than ``max_bytes``, declared or streamed."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if (
+            declared is not None
+            and declared.isdigit()
+            and int(declared) > self.max_bytes
+        ):
+            await self._reject(send)
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise BodyTooLargeError
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLargeError:
+            if not started:
+                await self._reject(send)
+
+    async def _reject(self, send: Send) -> None:
+        body = orjson.dumps(
+            {
+                "detail": f"request body exceeds the limit of {self.max_bytes} "
+                "bytes; split the batch or raise CRMBET_MAX_BODY_BYTES"
+            }
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class PredictFastPath:
+    """Serves valid ``POST /v1/predict`` requests below FastAPI's routing.
+
+    Single predictions are the hot path, and FastAPI's request object,
+    dependency resolution and exception layers cost more than the model
+    call. Any request this path cannot serve (bad body, missing API key,
+    no model) goes on to the FastAPI route with its body replayed, so
+    errors look the same on both paths.
+    """
+
+    def __init__(
+        self, app: ASGIApp, system: ModelServingSystem, api_keys: ApiKeyChecker
+    ) -> None:
+        self.app = app
+        self.system = system
+        self.api_keys = api_keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["path"] != "/v1/predict"
+            or scope["method"] != "POST"
+        ):
+            await self.app(scope, receive, send)
+            return
+        body = await _read_body(receive)
+        request = self._accept(scope, body)
+        if request is None:
+            await self.app(scope, _replay(body, receive), send)
+            return
+        content = orjson.dumps(await self.system.predict(request))
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(content)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": content})
+
+    def _accept(self, scope: Scope, body: bytes) -> PredictionRequest | None:
+        if not self.system.ready:
+            return None
+        if self.api_keys.required:
+            key = dict(scope["headers"]).get(b"x-api-key", b"").decode("latin-1")
+            try:
+                self.api_keys.check(key)
+            except HTTPException:
+                return None
+        try:
+            return PredictionRequest.model_validate_json(body)
+        except ValidationError:
+            return None
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replayed() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
+
+
+def _parse(model: type[Model], body: bytes) -> Model:
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as error:
+        errors = error.errors(include_url=False)
+        for item in errors:
+            item["loc"] = ("body", *item["loc"])
+            item.pop("ctx", None)
+            if isinstance(item.get("input"), bytes):
+                # Invalid JSON comes back as raw bytes, which may not even be UTF-8.
+                item["input"] = item["input"][:200].decode("utf-8", errors="replace")
+        raise RequestValidationError(errors) from None
+
+
+def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": inline_schema(model)}},
+        }
+    }
+
+
+def create_app(
+    system: ModelServingSystem | None = None, serving: ServingSettings | None = None
+) -> FastAPI:
+    """Build the application around a serving system (from the environment if None)."""
+    serving = serving or (system.serving if system is not None else ServingSettings())
+    system = system or ModelServingSystem(serving=serving)
+    admin = AdminAuthenticator(serving)
+    api_keys = ApiKeyChecker(serving)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await system.start()
+        yield
+        await system.stop()
+
+    app = FastAPI(
+        title="crmbet model serving",
+        version=__version__,
+        description="Player segments, risk scores and campaign recommendations.",
+        lifespan=lifespan,
+        default_response_class=OrjsonResponse,
+    )
+    app.state.system = system
+    # The middleware added last runs first, so the body limit also covers the fast path.
+    app.add_middleware(PredictFastPath, system=system, api_keys=api_keys)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=serving.max_body_bytes)
+    _add_error_handlers(app)
+
+    bearer = HTTPBearer(
+        auto_error=False, description="JWT signed for the admin audience."
+    )
+    key_header = APIKeyHeader(
+        name="X-API-Key",
+        auto_error=False,
+        description="Required only when CRMBET_API_KEYS is set.",
+    )
+
+    # FastAPI reads dependencies from parameter defaults. Annotated[] cannot be
+    # used here, because the schemes are locals that string annotations miss.
+    def require_key(key: str | None = Security(key_header)) -> None:  # noqa: B008
+        api_keys.check(key)
+
+    def require_admin(
+        credentials: HTTPAuthorizationCredentials | None = Security(bearer),  # noqa: B008
+    ) -> dict[str, Any]:
+        return admin.verify(credentials.credentials if credentials else None)
+
+    _add_prediction_routes(app, system, serving, Depends(require_key))
+    _add_health_routes(app, system)
+    inference_protocol.add_routes(app, system, Depends(require_key))
+    _add_admin_routes(app, system, Depends(require_admin))
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Build the application from ``CRMBET_*`` variables (the uvicorn factory)."""
+    return create_app()
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ModelNotFoundError)
+    async def _not_found(request: Request, error: ModelNotFoundError) -> JSONResponse:
+        code = 404 if request.url.path.startswith(("/admin", "/v2/models")) else 503
+        # A wrong name or version is the client's mistake; a missing champion is ours.
+        logger.log(
+            logging.DEBUG if code == 404 else logging.WARNING,
+            "%s %s returned %d: %s",
+            request.method,
+            request.url.path,
+            code,
+            error,
+        )
+        return JSONResponse({"detail": str(error)}, status_code=code)
+
+    @app.exception_handler(RoutingError)
+    async def _conflict(request: Request, error: RoutingError) -> JSONResponse:
+        logger.warning("%s %s: %s", request.method, request.url.path, error)
+        return JSONResponse({"detail": str(error)}, status_code=409)
+
+
+def _add_prediction_routes(
+    app: FastAPI, system: ModelServingSystem, serving: ServingSettings, key: Any
+) -> None:
+    @app.post(
+        "/v1/predict",
+        response_model=PredictionResponse,
+        dependencies=[key],
+        openapi_extra=_body_schema(PredictionRequest),
+        tags=["predictions"],
+        responses={
+            413: {"description": "Body larger than CRMBET_MAX_BODY_BYTES."},
+            503: {"description": "No champion model is loaded."},
+        },
+    )
+    async def predict(request: Request) -> Response:
+        """Predict one player's segment, risk and campaigns.
+
+        An unknown player who sends no features gets the cold-start answer:
+        the segment of the training medians, with ``feature_source`` set to
+        ``cold_start`` and every model feature in ``imputed_features``.
+        """
+        body = _parse(PredictionRequest, await request.body())
+        return OrjsonResponse(await system.predict(body))
+
+    @app.post(
+        "/v1/predict/batch",
+        response_model=BatchPredictionResponse,
+        dependencies=[key],
+        openapi_extra=_body_schema(BatchPredictionRequest),
+        tags=["predictions"],
+        responses={
+            413: {
+                "description": "More players than CRMBET_MAX_BATCH_SIZE, "
+                "or a body larger than CRMBET_MAX_BODY_BYTES."
+            },
+            503: {"description": "No champion model is loaded."},
+        },
+    )
+    async def predict_batch(request: Request) -> Response:
+        """Predict many players given in columns, in one vectorised pass."""
+        body = _parse(BatchPredictionRequest, await request.body())
+        if len(body.player_ids) > serving.max_batch_size:
+            raise HTTPException(
+                413,
+                detail=(
+                    f"batch of {len(body.player_ids)} players exceeds the limit of "
+                    f"{serving.max_batch_size}; split it or raise CRMBET_MAX_BATCH_SIZE"
+                ),
+            )
+        size = len(body.player_ids)
+        errors = [
+            {
+                "type": "value_error",
+                "loc": ("body", "features", name),
+                "msg": f"has {len(values)} values but player_ids has {size}; "
+                "give one value "
+                "(or null) per player",
+                "input": len(values),
+            }
+            for name, values in (body.features or {}).items()
+            if len(values) != size
+        ]
+        if errors:
+            raise RequestValidationError(errors)
+        answer = await system.predict_batch(
+            body.player_ids, body.features, as_columns=body.format == "columns"
+        )
+        return OrjsonResponse(answer)
+
+
+def _add_health_routes(app: FastAPI, system: ModelServingSystem) -> None:
+    def _status(body: dict[str, Any]) -> OrjsonResponse:
+        return OrjsonResponse(
+            body, status_code=200 if body["status"] != "unavailable" else 503
+        )
+
+    @app.get("/health", tags=["health"])
+    async def health() -> Response:
+        """Overall status and health scores; 503 when no model is loaded."""
+        return _status(system.health())
+
+    @app.get("/health/feature-store", tags=["health"])
+    async def feature_store_health() -> Response:
+        """Status of the feature source."""
+        return _status(system.health()["components"]["feature_store"])
+
+    @app.get("/health/model-serving", tags=["health"])
+    async def model_serving_health() -> Response:
+        """Loaded versions, routing and per-variant statistics."""
+        status = system.get_system_status()
+        status["status"] = "healthy" if status["ready"] else "unavailable"
+        return _status(status)
+
+    @app.get("/metrics", tags=["health"], response_class=Response)
+    async def prometheus_metrics() -> Response:
+        """Prometheus metrics in the text exposition format."""
+        system.health()
+        return Response(
+            generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST
+        )
+
+
+def _add_admin_routes(app: FastAPI, system: ModelServingSystem, admin: Any) -> None:
+    import asyncio
+
+    async def run(call: Callable[..., dict[str, Any]], *args: Any) -> Response:
+        # Registry calls block on MLflow, so they run off the event loop.
+        return OrjsonResponse(await asyncio.to_thread(call, *args))
+
+    @app.get("/admin/status", dependencies=[admin], tags=["admin"])
+    async def status() -> Response:
+        """Loaded versions, routing mode and per-variant statistics."""
+        return OrjsonResponse(system.get_system_status())
+
+    @app.get("/admin/models", dependencies=[admin], tags=["admin"])
+    async def versions() -> Response:
+        """Every registered version with its aliases and metrics."""
+        return OrjsonResponse(await asyncio.to_thread(system.registry.versions))
+
+    @app.post("/admin/models/canary", dependencies=[admin], tags=["admin"])
+    async def canary(body: CanaryRequest) -> Response:
+        """Send a fraction of the players to a version as a canary."""
+        return await run(
+            system.deploy_canary, body.model_name, body.version, body.traffic
+        )
+
+    @app.post("/admin/models/ab-test", dependencies=[admin], tags=["admin"])
+    async def ab_test(body: CanaryRequest) -> Response:
+        """Split the players between the champion and a version."""
+        return await run(
+            system.start_ab_test, body.model_name, body.version, body.traffic
+        )
+
+    @app.post("/admin/models/promote", dependencies=[admin], tags=["admin"])
+    async def promote() -> Response:
+        """Make the challenger the champion."""
+        return await run(system.promote)
+
+    @app.post("/admin/models/rollback", dependencies=[admin], tags=["admin"])
+    async def rollback() -> Response:
+        """Send every player back to the champion."""
+        return await run(system.rollback)
+
+    @app.post("/admin/models/reload", dependencies=[admin], tags=["admin"])
+    async def reload() -> Response:
+        """Re-read aliases and routing from the registry now."""
+        await asyncio.to_thread(system.refresh)
+        return OrjsonResponse(system.get_system_status())

@@ -1,0 +1,648 @@
+"""The serving system: loaded models, traffic routing, micro-batching, features.
+
+:class:`ModelServingSystem` is what the HTTP app and the ``crmbet models``
+commands drive. The champion and challenger are registry aliases, and the
+routing mode, traffic fraction and hash salt are tags of the registered
+model, so every worker and every restart routes a player the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from crmbet.config import Settings, get_settings
+from crmbet.errors import CrmbetError, ModelNotFoundError
+from crmbet.events.pseudonym import PSEUDONYM_HEX_CHARS, Pseudonymizer
+from crmbet.features.online import MemoryOnlineStore
+from crmbet.models.registry import ModelRegistry
+from crmbet.monitoring import metrics
+from crmbet.serving.batcher import MicroBatcher
+from crmbet.serving.engine import ServingModel, choose_engine
+from crmbet.serving.features import FeatureSource, OnlineStoreFeatureSource
+from crmbet.serving.routing import CHALLENGER, CHAMPION, Mode, TrafficRouter
+from crmbet.serving.schemas import PredictionRequest
+from crmbet.serving.settings import ServingSettings
+from crmbet.training import pseudonymizer_from
+
+logger = logging.getLogger(__name__)
+
+#: Registered-model tags that store the routing, so it survives restarts.
+MODE_TAG = "crmbet.routing.mode"
+TRAFFIC_TAG = "crmbet.routing.traffic"
+
+
+class FastPseudonymizer:
+    """The :class:`Pseudonymizer` mapping, copying one keyed HMAC state per id.
+
+    Copying a keyed state skips the key set-up that ``hmac.new`` repeats for
+    every id, which is most of the cost of pseudonymising a large batch. The
+    constructor checks that both give the same pseudonym, so the two cannot
+    drift apart.
+    """
+
+    def __init__(self, key: bytes, reference: Pseudonymizer) -> None:
+        self._keyed = hmac.new(key, digestmod=hashlib.sha256)
+        probe = "crmbet-pseudonym-self-check"
+        if self(probe) != reference.pseudonymize(probe):
+            raise RuntimeError(
+                "the fast pseudonymizer disagrees with crmbet.events.Pseudonymizer; "
+                "update FastPseudonymizer to the pseudonym format"
+            )
+
+    def __repr__(self) -> str:
+        return "FastPseudonymizer(key=<hidden>)"
+
+    def __call__(self, raw_id: str) -> str:
+        state = self._keyed.copy()
+        state.update(raw_id.encode())
+        return "p_" + state.hexdigest()[:PSEUDONYM_HEX_CHARS]
+
+
+class RoutingError(CrmbetError, ValueError):
+    """Raised when a routing change cannot apply, such as promoting no challenger."""
+
+
+#: Feature source names, indexed by ``from_request + 2 * from_store``.
+SOURCES = ("cold_start", "request", "online_store", "request+online_store")
+
+
+def _sources(requested: np.ndarray, known: np.ndarray) -> list[str]:
+    return np.array(SOURCES)[requested.astype(int) + 2 * known.astype(int)].tolist()
+
+
+class ModelServingSystem:
+    """Serves the champion and an optional challenger from the model registry.
+
+    Parameters
+    ----------
+    settings, serving:
+        Runtime and server settings; read from ``CRMBET_*`` variables when None.
+    registry:
+        The model registry; built from ``settings`` when None.
+    feature_source:
+        Features of players known only by id; the embedded online store
+        (loaded from its snapshot under ``settings.home`` when present) when None.
+    max_batch_size, batch_timeout_ms:
+        Micro-batching limits, as in ``OptimizationConfig``; the serving
+        settings' ``batch_max_size`` and ``batch_timeout_ms`` when None.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        serving: ServingSettings | None = None,
+        *,
+        registry: ModelRegistry | None = None,
+        feature_source: FeatureSource | None = None,
+        max_batch_size: int | None = None,
+        batch_timeout_ms: float | None = None,
+    ) -> None:
+        self.settings = settings or get_settings()
+        self.serving = serving or ServingSettings()
+        self.registry = registry or ModelRegistry(self.settings)
+        self.model_name = self.registry.model_name
+        self.feature_source = feature_source or self._default_feature_source()
+        self.max_batch_size = max_batch_size or self.serving.batch_max_size
+        self.batch_timeout_ms = (
+            batch_timeout_ms
+            if batch_timeout_ms is not None
+            else self.serving.batch_timeout_ms
+        )
+        self._pseudonymizer = pseudonymizer_from(self.settings)
+        self._pseudonym = FastPseudonymizer(
+            self.settings.pseudonym_key_bytes(), self._pseudonymizer
+        )
+        self._loaded: dict[str, ServingModel] = {}
+        self._variants: dict[str, ServingModel] = {}
+        self._batchers: dict[str, MicroBatcher[Any, dict[str, Any]]] = {}
+        self.router = TrafficRouter(None)
+        self.started_at: float | None = None
+        self.last_refresh_error: str | None = None
+        self._poll_task: asyncio.Task[None] | None = None
+
+    def _default_feature_source(self) -> FeatureSource:
+        snapshot = Path(self.settings.home) / "online_store.parquet"
+        store = MemoryOnlineStore.from_snapshot(snapshot) if snapshot.exists() else None
+        if store is not None:
+            logger.info(
+                "feature source: online store snapshot with %d players", len(store)
+            )
+        return OnlineStoreFeatureSource(store or MemoryOnlineStore())
+
+    # Lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the champion (and challenger) from the registry and start polling it."""
+        self.started_at = time.time()
+        await asyncio.to_thread(self.refresh)
+        if self.serving.registry_poll_seconds > 0:
+            self._poll_task = asyncio.create_task(self._poll())
+        logger.info("model serving started for %s", self.model_name)
+
+    async def stop(self) -> None:
+        """Stop polling the registry."""
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+            self._poll_task = None
+        logger.info("model serving stopped for %s", self.model_name)
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.serving.registry_poll_seconds)
+            await asyncio.to_thread(self.refresh)
+
+    @property
+    def ready(self) -> bool:
+        """Whether a champion model is loaded."""
+        return CHAMPION in self._variants
+
+    def load(self, version: str) -> ServingModel:
+        """Return the serving model of a registered version, loading it once."""
+        if version not in self._loaded:
+            model = self.registry.load(version)
+            try:
+                onnx_bytes: bytes | None = self.registry.load_onnx(version)
+            except ModelNotFoundError:
+                onnx_bytes = None
+            engine = choose_engine(model, onnx_bytes, self.serving.engine)
+            self._loaded[version] = ServingModel(model, engine)
+            logger.info(
+                "loaded %s version %s with the %s engine",
+                self.model_name,
+                version,
+                engine.name,
+            )
+        return self._loaded[version]
+
+    def refresh(self) -> None:
+        """Re-read aliases and routing tags from the registry and apply them.
+
+        Registry errors are logged and kept in :attr:`last_refresh_error`,
+        and the models already loaded keep serving.
+        """
+        try:
+            champion = self.registry.alias_version(CHAMPION)
+            challenger = self.registry.alias_version(CHALLENGER)
+            tags = self._routing_tags()
+            self._apply(champion, challenger, tags)
+            self.last_refresh_error = None
+        except Exception as error:  # noqa: BLE001 - serving must survive a registry outage
+            self.last_refresh_error = f"{type(error).__name__}: {error}"
+            logger.exception(
+                "reading the registry for %s failed; serving the loaded models",
+                self.model_name,
+            )
+
+    def _routing_tags(self) -> dict[str, str]:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return dict(self.registry.client.get_registered_model(self.model_name).tags)
+        except MlflowException:
+            return {}
+
+    def _apply(
+        self, champion: str | None, challenger: str | None, tags: Mapping[str, str]
+    ) -> None:
+        if champion is None:
+            return
+        if self._version(CHAMPION) != champion:
+            self._set_variant(CHAMPION, self.load(champion))
+        mode = tags.get(MODE_TAG, "single")
+        traffic = float(tags.get(TRAFFIC_TAG, "0") or 0)
+        if challenger is None or mode == "single":
+            if (
+                self.router.mode != "single"
+                or self.router.stats[CHAMPION].model_version != champion
+            ):
+                self.router.stop(champion)
+            self._variants.pop(CHALLENGER, None)
+            self._update_gauge()
+            return
+        routed = (self.router.mode, self.router.traffic, self._version(CHALLENGER))
+        if routed != (mode, traffic, challenger):
+            self._set_variant(CHALLENGER, self.load(challenger))
+            self.router.start(mode, challenger, traffic, salt=f"{mode}-{challenger}")  # type: ignore[arg-type]
+        self._update_gauge()
+
+    def _set_variant(self, variant: str, model: ServingModel) -> None:
+        self._variants[variant] = model
+        if variant == CHAMPION:
+            self.router.stats[CHAMPION].model_version = model.version
+        self._update_gauge()
+
+    def _update_gauge(self) -> None:
+        versions = {
+            m.version
+            for v, m in self._variants.items()
+            if v == CHAMPION or self.router.traffic > 0
+        }
+        metrics.active_instances.set(len(versions))
+
+    def _version(self, variant: str) -> str | None:
+        model = self._variants.get(variant)
+        return model.version if model is not None else None
+
+    def _require(self, variant: str) -> ServingModel:
+        model = self._variants.get(variant) or self._variants.get(CHAMPION)
+        if model is None:
+            raise ModelNotFoundError(
+                f"no champion of {self.model_name!r} is loaded; train and register one "
+                "with 'crmbet train', then restart or POST /admin/models/reload"
+            )
+        return model
+
+    # Routing changes -----------------------------------------------------------
+
+    def _check_name(self, model_name: str | None) -> None:
+        if model_name is not None and model_name != self.model_name:
+            raise ModelNotFoundError(
+                f"model {model_name!r} is not served here; this server serves "
+                f"{self.model_name!r} (set CRMBET_MODEL_NAME to serve another)"
+            )
+
+    def _route(
+        self, mode: Mode, model_name: str | None, version: str, traffic: float
+    ) -> None:
+        self._check_name(model_name)
+        if not 0.0 <= traffic <= 1.0:
+            raise RoutingError(
+                f"traffic={traffic} is invalid; use a fraction between 0 and 1"
+            )
+        self.load(str(version))
+        client = self.registry.client
+        # Tags before the alias: a server polling in between then routes the
+        # previous challenger (if any) at the new fraction, never a new version
+        # at a stale fraction.
+        client.set_registered_model_tag(self.model_name, MODE_TAG, mode)
+        client.set_registered_model_tag(
+            self.model_name, TRAFFIC_TAG, repr(float(traffic))
+        )
+        self.registry.set_alias(CHALLENGER, str(version))
+        logger.info(
+            "%s: version %s gets %.1f%% of players", mode, version, traffic * 100
+        )
+        self.refresh()
+
+    def deploy_canary(
+        self, model_name: str | None, version: str, traffic: float
+    ) -> dict[str, Any]:
+        """Send ``traffic`` (a fraction) of the players to ``version`` as a canary."""
+        self._route("canary", model_name, version, traffic)
+        return self.get_system_status()
+
+    def start_ab_test(
+        self, model_name: str | None, version: str, traffic: float = 0.5
+    ) -> dict[str, Any]:
+        """Split players between the champion and ``version`` for an A/B experiment."""
+        self._route("ab_test", model_name, version, traffic)
+        return self.get_system_status()
+
+    def promote(self, model_name: str | None = None) -> dict[str, Any]:
+        """Make the challenger the champion and send every player to it."""
+        self._check_name(model_name)
+        challenger = self.registry.alias_version(CHALLENGER)
+        if challenger is None:
+            raise RoutingError(
+                f"model {self.model_name!r} has no challenger to promote; deploy one "
+                "with 'crmbet models deploy-canary VERSION'"
+            )
+        self.registry.set_alias(CHAMPION, challenger)
+        self._end_experiment()
+        logger.info(
+            "promoted version %s of %s to champion", challenger, self.model_name
+        )
+        return self.get_system_status()
+
+    def rollback(self, model_name: str | None = None) -> dict[str, Any]:
+        """Send every player back to the champion at once and drop the challenger."""
+        self._check_name(model_name)
+        self.router.stop(self._version(CHAMPION))
+        self._variants.pop(CHALLENGER, None)
+        self._end_experiment()
+        logger.info(
+            "rolled back %s: every player goes to the champion", self.model_name
+        )
+        return self.get_system_status()
+
+    def _end_experiment(self) -> None:
+        self.registry.delete_alias(CHALLENGER)
+        self.registry.client.set_registered_model_tag(
+            self.model_name, MODE_TAG, "single"
+        )
+        self.registry.client.set_registered_model_tag(
+            self.model_name, TRAFFIC_TAG, "0.0"
+        )
+        self.refresh()
+
+    # Prediction ------------------------------------------------------------------
+
+    def _batcher(self, model: ServingModel) -> MicroBatcher[Any, dict[str, Any]]:
+        key = str(model.version)
+        if key not in self._batchers:
+
+            def process(
+                items: list[tuple[str, np.ndarray, list[str]]],
+            ) -> list[dict[str, Any]]:
+                rows = np.vstack([item[1] for item in items])
+                scored = model.score(rows)
+                return model.answers(
+                    scored, [i[0] for i in items], [i[2] for i in items]
+                )
+
+            self._batchers[key] = MicroBatcher(
+                process, self.max_batch_size, self.batch_timeout_ms
+            )
+        return self._batchers[key]
+
+    def _row(
+        self, model: ServingModel, *sources: Mapping[str, float | None] | None
+    ) -> tuple[np.ndarray, list[str]]:
+        # Plain lists, then one array: per-element NumPy writes cost more at one row.
+        values = [math.nan] * len(model.needed)
+        for source in sources:
+            for name, value in (source or {}).items():
+                position = model.position.get(name)
+                if (
+                    position is not None
+                    and value is not None
+                    and math.isnan(values[position])
+                ):
+                    values[position] = value
+        imputed = [
+            n
+            for n in model.model.feature_names
+            if math.isnan(values[model.position[n]])
+        ]
+        return np.array(values, dtype=np.float64), imputed
+
+    async def predict(self, request: PredictionRequest) -> dict[str, Any]:
+        """Predict one player; the result names the variant and model version."""
+        start = time.perf_counter()
+        player = self._pseudonym(request.player_id)
+        variant = self.router.route(player)
+        stats = self.router.variant_stats(variant)
+        try:
+            model = self._require(variant)
+            request_features = request.features or {}
+            stored = None
+            if not request_features or any(
+                request_features.get(name) is None for name in model.needed
+            ):
+                stored = (await self.feature_source.get_features([player])).get(player)
+            row, imputed = self._row(model, request_features, stored)
+            answer = await self._batcher(model).submit((player, row, imputed))
+        except Exception:
+            stats.errors += 1
+            metrics.model_requests_total.labels(
+                "predict", variant, str(stats.model_version), "error"
+            ).inc()
+            raise
+        latency = time.perf_counter() - start
+        answer = dict(
+            answer,
+            model_name=self.model_name,
+            variant=variant,
+            feature_source=SOURCES[bool(request_features) + 2 * (stored is not None)],
+            latency_ms=latency * 1000.0,
+        )
+        stats.record(
+            player,
+            answer["segment"],
+            answer["responsible_gambling_flag"],
+            latency * 1000.0,
+        )
+        metrics.model_requests_total.labels(
+            "predict", variant, str(model.version), "ok"
+        ).inc()
+        metrics.model_latency_seconds.labels("predict").observe(latency)
+        return answer
+
+    async def predict_batch(
+        self,
+        player_ids: Sequence[str],
+        features: Mapping[str, Sequence[float | None]] | None = None,
+        *,
+        as_columns: bool = False,
+    ) -> dict[str, Any]:
+        """Predict many players given in columns (see ``BatchPredictionRequest``)."""
+        start = time.perf_counter()
+        size = len(player_ids)
+        for name, values in (features or {}).items():
+            if len(values) != size:
+                raise ValueError(
+                    f"features[{name!r}] has {len(values)} values but player_ids has "
+                    f"{size}; give one value (or null) per player"
+                )
+        players = [self._pseudonym(p) for p in player_ids]
+        variants = (
+            np.array([self.router.route(p) for p in players])
+            if self.router.traffic
+            else np.full(size, CHAMPION)
+        )
+        columns = {
+            name: np.array(values, dtype=np.float64)
+            for name, values in (features or {}).items()
+        }
+        parts = []
+        for variant in (CHAMPION, CHALLENGER):
+            index = np.flatnonzero(variants == variant)
+            if index.size:
+                parts.append(await self._predict_part(variant, players, index, columns))
+        order = np.concatenate([part[0] for part in parts])
+        latency = time.perf_counter() - start
+        metrics.model_latency_seconds.labels("predict_batch").observe(latency)
+        body = self._assemble(parts, order, size, as_columns)
+        body["latency_ms"] = latency * 1000.0
+        return body
+
+    async def _predict_part(
+        self,
+        variant: str,
+        players: list[str],
+        index: np.ndarray,
+        columns: Mapping[str, np.ndarray],
+    ) -> tuple[
+        np.ndarray, ServingModel, Any, list[str], list[str], list[list[str]], str
+    ]:
+        model = self._require(variant)
+        ids = [players[i] for i in index]
+        rows = np.full((index.size, len(model.needed)), np.nan)
+        for name, values in columns.items():
+            if name in model.position:
+                rows[:, model.position[name]] = values[index]
+        requested = ~np.isnan(rows).all(axis=1)
+        known = await self._fill_from_store(model, ids, rows)
+
+        model_columns = [model.position[n] for n in model.model.feature_names]
+        missing = np.isnan(rows[:, model_columns])
+        names = np.array(model.model.feature_names)
+        imputed = [names[row].tolist() if row.any() else [] for row in missing]
+        scored = model.score(rows)
+
+        segments = np.array(model.segment_names, dtype=object)[scored.labels]
+        self.router.variant_stats(variant).record_batch(
+            ids, segments.tolist(), scored.risk.harm_flag
+        )
+        metrics.model_requests_total.labels(
+            "predict_batch", variant, str(model.version), "ok"
+        ).inc(index.size)
+        return index, model, scored, ids, _sources(requested, known), imputed, variant
+
+    async def _fill_from_store(
+        self, model: ServingModel, ids: list[str], rows: np.ndarray
+    ) -> np.ndarray:
+        """Fill missing values of ``rows`` in place from the feature source.
+
+        Returns which players the source knows.
+        """
+        known = np.zeros(len(ids), dtype=bool)
+        lacking = np.flatnonzero(np.isnan(rows).any(axis=1))
+        if not lacking.size:
+            return known
+        found = await self.feature_source.get_features([ids[i] for i in lacking])
+        for i in lacking:
+            stored = found.get(ids[i])
+            if stored is None:
+                continue
+            known[i] = True
+            fill = np.array([stored.get(name, np.nan) for name in model.needed])
+            rows[i] = np.where(np.isnan(rows[i]), fill, rows[i])
+        return known
+
+    def _assemble(
+        self, parts: list[Any], order: np.ndarray, size: int, as_columns: bool
+    ) -> dict[str, Any]:
+        versions = [part[1].version for part in parts]
+        if as_columns:
+            return self._assemble_columns(parts, order, versions)
+        answers: list[Any] = [None] * size
+        for index, model, scored, ids, sources, imputed, variant in parts:
+            rows = model.answers(scored, ids, imputed)
+            for position, answer, source in zip(
+                index.tolist(), rows, sources, strict=True
+            ):
+                answer["model_name"] = self.model_name
+                answer["variant"] = variant
+                answer["feature_source"] = source
+                answer["latency_ms"] = 0.0
+                answers[position] = answer
+        return {
+            "model_name": self.model_name,
+            "model_versions": versions,
+            "count": size,
+            "predictions": answers,
+        }
+
+    def _assemble_columns(
+        self, parts: list[Any], order: np.ndarray, versions: list[str | None]
+    ) -> dict[str, Any]:
+        inverse = np.argsort(order)
+        merged: dict[str, list[Any]] = {}
+        segments: dict[str, dict[str, Any]] = {}
+        for _, model, scored, ids, sources, _, variant in parts:
+            risk = scored.risk
+            part = {
+                "player_id": ids,
+                "model_version": [model.version] * len(ids),
+                "cluster_id": scored.labels,
+                "segment": np.array(model.segment_names, dtype=object)[scored.labels],
+                "confidence": scored.confidence,
+                "harm_score": risk.harm_score,
+                "responsible_gambling_flag": risk.harm_flag,
+                "churn_risk": risk.churn_risk,
+                "bonus_abuse_risk": risk.bonus_abuse_risk,
+                "feature_source": sources,
+                "variant": [variant] * len(ids),
+            }
+            for key, values in part.items():
+                merged.setdefault(key, []).append(
+                    np.asarray(values, dtype=object)
+                    if isinstance(values, list)
+                    else values
+                )
+            for cluster_id, profile in enumerate(model.model.profiles):
+                segments[f"{model.version}:{cluster_id}"] = {
+                    "segment": profile.name,
+                    "campaign_recommendations": model.campaigns(cluster_id),
+                }
+        columns = {
+            key: np.concatenate(values)[inverse].tolist()
+            for key, values in merged.items()
+        }
+        return {
+            "model_name": self.model_name,
+            "model_versions": versions,
+            "count": len(inverse),
+            "columns": columns,
+            "segments": segments,
+        }
+
+    # Status ------------------------------------------------------------------
+
+    def get_system_status(self) -> dict[str, Any]:
+        """Return loaded versions, routing, per-variant stats and batching figures."""
+        return {
+            "model_name": self.model_name,
+            "ready": self.ready,
+            "champion": self._version(CHAMPION),
+            "challenger": self._version(CHALLENGER),
+            "engine": {v: m.engine.name for v, m in self._variants.items()},
+            "routing": self.router.summary(),
+            "micro_batching": {
+                "max_batch_size": self.max_batch_size,
+                "batch_timeout_ms": self.batch_timeout_ms,
+                "mean_batch_size": {
+                    v: b.mean_batch_size for v, b in self._batchers.items()
+                },
+            },
+            "feature_source": self.feature_source.health(),
+            "registry_error": self.last_refresh_error,
+            "uptime_s": time.time() - self.started_at if self.started_at else 0.0,
+        }
+
+    def health(self) -> dict[str, Any]:
+        """Return component statuses and the health scores, updating their gauges."""
+        try:
+            store = self.feature_source.health()
+        except Exception as error:  # noqa: BLE001 - a failing store is a health result
+            logger.exception("feature source health check failed")
+            store = {
+                "status": "unavailable",
+                "error": f"{type(error).__name__}: {error}",
+            }
+        components = {
+            "model": {
+                "status": "healthy" if self.ready else "unavailable",
+                "version": self._version(CHAMPION),
+            },
+            "feature_store": store,
+            "registry": {
+                "status": "healthy" if self.last_refresh_error is None else "degraded",
+                "error": self.last_refresh_error,
+            },
+        }
+        healthy = [c["status"] == "healthy" for c in components.values()]
+        system_score = sum(healthy) / len(healthy)
+        pipeline_score = (healthy[0] + healthy[1]) / 2
+        metrics.system_health_score.set(system_score)
+        metrics.pipeline_health_score.set(pipeline_score)
+        status = "healthy" if all(healthy) else "degraded"
+        if not self.ready:
+            status = "unavailable"
+        return {
+            "status": status,
+            "system_health_score": system_score,
+            "pipeline_health_score": pipeline_score,
+            "components": components,
+        }
