@@ -72,3 +72,41 @@ class OnlineStoreFeatureSource:
             "players": len(self.store),
             "watermark": self.store.watermark,
         }
+
+
+class FeatureStoreSource:
+    """Reads features through :class:`~crmbet.features.store.EnterpriseFeatureStore`.
+
+    The store serves from its L1 cache in front of the configured online
+    store (embedded or Redis). Players the store does not know, whose
+    newest event is older than the view's TTL, or that it cannot reach
+    (degraded mode) come back as None, so the server gives them the
+    cold-start answer instead of failing.
+    """
+
+    def __init__(self, store: object) -> None:
+        self.store = store
+
+    async def get_features(
+        self, player_ids: Sequence[str]
+    ) -> dict[str, dict[str, float] | None]:
+        """Return the fresh features of each player, None otherwise."""
+        from crmbet.features.store import FeatureRequest
+
+        ids = list(player_ids)
+        response = self.store.get_features_sync(FeatureRequest(ids))  # type: ignore[attr-defined]
+        found: dict[str, dict[str, float] | None] = {}
+        for index, player_id in enumerate(ids):
+            fresh = response.status[index] == "fresh"
+            found[player_id] = response.row(index) if fresh else None
+            if response.status[index] == "unavailable":
+                logger.warning("online store unavailable; cold start for one player")
+        return found
+
+    def health(self) -> dict[str, object]:
+        """Return the feature store's health with the backend and player count."""
+        health = dict(self.store.health())  # type: ignore[attr-defined]
+        backend = self.store.backend  # type: ignore[attr-defined]
+        health["backend"] = type(backend).__name__
+        health["players"] = len(backend)
+        return health

@@ -15,7 +15,6 @@ import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,12 +22,11 @@ import numpy as np
 from crmbet.config import Settings, get_settings
 from crmbet.errors import CrmbetError, ModelNotFoundError
 from crmbet.events.pseudonym import PSEUDONYM_HEX_CHARS, Pseudonymizer
-from crmbet.features.online import MemoryOnlineStore
 from crmbet.models.registry import ModelRegistry
 from crmbet.monitoring import metrics
 from crmbet.serving.batcher import MicroBatcher
 from crmbet.serving.engine import ServingModel, choose_engine
-from crmbet.serving.features import FeatureSource, OnlineStoreFeatureSource
+from crmbet.serving.features import FeatureSource, FeatureStoreSource
 from crmbet.serving.routing import CHALLENGER, CHAMPION, Mode, TrafficRouter
 from crmbet.serving.schemas import PredictionRequest
 from crmbet.serving.settings import ServingSettings
@@ -131,13 +129,14 @@ class ModelServingSystem:
         self._poll_task: asyncio.Task[None] | None = None
 
     def _default_feature_source(self) -> FeatureSource:
-        snapshot = Path(self.settings.home) / "online_store.parquet"
-        store = MemoryOnlineStore.from_snapshot(snapshot) if snapshot.exists() else None
-        if store is not None:
-            logger.info(
-                "feature source: online store snapshot with %d players", len(store)
-            )
-        return OnlineStoreFeatureSource(store or MemoryOnlineStore())
+        from crmbet.features.store import EnterpriseFeatureStore
+
+        # Redis when CRMBET_REDIS_URL is set, else the embedded store's
+        # snapshot, behind the L1 cache in both cases.
+        store = EnterpriseFeatureStore.from_settings(self.settings)
+        logger.info("feature source: %s with %d players",
+                    type(store.backend).__name__, len(store.backend))
+        return FeatureStoreSource(store)
 
     # Lifecycle ---------------------------------------------------------------
 

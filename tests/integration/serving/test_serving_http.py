@@ -58,7 +58,7 @@ def test_predict_matches_predictor(secured: LiveServer, trained: Trained) -> Non
 
 def test_predict_reads_online_store(secured: LiveServer, trained: Trained) -> None:
     system = secured.system
-    store = system.feature_source.store
+    store = system.feature_source.store.backend
     state = trained.states.row(3, named=True)
     state["player_id"] = system._pseudonymizer.pseudonymize("raw-player-7")
     store.put_states(pl.DataFrame([state], schema=trained.states.schema))
