@@ -151,168 +151,95 @@ def fold(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     """
     frame = events.lazy() if isinstance(events, pl.DataFrame) else events
     is_bet = pl.col("event_type") == "bet"
+    stake = pl.when(is_bet).then(pl.col("amount")).otherwise(0.0)
+    payout = pl.when(is_bet).then(pl.col("payout")).otherwise(0.0)
 
-    # Sort once by time, a numeric sort far cheaper than one by player id.
-    # Group-bys and stable sorts keep rows in this order within a player.
-    ordered = (
-        frame.select(
-            "player_id", "event_id", "event_type", "amount", "payout", "bonus_amount",
-            "product", "multiplier",
-            (pl.col("ts").dt.epoch("us").cast(pl.Float64) / 1e6).alias("__t"),
-            pl.col("ts").dt.hour().alias("__hour"),
-            (pl.col("ts").dt.weekday() - 1).alias("__wday"),
-        )
-        .sort("__t", "event_id")
-        .collect()
-    )
-    if ordered.height == 0:
-        return empty_states()
+    def money(kind: str) -> pl.Expr:
+        return pl.when(pl.col("event_type") == kind).then(pl.col("amount")).otherwise(0.0)
 
-    # Plain columns first, so that the group-by below only sums, counts and
-    # takes extrema, which Polars runs on its fast path.
-    columns = ordered.lazy().with_columns(
-        pl.col("__t").max().over("player_id").alias("__last"),
-        is_bet.alias("__is_bet"),
-    ).with_columns(_event_columns()).collect()
-    states = columns.lazy().group_by("player_id").agg(_aggregations()).collect()
+    def count(mask: pl.Expr) -> pl.Expr:
+        return mask.cast(pl.Float64).sum()
 
-    bets = columns.filter(pl.col("__is_bet"))
-    for table in (_sequence(bets), *_histograms(bets)):
-        states = states.join(table, on="player_id", how="left")
-    filled = [pl.col(name).fill_null(0.0) for name in STATE_FIELDS
-              if name not in SEQUENCE_FIELDS or name == "n_chases"]
-    return (
-        states.with_columns(filled)
-        .select(list(STATE_SCHEMA))
-        .cast(STATE_SCHEMA)
-        .sort("player_id")
-    )
-
-
-def _event_columns() -> list[pl.Expr]:
-    bet = pl.col("__is_bet")
-    kind = pl.col("event_type")
-    amount = pl.col("amount")
-    stake = pl.when(bet).then(amount).otherwise(0.0)
-    payout = pl.when(bet).then(pl.col("payout")).otherwise(0.0)
-    cashout = bet & (pl.col("product") == "crash") & pl.col("multiplier").is_not_null()
-    columns = [
-        bet.cast(pl.Float64).alias("__bet"),
-        stake.alias("__stake"),
-        payout.alias("__payout"),
-        (bet & (pl.col("payout") > amount)).cast(pl.Float64).alias("__win"),
-        pl.when(bet).then(pl.col("bonus_amount")).otherwise(0.0).alias("__bet_bonus"),
-        cashout.cast(pl.Float64).alias("__cashout"),
-        pl.when(cashout).then(pl.col("multiplier")).otherwise(1.0).alias("__multiplier"),
+    # Sort once by time (a numeric sort, much cheaper than sorting by player):
+    # a group-by keeps each player's rows in input order, so within a player
+    # the bets arrive in time order for the loss-chasing pairs and the first
+    # and last bets.
+    ordered = frame.select(
+        "player_id", "event_id", "event_type", "amount", "payout", "bonus_amount",
+        "product", "multiplier",
+        (pl.col("ts").dt.epoch("us").cast(pl.Float64) / 1e6).alias("__t"),
+        pl.col("ts").dt.hour().alias("__hour"),
+        (pl.col("ts").dt.weekday() - 1).alias("__wday"),
+    ).sort("__t", "event_id")
+    bet_stake = pl.col("amount").filter(is_bet)
+    bet_time = pl.col("__t").filter(is_bet)
+    bet_lost = (pl.col("payout") < pl.col("amount")).filter(is_bet)
+    sequence = [
+        (
+            bet_lost.shift(1)
+            & (bet_stake > bet_stake.shift(1))
+            & ((bet_time - bet_time.shift(1)) <= LOSS_CHASE_WINDOW_S)
+        ).fill_null(False).cast(pl.Float64).sum().alias("n_chases"),
+        bet_time.first().alias("first_bet_ts"),
+        bet_stake.first().alias("first_bet_stake"),
+        bet_time.last().alias("last_bet_ts"),
+        bet_stake.last().alias("last_bet_stake"),
+        bet_lost.last().cast(pl.Float64).alias("last_bet_lost"),
     ]
-    for name in ("deposit", "withdrawal", "bonus", "cashback"):
-        columns.append((kind == name).cast(pl.Float64).alias(f"__n_{name}"))
-        columns.append(pl.when(kind == name).then(amount).otherwise(0.0).alias(f"__{name}"))
-    for window, tau in DECAY_WINDOWS.items():
-        columns.append(((pl.col("__t") - pl.col("__last")) / tau).exp().alias(f"__w{window}"))
-    return columns
 
-
-def _aggregations() -> list[pl.Expr]:
-    def total(name: str) -> pl.Expr:
-        return pl.col(name).sum()
-
-    stake = pl.col("__stake")
-    aggregations = [
+    crash_cashout = (pl.col("product") == "crash") & pl.col("multiplier").is_not_null()
+    aggregations: list[pl.Expr] = [
         pl.len().cast(pl.Float64).alias("n_events"),
         pl.col("__t").min().alias("first_ts"),
         pl.col("__t").max().alias("last_ts"),
-        total("__bet").alias("n_bets"),
-        total("__win").alias("n_wins"),
+        count(is_bet).alias("n_bets"),
+        count(is_bet & (pl.col("payout") > pl.col("amount"))).alias("n_wins"),
         stake.sum().alias("stake_sum"),
         (stake * stake).sum().alias("stake_sq_sum"),
         stake.log1p().sum().alias("log_stake_sum"),
         stake.max().alias("stake_max"),
-        total("__payout").alias("payout_sum"),
-        total("__bet_bonus").alias("bet_bonus_sum"),
-        total("__n_deposit").alias("n_deposits"),
-        total("__deposit").alias("deposit_sum"),
-        pl.col("__deposit").max().alias("deposit_max"),
-        total("__n_withdrawal").alias("n_withdrawals"),
-        total("__withdrawal").alias("withdrawal_sum"),
-        total("__n_bonus").alias("n_bonus"),
-        total("__bonus").alias("bonus_sum"),
-        total("__n_cashback").alias("n_cashback"),
-        total("__cashback").alias("cashback_sum"),
-        total("__cashout").alias("n_cashouts"),
-        pl.col("__multiplier").log().sum().alias("cashout_log_sum"),
-        (pl.col("__multiplier") * pl.col("__cashout")).max().alias("cashout_max"),
+        payout.sum().alias("payout_sum"),
+        pl.when(is_bet).then(pl.col("bonus_amount")).otherwise(0.0).sum()
+        .alias("bet_bonus_sum"),
+        count(pl.col("event_type") == "deposit").alias("n_deposits"),
+        money("deposit").sum().alias("deposit_sum"),
+        money("deposit").max().alias("deposit_max"),
+        count(pl.col("event_type") == "withdrawal").alias("n_withdrawals"),
+        money("withdrawal").sum().alias("withdrawal_sum"),
+        count(pl.col("event_type") == "bonus").alias("n_bonus"),
+        money("bonus").sum().alias("bonus_sum"),
+        count(pl.col("event_type") == "cashback").alias("n_cashback"),
+        money("cashback").sum().alias("cashback_sum"),
+        count(is_bet & (pl.col("product") == "crash")).alias("n_crash"),
+        count(is_bet & crash_cashout).alias("n_cashouts"),
+        pl.when(is_bet & crash_cashout).then(pl.col("multiplier").log()).otherwise(0.0)
+        .sum().alias("cashout_log_sum"),
+        pl.when(is_bet & crash_cashout).then(pl.col("multiplier")).otherwise(0.0)
+        .max().alias("cashout_max"),
     ]
+    for product in PRODUCTS:
+        on_product = is_bet & (pl.col("product") == product)
+        aggregations.append(count(on_product).alias(f"n_{product}_bets"))
+        aggregations.append(
+            pl.when(on_product).then(pl.col("amount")).otherwise(0.0).sum()
+            .alias(f"stake_{product}")
+        )
+    for hour in range(24):
+        aggregations.append(count(is_bet & (pl.col("__hour") == hour)).alias(f"hour_{hour:02d}"))
+    for day in range(7):
+        aggregations.append(count(is_bet & (pl.col("__wday") == day)).alias(f"wday_{day}"))
     for window in DECAY_WINDOWS:
-        weight = pl.col(f"__w{window}")
+        weight = _decay_weight(window)
         aggregations += [
             (stake * weight).sum().alias(f"stake_d{window}"),
-            (pl.col("__bet") * weight).sum().alias(f"bets_d{window}"),
-            (pl.col("__n_deposit") * weight).sum().alias(f"deposits_d{window}"),
-            ((stake - pl.col("__payout")) * weight).sum().alias(f"net_loss_d{window}"),
+            (is_bet.cast(pl.Float64) * weight).sum().alias(f"bets_d{window}"),
+            ((pl.col("event_type") == "deposit").cast(pl.Float64) * weight).sum()
+            .alias(f"deposits_d{window}"),
+            ((stake - payout) * weight).sum().alias(f"net_loss_d{window}"),
         ]
-    return aggregations
 
-
-def _histograms(bets: pl.DataFrame) -> list[pl.DataFrame]:
-    """Count bets per hour, weekday and product with group-bys and pivots."""
-    tables = []
-    for key, names in (
-        ("__hour", {hour: f"hour_{hour:02d}" for hour in range(24)}),
-        ("__wday", {day: f"wday_{day}" for day in range(7)}),
-    ):
-        counts = bets.group_by("player_id", key).agg(pl.len().cast(pl.Float64).alias("n"))
-        wide = counts.pivot(on=key, index="player_id", values="n")
-        tables.append(_wide_columns(wide, names))
-    per_product = bets.group_by("player_id", "product").agg(
-        pl.len().cast(pl.Float64).alias("n"), pl.col("amount").sum().alias("stake")
-    )
-    counts = per_product.pivot(on="product", index="player_id", values="n")
-    stakes = per_product.pivot(on="product", index="player_id", values="stake")
-    tables.append(_wide_columns(counts, {p: f"n_{p}_bets" for p in PRODUCTS}))
-    tables.append(_wide_columns(stakes, {p: f"stake_{p}" for p in PRODUCTS}))
-    crash = _wide_columns(counts, {"crash": "n_crash"})
-    tables.append(crash)
-    return tables
-
-
-def _wide_columns(wide: pl.DataFrame, names: dict[object, str]) -> pl.DataFrame:
-    present = {str(key): name for key, name in names.items() if str(key) in wide.columns}
-    missing = [name for key, name in names.items() if str(key) not in wide.columns]
-    return wide.select(
-        "player_id",
-        *[pl.col(key).fill_null(0.0).cast(pl.Float64).alias(name) for key, name in present.items()],
-        *[pl.lit(0.0).alias(name) for name in missing],
-    )
-
-
-def _sequence(bets: pl.DataFrame) -> pl.DataFrame:
-    """Loss-chasing pairs and the first and newest bet of each player.
-
-    ``bets`` is in time order; a stable sort on the player keeps that order
-    within each player, so neighbouring rows are consecutive bets.
-    """
-    lost = pl.col("payout") < pl.col("amount")
-    by_player = bets.select("player_id", "__t", "amount", "payout").sort(
-        "player_id", maintain_order=True
-    )
-    same_player = pl.col("player_id") == pl.col("player_id").shift(1)
-    chase = (
-        same_player
-        & lost.shift(1)
-        & (pl.col("amount") > pl.col("amount").shift(1))
-        & ((pl.col("__t") - pl.col("__t").shift(1)) <= LOSS_CHASE_WINDOW_S)
-    ).fill_null(False)
-    return by_player.with_columns(chase.cast(pl.Float64).alias("__chase")).group_by(
-        "player_id"
-    ).agg(
-        pl.col("__chase").sum().alias("n_chases"),
-        pl.col("__t").first().alias("first_bet_ts"),
-        pl.col("amount").first().alias("first_bet_stake"),
-        pl.col("__t").last().alias("last_bet_ts"),
-        pl.col("amount").last().alias("last_bet_stake"),
-        lost.last().cast(pl.Float64).alias("last_bet_lost"),
-    )
+    states = ordered.group_by("player_id").agg(aggregations + sequence)
+    return states.select(list(STATE_SCHEMA)).cast(STATE_SCHEMA).sort("player_id").collect()
 
 
 def _rescale(value: pl.Expr, anchor: pl.Expr, new_anchor: pl.Expr, window: str) -> pl.Expr:
