@@ -101,3 +101,19 @@ def test_predict_every_player(trained: tuple[TrainingResult, Settings]) -> None:
     assert table.height == 4_147
     assert table["segment"].n_unique() == 8
     assert (table["confidence"].is_between(0, 1)).all()
+
+
+@pytest.mark.slow
+def test_synthetic_archetypes_are_recovered(tmp_path_factory: pytest.TempPathFactory,
+                                            pseudonymizer) -> None:
+    from crmbet.events import ingest_frame
+    from crmbet.events.synthetic import generate_transactions
+
+    raw = generate_transactions(players=50_000, days=30, seed=1)
+    events = ingest_frame(raw, pseudonymizer=pseudonymizer).events
+    settings = Settings(home=tmp_path_factory.mktemp("synthetic"))
+    result = train_from_events(events, settings=settings, register=False,
+                               extra=raw.select("event_id", "archetype"))
+    assert result.adjusted_rand_index is not None
+    assert result.adjusted_rand_index >= 0.6
+    assert 6 <= result.model.n_segments <= 12
