@@ -5,7 +5,7 @@ The README's quick start shows the whole flow and runs as a test::
     orchestrator = EnterprisePipelineOrchestrator(PipelineConfig())
     orchestrator.start_background_services()
     await orchestrator.train_model(transactions)
-    answer = await orchestrator.predict(user_id="player-42", features={...})
+    prediction = await orchestrator.predict(user_id="player-42", features={...})
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 
 class ClusterConfig(BaseModel):
-    """Where and how training runs, and how k is chosen."""
+    """Training engine, cluster resources and the choice of k."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -229,7 +229,7 @@ class EnterprisePipelineOrchestrator:
             given = {k: v for k, v in stored.items() if v == v} | given
             source = "request+online_store" if features else "online_store"
         elif not given:
-            # Unknown, expired or unreachable: the documented cold-start answer.
+            # Unknown, expired or unreachable: the documented cold-start prediction.
             source = "cold_start" if status == "unknown" else f"cold_start:{status}"
         prediction = predictor.predict_features(given, player_id=pseudonym)
         latency_ms = (time.perf_counter() - start) * 1000.0

@@ -1,9 +1,9 @@
 """The main job: transactions in, a registered segmentation model out.
 
-``run_training`` reads a source, pseudonymises and validates it, folds the
-events into player states with Polars, computes the features, chooses k,
-trains, exports to ONNX (checked against scikit-learn), registers the bundle
-in MLflow and returns everything a caller wants to show.
+``run_training`` reads a source, validates and pseudonymises it, and folds
+the events into player states with Polars. It then computes the features,
+chooses k, trains, and exports to ONNX (checked against scikit-learn). Last,
+it registers the bundle in MLflow and returns everything a caller shows.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ GROUND_TRUTH_COLUMN = "archetype"
 
 @dataclass
 class TrainingResult:
-    """What one training run produced."""
+    """Outputs of one training run: model, version, states, features, labels."""
 
     model: SegmentModel
     version: str | None
