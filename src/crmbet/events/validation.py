@@ -73,7 +73,7 @@ class ColumnMapping:
             )
 
     def source_column(self, name: str) -> str:
-        """Return the source column that holds canonical field ``name``."""
+        """Return the source column that contains canonical field ``name``."""
         return self.columns.get(name, name)
 
 

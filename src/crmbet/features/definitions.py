@@ -206,7 +206,7 @@ def _definitions() -> list[Feature]:
 #: Every registered feature by name, in a stable order.
 FEATURES: dict[str, Feature] = {feature.name: feature for feature in _definitions()}
 
-#: Features the segmentation model uses unless told otherwise.
+#: Features the segmentation model uses by default.
 SEGMENTATION_FEATURES: tuple[str, ...] = (
     "avg_stake",
     "bets_per_day",

@@ -3,8 +3,8 @@
 A player state is one row of counts, sums, sums of squares, extrema,
 histograms, time-decayed sums and a little sequence context. ``fold`` turns
 events into states with one Polars group-by; ``merge`` combines two state
-tables. The merge law ``merge(fold(a), fold(b)) == fold(a + b)`` holds
-exactly (up to floating-point rounding) for every field when ``a`` ends
+tables. The merge law ``merge(fold(a), fold(b)) == fold(a + b)`` is
+exact (up to floating-point rounding) for every field when ``a`` ends
 before ``b`` begins, and for every field except the loss-chasing count when
 they interleave in time (see :data:`SEQUENCE_FIELDS`). Offline batch jobs,
 Dask partitions and the online store all use these two functions, which is
@@ -160,10 +160,9 @@ def fold(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     def count(mask: pl.Expr) -> pl.Expr:
         return mask.cast(pl.Float64).sum()
 
-    # Sort once by time (a numeric sort, much cheaper than sorting by player):
-    # a group-by keeps each player's rows in input order, so within a player
-    # the bets arrive in time order for the loss-chasing pairs and the first
-    # and last bets.
+    # Sort once by time, a numeric sort much cheaper than one by player. A
+    # group-by keeps each player's rows in input order, so the loss-chasing
+    # pairs and the first and last bets see each player's bets in time order.
     ordered = frame.select(
         "player_id", "event_id", "event_type", "amount", "payout", "bonus_amount",
         "product", "multiplier",

@@ -1,6 +1,6 @@
 """The trained segmentation model and the training routine that builds it.
 
-:class:`SegmentModel` holds everything a prediction needs (the fitted
+:class:`SegmentModel` contains everything a prediction needs (the fitted
 pipeline, segment profiles and the schema versions it was trained on) and
 assigns players to segments with plain NumPy, which is what serving uses.
 """
@@ -271,7 +271,7 @@ def train_segments(
     def tick(step: str) -> Callable[[int], None]:
         return lambda n: progress(step, n) if progress else None
 
-    # Fit the transform first so that k selection sees the scaled matrix.
+    # Fit the transform first so that k selection runs on the scaled matrix.
     prep = build_pipeline(feature_names, k or 2, seed)[:-1]
     Z = prep.fit_transform(X)
     selection: KSelection | None = None

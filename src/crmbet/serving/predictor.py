@@ -45,7 +45,7 @@ def _needed(model: SegmentModel) -> list[str]:
 
 @dataclass
 class Prediction:
-    """The answer for one player."""
+    """Segment, risk and recommendations predicted for one player."""
 
     player_id: str | None
     cluster_id: int
@@ -67,7 +67,7 @@ class Prediction:
 
 @dataclass
 class BatchPrediction:
-    """Column-wise answers for many players; convert with :meth:`to_dicts`."""
+    """Column-wise predictions for many players; convert with :meth:`to_dicts`."""
 
     player_ids: list[str] | None
     cluster_ids: np.ndarray
