@@ -86,17 +86,22 @@ def read_source(
     return result
 
 
-def ground_truth_ari(events: pl.DataFrame, extra: pl.DataFrame | None,
-                     assignments: pl.DataFrame) -> float | None:
-    """Score segments against a ground-truth column carried with the events."""
+def player_truth(events: pl.DataFrame, extra: pl.DataFrame | None) -> pl.DataFrame | None:
+    """Return each player's ground-truth label from a column carried with the events."""
     if extra is None or GROUND_TRUTH_COLUMN not in extra.columns:
         return None
-    truth = (
+    return (
         events.select("event_id", "player_id")
         .join(extra, on="event_id")
         .group_by("player_id")
         .agg(pl.col(GROUND_TRUTH_COLUMN).first())
     )
+
+
+def ground_truth_ari(truth: pl.DataFrame | None, assignments: pl.DataFrame) -> float | None:
+    """Score segments against each player's ground-truth label."""
+    if truth is None:
+        return None
     joined = assignments.join(truth, on="player_id")
     if joined.height == 0:
         return None
@@ -114,10 +119,18 @@ def train_from_events(
     registry: ModelRegistry | None = None,
     progress: Progress | None = None,
     extra: pl.DataFrame | None = None,
+    truth: pl.DataFrame | None = None,
     n_dead_letters: int = 0,
 ) -> TrainingResult:
-    """Train and register a model from canonical, pseudonymised events."""
+    """Train and register a model from canonical, pseudonymised events.
+
+    ``extra`` (event id and ground-truth column) or ``truth`` (player id and
+    ground-truth column) lets the run score its segments; neither enters
+    the features.
+    """
     settings = settings or get_settings()
+    if truth is None:
+        truth = player_truth(events, extra)
     timings: dict[str, float] = {}
 
     def step(name: str) -> None:
@@ -153,7 +166,7 @@ def train_from_events(
         n_events=events.height, n_dead_letters=n_dead_letters,
         onnx_mismatches=mismatches, onnx_bytes=onnx_bytes, timings=timings,
     )
-    result.adjusted_rand_index = ground_truth_ari(events, extra, result.assignments())
+    result.adjusted_rand_index = ground_truth_ari(truth, result.assignments())
     extra_metrics = {"onnx_label_mismatches": float(mismatches), "n_events": float(events.height),
                      "n_dead_letters": float(n_dead_letters)}
     if result.adjusted_rand_index is not None:
@@ -190,10 +203,15 @@ def run_training(
     read_s = time.perf_counter() - clock
     if progress:
         progress("read", 1)
+    truth = player_truth(ingested.events, ingested.extra)
+    # The fold reads neither the free-text columns nor the carried ones, so
+    # drop them before it to keep peak memory down.
+    events = ingested.events.drop("game", "session_id", "channel")
+    dead_letters = ingested.dead_letters.height
+    del ingested
     result = train_from_events(
-        ingested.events, settings=settings, k=k, k_range=k_range, seed=seed,
-        register=register, progress=progress, extra=ingested.extra,
-        n_dead_letters=ingested.dead_letters.height,
+        events, settings=settings, k=k, k_range=k_range, seed=seed,
+        register=register, progress=progress, truth=truth, n_dead_letters=dead_letters,
     )
     result.timings["read_s"] = read_s
     return result
