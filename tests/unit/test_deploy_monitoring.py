@@ -49,10 +49,10 @@ def test_alert_rules_fire():
 def test_rules_cover_required_alerts():
     text = RULES.read_text()
     for metric in (
-        "crmbet_prediction_latency_seconds_bucket",
-        "crmbet_prediction_errors_total",
+        "model_latency_seconds_bucket",
+        "model_requests_total",
         "crmbet_feature_drift_share",
-        "crmbet_consumer_lag",
+        "stream_consumer_lag",
         "canary_rollbacks_total",
     ):
         assert metric in text, metric
@@ -67,8 +67,8 @@ def test_dashboard_panels_query_prometheus():
     for metric in (
         "canary_rollbacks_total",
         "crmbet_feature_drift_psi",
-        "crmbet_consumer_lag",
-        "crmbet_prediction_latency_seconds_bucket",
+        "stream_consumer_lag",
+        "model_latency_seconds_bucket",
         "crmbet_health_score",
     ):
         assert metric in joined, metric
@@ -91,3 +91,18 @@ def test_dashboard_metrics_exported():
     ):
         base = name.removesuffix("_total")
         assert name in exported or base in exported, name
+
+
+def test_serving_and_stream_metrics_used_by_rules_exist():
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from crmbet.monitoring import metrics as serving_metrics
+    from crmbet.streaming import metrics as stream_metrics
+
+    exported = set()
+    for module in (serving_metrics, stream_metrics):
+        for value in vars(module).values():
+            if isinstance(value, MetricWrapperBase):
+                exported.update(family.name for family in value.describe())
+    for name in ("model_latency_seconds", "model_requests", "stream_consumer_lag"):
+        assert name in exported, name

@@ -403,10 +403,13 @@ class CanaryGuard:
             decision.reason,
         )
         await _call(self.rollback_action, decision)
-        self.state = "rolled_back"
         for check in decision.failed_checks:
             lifecycle_metrics.CANARY_ROLLBACKS.labels(check.metric).inc()
-        await asyncio.to_thread(self._record_rollback, decision)
+        # The traffic is already back on the champion. The state changes only
+        # once the reason is in the registry, and stopping the guard must not
+        # cut that write short.
+        await asyncio.shield(asyncio.to_thread(self._record_rollback, decision))
+        self.state = "rolled_back"
 
     async def _promote(self, decision: CanaryDecision) -> None:
         assert self.promote_action is not None  # checked in __init__
@@ -416,9 +419,9 @@ class CanaryGuard:
             decision.reason,
         )
         await _call(self.promote_action, decision)
-        self.state = "promoted"
         lifecycle_metrics.CANARY_PROMOTIONS.inc()
-        await asyncio.to_thread(self._record_promotion, decision)
+        await asyncio.shield(asyncio.to_thread(self._record_promotion, decision))
+        self.state = "promoted"
 
     # Registry -----------------------------------------------------------------
 
