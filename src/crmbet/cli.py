@@ -77,12 +77,34 @@ def training_progress(k_steps: int) -> Iterator[Any]:
         progress.update(task, completed=progress.tasks[0].total, description="training: done")
 
 
+def _json_object(text: str, option: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise typer.BadParameter(f"{option} is not valid JSON ({error}); pass an object "
+                                 'such as \'{"player_id": "customer"}\'') from error
+    if not isinstance(value, dict):
+        raise typer.BadParameter(f"{option} must be a JSON object, got {text!r}")
+    return value
+
+
 def _parse_k(value: str) -> int | None:
     if value == "auto":
         return None
-    if not value.isdigit() or int(value) < 1:
-        raise typer.BadParameter(f"--k {value!r} is invalid; pass 'auto' or a positive integer")
+    if not value.isdigit() or int(value) < 2:
+        raise typer.BadParameter(
+            f"--k {value!r} is invalid; pass 'auto' or an integer of at least 2"
+        )
     return int(value)
+
+
+def _number(value: float) -> str:
+    """Format a statistic for a table: thousands separators, no exponents."""
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3f}"
 
 
 def segment_table(model: Any, title: str = "Segments") -> Table:
@@ -92,7 +114,7 @@ def segment_table(model: Any, title: str = "Segments") -> Table:
                    "campaigns"):
         table.add_column(column, overflow="fold")
     for profile in model.profiles:
-        stats = ", ".join(f"{k}={v:.3g}" for k, v in profile.key_statistics().items())
+        stats = "\n".join(f"{k}={_number(v)}" for k, v in profile.key_statistics().items())
         campaigns = "\n".join(
             f"{c.title}{' (promotion)' if c.promotion else ''}" for c in profile.campaigns
         )
@@ -133,13 +155,17 @@ def train(
     ] = "local",
     scheduler: Annotated[str | None, typer.Option(
         help="Dask scheduler address; a LocalCluster when unset.")] = None,
+    promote: Annotated[bool, typer.Option(
+        help="Make the new version the champion that predictions use.")] = False,
 ) -> None:
     """Train a segmentation model on transactions and register it."""
     from crmbet.events.validation import ColumnMapping
     from crmbet.training import run_training
 
     fixed_k = _parse_k(k)
-    column_mapping = ColumnMapping(columns=json.loads(mapping)) if mapping else None
+    if k_min > k_max:
+        raise typer.BadParameter(f"--k-min {k_min} is above --k-max {k_max}; swap them")
+    column_mapping = ColumnMapping(columns=_json_object(mapping, "--mapping")) if mapping else None
     settings = get_settings()
     if engine not in ("local", "dask"):
         raise typer.BadParameter(f"--engine {engine!r} is invalid; pass local or dask")
@@ -158,18 +184,43 @@ def train(
                                   seed=seed, progress=advance)
     _save_online_snapshot(result)
     _print_training(result)
+    _report_champion(result.version, promote)
     if report:
         from crmbet.reporting import write_report
 
         console.print(f"report: {write_report(result.model, report)}")
 
 
+def _report_champion(version: str | None, promote: bool) -> None:
+    from crmbet.models.registry import CHAMPION, ModelRegistry
+
+    if version is None:
+        return
+    registry = ModelRegistry(get_settings())
+    if promote:
+        registry.set_alias(CHAMPION, version)
+    champion = registry.alias_version(CHAMPION)
+    if champion == version:
+        console.print(f"version {version} is the champion: predictions now use it")
+    else:
+        console.print(
+            f"version {version} registered; predictions still use the champion, version "
+            f"{champion}. Promote it with 'crmbet train --promote', 'crmbet models "
+            "promote' or 'crmbet retrain'."
+        )
+
+
 def _save_online_snapshot(result: Any) -> None:
+    """Merge the trained players' states into the embedded store's snapshot.
+
+    Players of earlier runs stay; a player in both gets the new state.
+    """
     from crmbet.features.online import MemoryOnlineStore
 
-    store = MemoryOnlineStore()
+    path = get_settings().home / "online_store.parquet"
+    store = MemoryOnlineStore.from_snapshot(path) if path.exists() else MemoryOnlineStore()
     store.put_states(result.states)
-    store.snapshot(get_settings().home / "online_store.parquet")
+    store.snapshot(path)
 
 
 def _print_training(result: Any) -> None:
@@ -274,7 +325,7 @@ def predict(
         return
     if player is None and features is None:
         raise typer.BadParameter("pass --player, --features or --input")
-    given = json.loads(features) if features else {}
+    given = _json_object(features, "--features") if features else {}
     source = "request"
     if player is not None:
         from crmbet.features.store import EnterpriseFeatureStore, FeatureRequest
@@ -289,7 +340,8 @@ def predict(
             source = "online store"
         elif not given:
             source = f"cold start ({response.status[0]})"
-    prediction = predictor.predict_features(given, player_id=player)
+    prediction = predictor.predict_features(given, player_id=player,
+                                            cold_start=source.startswith("cold start"))
     body = prediction.to_dict()
     body["feature_source"] = source
     console.print_json(json.dumps(body, default=str))
@@ -365,10 +417,15 @@ _register_extensions()
 
 def main() -> None:
     """Run the command line, turning crmbet errors into one-line messages."""
+    import polars as pl
+
     from crmbet.errors import CrmbetError
 
     try:
-        app()
-    except (CrmbetError, FileNotFoundError) as error:
-        console.print(f"[red]error:[/red] {error}")
+        app(standalone_mode=True)
+    except (CrmbetError, FileNotFoundError, ValueError, KeyError,
+            pl.exceptions.PolarsError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        logger.debug("command failed", exc_info=True)
+        console.print(f"[red]error:[/red] {message}")
         sys.exit(2)

@@ -231,7 +231,9 @@ class EnterprisePipelineOrchestrator:
         elif not given:
             # Unknown, expired or unreachable: the documented cold-start prediction.
             source = "cold_start" if status == "unknown" else f"cold_start:{status}"
-        prediction = predictor.predict_features(given, player_id=pseudonym)
+        prediction = predictor.predict_features(
+            given, player_id=pseudonym, cold_start=source.startswith("cold_start")
+        )
         latency_ms = (time.perf_counter() - start) * 1000.0
         self._latencies.append(latency_ms)
         self._requests += 1

@@ -84,7 +84,8 @@ def _kselection_plot(model: SegmentModel) -> str:
         axis.axvline(selection.k, color="#c0392b", linestyle="--", linewidth=1)
         axis.set_title(name.replace("_", " "))
         axis.set_xlabel("k")
-    figure.suptitle(f"k selection on {selection.sample_size:,} players (chosen k={selection.k})")
+    figure.suptitle(f"k selection on {selection.sample_size:,} players (chosen k={selection.k})",
+                    y=1.04)
     return _figure_to_img(figure, "k selection curves")
 
 
@@ -94,7 +95,7 @@ def _segment_table(model: SegmentModel) -> str:
     rows = []
     for profile in model.profiles:
         stats = profile.key_statistics()
-        cells = "".join(f"<td>{stats[k]:.3g}</td>" for k in keys)
+        cells = "".join(f"<td>{stats[k]:,.3f}</td>" for k in keys)
         campaigns = "<br>".join(html.escape(c.title) for c in profile.campaigns)
         rows.append(
             f"<tr><td>{profile.cluster_id}</td><td>{html.escape(profile.name)}</td>"
@@ -115,7 +116,7 @@ def write_report(model: SegmentModel, path: str | Path, title: str = "crmbet seg
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     metrics = "".join(
-        f"<tr><td>{html.escape(k)}</td><td>{v:.4g}</td></tr>"
+        f"<tr><td>{html.escape(k)}</td><td>{v:,.4f}</td></tr>"
         for k, v in sorted(model.metrics.items())
     )
     body = f"""<!doctype html>

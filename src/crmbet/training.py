@@ -81,7 +81,8 @@ def read_source(
         mapping=mapping, keep_columns=(GROUND_TRUTH_COLUMN,),
     )
     if result.dead_letters.height:
-        target = settings.home / "dead_letters" / f"{Path(path).name}.jsonl"
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        target = settings.home / "dead_letters" / f"{Path(path).name}-{stamp}.jsonl"
         write_dead_letters(result.dead_letters, target)
     return result
 

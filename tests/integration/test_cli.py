@@ -75,3 +75,41 @@ def test_demo_generate_train_predict_segments_report(settings: Settings, tmp_pat
     assert report.exit_code == 0, report.output
     html = (tmp_path / "r.html").read_text()
     assert html.count("data:image/png;base64") == 3
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["train", "--input", "missing.csv"], "not found"),
+    (["train", "--input", "x.csv", "--k", "1"], "at least 2"),
+    (["train", "--input", "x.csv", "--k-min", "9", "--k-max", "3"], "swap them"),
+    (["train", "--input", "x.csv", "--mapping", "{bad"], "not valid JSON"),
+])
+def test_cli_errors_are_one_line(settings: Settings, tmp_path: Path, monkeypatch,
+                                 args: list[str], message: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    import crmbet
+
+    monkeypatch.chdir(tmp_path)
+    source = str(Path(crmbet.__file__).resolve().parents[1])
+    env = os.environ | {"PYTHONPATH": source}
+    (tmp_path / "x.csv").write_text("event_id,player_id,ts,event_type,amount\n")
+    done = subprocess.run([sys.executable, "-m", "crmbet", *args], capture_output=True,
+                          text=True, timeout=120, env=env)
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output
+    assert message in output
+    assert "Traceback" not in output
+
+
+def test_train_promote_moves_champion(settings: Settings, tmp_path: Path) -> None:
+    data = tmp_path / "s.parquet"
+    assert runner.invoke(app, ["generate", "--players", "300", "--days", "7",
+                               "--out", str(data)]).exit_code == 0
+    first = runner.invoke(app, ["train", "--input", str(data), "--k", "3"])
+    assert "version 1 is the champion" in first.output
+    second = runner.invoke(app, ["train", "--input", str(data), "--k", "4"])
+    assert "predictions still use the champion, version 1" in second.output
+    third = runner.invoke(app, ["train", "--input", str(data), "--k", "4", "--promote"])
+    assert "version 3 is the champion" in third.output

@@ -279,3 +279,16 @@ def test_key_is_not_in_repr(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, pseudonym_key="super-secret-value")
     assert "super-secret-value" not in repr(settings)
     assert "super-secret-value" not in repr(Pseudonymizer(b"super-secret-value"))
+
+
+@pytest.mark.parametrize("text", ["1768039200", "2026-01-10 10:00:00",
+                                  "2026-01-10T12:00:00+02:00", "2026-01-10T10:00:00Z"])
+def test_timestamp_formats_in_text(text: str) -> None:
+    result = normalize(pl.concat([_raw(ts=text), _raw(event_id="e2", ts=text)]))
+    assert result.n_invalid == 0
+    assert result.events["ts"][0] == datetime(2026, 1, 10, 10, tzinfo=UTC)
+
+
+def test_mapping_to_missing_column_is_an_error() -> None:
+    with pytest.raises(EventValidationError, match="player_id='customr' is mapped to a column"):
+        normalize(_raw(), ColumnMapping(columns={"player_id": "customr"}))

@@ -132,3 +132,25 @@ def test_batch_matches_single(predictor: SegmentPredictor,
         single = predictor.predict_features(row)
         assert single.cluster_id == batch.cluster_ids[index]
         assert single.confidence == pytest.approx(batch.confidence[index])
+
+
+def test_cold_start_withholds_promotions(predictor: SegmentPredictor) -> None:
+    prediction = predictor.predict_features({}, cold_start=True)
+    assert prediction.campaign_recommendations
+    assert not any(c["promotion"] for c in prediction.campaign_recommendations)
+    assert "unknown player" in prediction.recommendation_note
+
+
+@pytest.mark.parametrize(("name", "value", "problem"), [
+    ("avg_stake", -100.0, "negative"),
+    ("bets_per_day", float("inf"), "not finite"),
+    ("avg_stake", "lots", "not a number"),
+])
+def test_impossible_feature_values_rejected(predictor: SegmentPredictor, name: str,
+                                            value: object, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        predictor.predict_features({name: value})
+
+
+def test_net_loss_may_be_negative(predictor: SegmentPredictor) -> None:
+    assert predictor.predict_features({"net_loss": -50.0}).segment

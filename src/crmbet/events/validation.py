@@ -132,9 +132,17 @@ def _parse_timestamp(frame: pl.DataFrame, name: str) -> pl.Expr:
             pl.Datetime("us", "UTC")
         )
     text = column.cast(pl.String).str.strip_chars()
-    return text.str.to_datetime(
+    # ISO 8601 (with "T" or a space, with or without an offset) whose format
+    # Polars infers from the column, or text holding Unix seconds, since CSV
+    # is read as text. One column must use one format.
+    iso = text.str.to_datetime(
         time_zone="UTC", time_unit="us", strict=False, ambiguous="earliest"
     )
+    epoch = text.cast(pl.Float64, strict=False)
+    from_epoch = (epoch * 1_000_000).cast(pl.Int64, strict=False).cast(
+        pl.Datetime("us", "UTC")
+    )
+    return pl.coalesce(iso, from_epoch)
 
 
 def _message(mask: pl.Expr, name: str, raw: pl.Expr, problem: str, fix: str) -> pl.Expr:
@@ -155,6 +163,15 @@ def _apply_mapping(raw: pl.DataFrame, mapping: ColumnMapping) -> pl.DataFrame:
         for target, source in mapping.columns.items()
         if source in raw.columns and source != target
     }
+    unmapped = {t: s for t, s in mapping.columns.items() if s not in raw.columns}
+    if unmapped:
+        raise EventValidationError(
+            [
+                FieldError(None, target, source, "mapped to a column the input lacks",
+                           f"fix the mapping; the input's columns are {raw.columns}")
+                for target, source in unmapped.items()
+            ]
+        )
     frame = raw.drop([t for t in renames.values() if t in raw.columns and t not in renames])
     frame = frame.rename(renames)
     for name, value in mapping.constants.items():

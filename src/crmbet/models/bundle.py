@@ -179,18 +179,14 @@ class SegmentModel:
 
 
 def _quality(Z: np.ndarray, labels: np.ndarray, seed: int) -> dict[str, float]:  # noqa: N803
-    if np.unique(labels).size < 2:
-        return {"silhouette": -1.0, "calinski_harabasz": 0.0, "davies_bouldin": 0.0}
     rng = np.random.default_rng(seed)
     index = rng.choice(Z.shape[0], min(METRIC_SAMPLE, Z.shape[0]), replace=False)
     sample_labels = labels[index]
-    silhouette = (
-        float(silhouette_score(Z[index], sample_labels))
-        if 1 < np.unique(sample_labels).size < index.size
-        else -1.0
-    )
+    # The three indices need at least 2 clusters and fewer clusters than points.
+    if not 1 < np.unique(sample_labels).size < index.size:
+        return {"silhouette": -1.0, "calinski_harabasz": 0.0, "davies_bouldin": 0.0}
     return {
-        "silhouette": silhouette,
+        "silhouette": float(silhouette_score(Z[index], sample_labels)),
         "calinski_harabasz": float(calinski_harabasz_score(Z[index], sample_labels)),
         "davies_bouldin": float(davies_bouldin_score(Z[index], sample_labels)),
     }
@@ -260,8 +256,8 @@ def train_segments(
     X = features.select(feature_names).cast(pl.Float64).to_numpy()
     check = check_matrix(X, feature_names)
     if k is not None:
-        if k < 1:
-            raise ValueError(f"k={k} is invalid; pass a positive number of segments or 'auto'")
+        if k < 2:
+            raise ValueError(f"k={k} is invalid; pass at least 2 segments or 'auto'")
         if k > check.n_distinct:
             raise DegenerateDataError(
                 f"k={k} segments requested but only {check.n_distinct} distinct players; "

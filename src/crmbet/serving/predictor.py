@@ -162,6 +162,34 @@ def _build_prediction(
     )
 
 
+#: Features that can be negative; every other feature is a count, amount,
+#: share or duration and must be at least 0.
+SIGNED_FEATURES = frozenset({"net_loss", "net_loss_7d_per_day"})
+
+
+def check_feature_values(features: Mapping[str, float | None]) -> None:
+    """Raise on unknown feature names and on impossible values."""
+    unknown = [name for name in features if name not in FEATURES]
+    if unknown:
+        raise KeyError(
+            f"unknown feature(s) {unknown}; see 'crmbet features list' for valid names"
+        )
+    for name, value in features.items():
+        if value is None:
+            continue
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ValueError(f"feature {name}={value!r} is not a number; send a float")
+        if value != value:
+            continue  # NaN marks a missing value, which is imputed
+        if value in (float("inf"), float("-inf")):
+            raise ValueError(f"feature {name}={value!r} is not finite; send a finite number")
+        if value < 0 and name not in SIGNED_FEATURES:
+            raise ValueError(
+                f"feature {name}={value!r} is negative; it is a count, amount, share or "
+                "duration, so send 0 or more"
+            )
+
+
 class SegmentPredictor:
     """Assigns players to segments and recommends campaigns.
 
@@ -187,19 +215,22 @@ class SegmentPredictor:
         return self.model.version
 
     def predict_features(
-        self, features: Mapping[str, float | None], player_id: str | None = None
+        self,
+        features: Mapping[str, float | None],
+        player_id: str | None = None,
+        cold_start: bool = False,
     ) -> Prediction:
         """Predict one player from a mapping of feature name to value.
 
-        Unknown names raise ``KeyError``. Missing model features are filled
-        with the training medians and listed in ``imputed_features``.
+        Unknown names raise ``KeyError`` and values that are not finite, or
+        negative where a feature cannot be, raise ``ValueError``. Missing
+        model features are filled with the training medians and listed in
+        ``imputed_features``. With ``cold_start=True`` (a player without
+        history) promotions are withheld, because no harm markers can be
+        read yet.
         """
         start = time.perf_counter()
-        unknown = [name for name in features if name not in FEATURES]
-        if unknown:
-            raise KeyError(
-                f"unknown feature(s) {unknown}; see 'crmbet features list' for valid names"
-            )
+        check_feature_values(features)
         row = np.full(len(self.model.feature_names), np.nan)
         imputed = []
         for name, position in self._index.items():
@@ -214,8 +245,16 @@ class SegmentPredictor:
             if features.get(name) is not None
         } | {"bet_count": np.array([float(features.get("bet_count") or 0.0)])})
         latency = (time.perf_counter() - start) * 1000.0
-        return _build_prediction(self.model, player_id, int(labels[0]), float(confidence[0]),
-                                 risk, 0, imputed, latency)
+        prediction = _build_prediction(self.model, player_id, int(labels[0]),
+                                       float(confidence[0]), risk, 0, imputed, latency)
+        if cold_start:
+            prediction.campaign_recommendations = [
+                c for c in prediction.campaign_recommendations if not c["promotion"]
+            ]
+            prediction.recommendation_note = (
+                "unknown player: promotions are withheld until the player has history"
+            )
+        return prediction
 
     def predict_batch(
         self, features: pl.DataFrame | Mapping[str, np.ndarray], player_ids: list[str] | None = None
