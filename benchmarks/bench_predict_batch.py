@@ -18,10 +18,16 @@ import polars as pl
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--players", type=int, default=1_000_000,
-                        help="players per batch (default 1,000,000)")
+    parser.add_argument(
+        "--players",
+        type=int,
+        default=1_000_000,
+        help="players per batch (default 1,000,000)",
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions")
-    parser.add_argument("--quick", action="store_true", help="100,000 players, 2 repeats")
+    parser.add_argument(
+        "--quick", action="store_true", help="100,000 players, 2 repeats"
+    )
 
 
 def _best_of(repeats: int, call) -> float:  # noqa: ANN001
@@ -44,7 +50,9 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
 
     players = 100_000 if args.quick else args.players
     repeats = 2 if args.quick else args.repeats
-    events = ingest(bundled_bustabit_path(), pseudonymizer=Pseudonymizer(b"bench")).events
+    events = ingest(
+        bundled_bustabit_path(), pseudonymizer=Pseudonymizer(b"bench")
+    ).events
     features = compute_features(fold(events))
     model, _ = train_segments(features, seed=0)
     predictor = SegmentPredictor(model)
@@ -60,11 +68,22 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
 
     ours = _best_of(repeats, lambda: predictor.predict_batch(columns))
     peer = _best_of(repeats, lambda: model.pipeline.predict(matrix))
-    agree = float((predictor.predict_batch(columns).cluster_ids
-                   == model.pipeline.predict(matrix)).mean())
+    agree = float(
+        (
+            predictor.predict_batch(columns).cluster_ids
+            == model.pipeline.predict(matrix)
+        ).mean()
+    )
     return [
-        {"benchmark": "predict-batch", "metric": "players_per_second",
-         "value": round(players / ours), "unit": "players/s",
-         "peer": "scikit-learn Pipeline.predict", "peer_value": round(players / peer),
-         "players": players, "segments": model.n_segments, "label_agreement": agree},
+        {
+            "benchmark": "predict-batch",
+            "metric": "players_per_second",
+            "value": round(players / ours),
+            "unit": "players/s",
+            "peer": "scikit-learn Pipeline.predict",
+            "peer_value": round(players / peer),
+            "players": players,
+            "segments": model.n_segments,
+            "label_agreement": agree,
+        },
     ]

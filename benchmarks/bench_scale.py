@@ -3,7 +3,8 @@
 Each size runs end to end once with the local engine and once with the
 Dask engine on a 2-worker LocalCluster, each in a fresh Python process.
 A run covers ingest, fold, features, k-means with k fixed, the ONNX check
-and the assignment, but not the registry. Peak memory is the largest sum of resident memory over that
+and the assignment, but not the registry. Peak memory is the largest sum
+of resident memory over that
 process and its children (the Dask workers), sampled every 0.2 s.
 
 The data is the synthetic generator's output written in chunks of at most

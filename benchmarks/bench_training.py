@@ -3,7 +3,8 @@
 Both sides read the same synthetic Parquet file in a fresh process. crmbet
 runs its whole main job (validation, pseudonymisation, Polars fold, 31
 features, k selection over 3..12, training, ONNX export and check, MLflow
-registration into an existing registry database). The peer is the usual notebook approach: a pandas group-by
+registration into an existing registry database). The peer is the usual
+notebook approach: a pandas group-by
 for the same twelve segmentation features, log1p and standard scaling, and
 scikit-learn ``KMeans`` for every k from 3 to 12, keeping the k with the best
 silhouette on a 10,000-player sample. Each side's peak memory is the
@@ -25,8 +26,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--players", type=int, default=200_000,
-                        help="synthetic players (200,000 gives about 10 million rows)")
+    parser.add_argument(
+        "--players",
+        type=int,
+        default=200_000,
+        help="synthetic players (200,000 gives about 10 million rows)",
+    )
     parser.add_argument("--days", type=int, default=30, help="days of activity")
     parser.add_argument("--quick", action="store_true", help="20,000 players")
     parser.add_argument("--skip-peer", action="store_true", help="run crmbet only")
@@ -45,7 +50,8 @@ start = time.perf_counter()
 result = run_training(sys.argv[1], settings=settings, seed=0)
 seconds = time.perf_counter() - start
 print(json.dumps({"seconds": seconds, "rss_gb": resource.getrusage(
-    resource.RUSAGE_SELF).ru_maxrss / 2**20, "silhouette": result.model.metrics["silhouette"],
+    resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    "silhouette": result.model.metrics["silhouette"],
     "k": result.model.n_segments, "ari": result.adjusted_rand_index,
     "events": result.n_events, "players": result.features.height,
     "timings": result.timings}))
@@ -95,7 +101,8 @@ cashback = features.get("cashback", 0.0)
 features["bonus_share"] = bonus / (bonus + features["stake_sum"])
 features["cashback_share"] = cashback / (cashback + features["stake_sum"])
 columns = ["avg_stake", "bets_per_day", "recency_days", "late_night_share",
-           "weekend_share", "sports_share", "casino_share", "crash_share", "bonus_share",
+           "weekend_share", "sports_share", "casino_share", "crash_share",
+           "bonus_share",
            "cashback_share", "crash_log_cashout", "avg_deposit"]
 X = features[columns].fillna(0.0).to_numpy()
 for i in (0, 1, 2, 11):
@@ -115,10 +122,17 @@ print(json.dumps({"seconds": seconds, "rss_gb": resource.getrusage(
 
 
 def _run(code: str, *args: str) -> dict[str, object]:
-    env = os.environ | {"PYTHONPATH": str(ROOT / "src"),
-                        "CRMBET_PSEUDONYM_KEY": "benchmark-key"}
-    done = subprocess.run([sys.executable, "-c", code, *args], env=env, check=True,
-                          capture_output=True, text=True)
+    env = os.environ | {
+        "PYTHONPATH": str(ROOT / "src"),
+        "CRMBET_PSEUDONYM_KEY": "benchmark-key",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -138,19 +152,39 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
     common = {"rows": rows, "players": players, "generate_s": round(generate_s, 2)}
     peer_seconds = None if peer is None else round(float(peer["seconds"]) * scale, 2)
     return [
-        {"benchmark": "training", "metric": "seconds_10m_tx",
-         "value": round(float(ours["seconds"]) * scale, 2), "unit": "s",
-         "peer": "pandas + scikit-learn", "peer_value": peer_seconds,
-         "measured_seconds": round(float(ours["seconds"]), 2),
-         "peer_measured_seconds": None if peer is None else round(float(peer["seconds"]), 2),
-         "timings": ours["timings"], **common},
-        {"benchmark": "training", "metric": "peak_rss_gb", "value": round(float(ours["rss_gb"]), 2),
-         "unit": "GB", "peer": "pandas + scikit-learn",
-         "peer_value": None if peer is None else round(float(peer["rss_gb"]), 2), **common},
-        {"benchmark": "training", "metric": "silhouette",
-         "value": round(float(ours["silhouette"]), 4), "unit": "",
-         "peer": "pandas + scikit-learn",
-         "peer_value": None if peer is None else round(float(peer["silhouette"]), 4),
-         "k": ours["k"], "peer_k": None if peer is None else peer["k"],
-         "adjusted_rand_index": ours["ari"], **common},
+        {
+            "benchmark": "training",
+            "metric": "seconds_10m_tx",
+            "value": round(float(ours["seconds"]) * scale, 2),
+            "unit": "s",
+            "peer": "pandas + scikit-learn",
+            "peer_value": peer_seconds,
+            "measured_seconds": round(float(ours["seconds"]), 2),
+            "peer_measured_seconds": None
+            if peer is None
+            else round(float(peer["seconds"]), 2),
+            "timings": ours["timings"],
+            **common,
+        },
+        {
+            "benchmark": "training",
+            "metric": "peak_rss_gb",
+            "value": round(float(ours["rss_gb"]), 2),
+            "unit": "GB",
+            "peer": "pandas + scikit-learn",
+            "peer_value": None if peer is None else round(float(peer["rss_gb"]), 2),
+            **common,
+        },
+        {
+            "benchmark": "training",
+            "metric": "silhouette",
+            "value": round(float(ours["silhouette"]), 4),
+            "unit": "",
+            "peer": "pandas + scikit-learn",
+            "peer_value": None if peer is None else round(float(peer["silhouette"]), 4),
+            "k": ours["k"],
+            "peer_k": None if peer is None else peer["k"],
+            "adjusted_rand_index": ours["ari"],
+            **common,
+        },
     ]

@@ -67,15 +67,29 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> str:
         return
     binary = shutil.which("redis-server")
     if binary is None:
-        pytest.fail("redis-server is not installed; run .ci/run or apt-get install redis-server")
+        pytest.fail(
+            "redis-server is not installed; run .ci/run or apt-get install redis-server"
+        )
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     folder = tmp_path_factory.mktemp("redis")
     process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(folder)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(folder),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 10
     while not _redis_reachable("127.0.0.1", port):

@@ -20,7 +20,13 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from crmbet.config import get_settings
@@ -31,8 +37,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-features_app = typer.Typer(help="Inspect registered features and their lineage.",
-                           no_args_is_help=True)
+features_app = typer.Typer(
+    help="Inspect registered features and their lineage.", no_args_is_help=True
+)
 app.add_typer(features_app, name="features")
 console = Console()
 logger = logging.getLogger("crmbet.cli")
@@ -51,12 +58,21 @@ TRAIN_STEPS = ("read", "fold", "features", "select-k", "fit", "onnx", "register"
 
 @app.callback()
 def _configure(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at DEBUG level.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log at DEBUG level.")
+    ] = False,
 ) -> None:
-    level = logging.DEBUG if verbose else getattr(logging, get_settings().log_level, logging.INFO)
+    level = (
+        logging.DEBUG
+        if verbose
+        else getattr(logging, get_settings().log_level, logging.INFO)
+    )
     logging.basicConfig(
-        level=level, format="%(name)s: %(message)s", datefmt="[%X]",
-        handlers=[RichHandler(console=Console(stderr=True), show_path=False)], force=True,
+        level=level,
+        format="%(name)s: %(message)s",
+        datefmt="[%X]",
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
+        force=True,
     )
     for noisy in ("mlflow", "alembic", "urllib3", "matplotlib", "skl2onnx", "numba"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -65,24 +81,34 @@ def _configure(
 @contextmanager
 def training_progress(k_steps: int) -> Iterator[Any]:
     """Show one progress bar over the training steps; yield the callback."""
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                  TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
-                  console=console, transient=False) as progress:
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
         task = progress.add_task("reading events", total=len(TRAIN_STEPS) - 1 + k_steps)
 
         def advance(step: str, amount: int) -> None:
             progress.update(task, advance=amount, description=f"training: {step}")
 
         yield advance
-        progress.update(task, completed=progress.tasks[0].total, description="training: done")
+        progress.update(
+            task, completed=progress.tasks[0].total, description="training: done"
+        )
 
 
 def _json_object(text: str, option: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:
-        raise typer.BadParameter(f"{option} is not valid JSON ({error}); pass an object "
-                                 'such as \'{"player_id": "customer"}\'') from error
+        raise typer.BadParameter(
+            f"{option} is not valid JSON ({error}); pass an object "
+            'such as \'{"player_id": "customer"}\''
+        ) from error
     if not isinstance(value, dict):
         raise typer.BadParameter(f"{option} must be a JSON object, got {text!r}")
     return value
@@ -110,53 +136,98 @@ def _number(value: float) -> str:
 def segment_table(model: Any, title: str = "Segments") -> Table:
     """Build the Rich table of segments: size, name, key statistics, campaigns."""
     table = Table(title=title, show_lines=True)
-    for column in ("id", "segment", "players", "share", "key statistics (medians)",
-                   "campaigns"):
+    for column in (
+        "id",
+        "segment",
+        "players",
+        "share",
+        "key statistics (medians)",
+        "campaigns",
+    ):
         table.add_column(column, overflow="fold")
     for profile in model.profiles:
-        stats = "\n".join(f"{k}={_number(v)}" for k, v in profile.key_statistics().items())
-        campaigns = "\n".join(
-            f"{c.title}{' (promotion)' if c.promotion else ''}" for c in profile.campaigns
+        stats = "\n".join(
+            f"{k}={_number(v)}" for k, v in profile.key_statistics().items()
         )
-        table.add_row(str(profile.cluster_id), profile.name, f"{profile.size:,}",
-                      f"{profile.share:.1%}", stats, campaigns)
+        campaigns = "\n".join(
+            f"{c.title}{' (promotion)' if c.promotion else ''}"
+            for c in profile.campaigns
+        )
+        table.add_row(
+            str(profile.cluster_id),
+            profile.name,
+            f"{profile.size:,}",
+            f"{profile.share:.1%}",
+            stats,
+            campaigns,
+        )
     return table
 
 
 @app.command()
 def generate(
-    out: Annotated[Path, typer.Option(help="Parquet file to write.")] = Path("synthetic.parquet"),
+    out: Annotated[Path, typer.Option(help="Parquet file to write.")] = Path(
+        "synthetic.parquet"
+    ),
     players: Annotated[int, typer.Option(min=1, help="Number of players.")] = 50_000,
     days: Annotated[int, typer.Option(min=1, help="Days of activity.")] = 30,
-    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same file.")] = 0,
+    seed: Annotated[
+        int, typer.Option(help="Random seed; the same seed gives the same file.")
+    ] = 0,
 ) -> None:
     """Write synthetic operator transactions with a ground-truth archetype column."""
     from crmbet.events.synthetic import write_synthetic
 
     start = time.perf_counter()
-    rows = write_synthetic(out, players=players, days=days, seed=seed, show_progress=True)
-    console.print(f"wrote {rows:,} transactions for {players:,} players to {out} "
-                  f"in {time.perf_counter() - start:.1f} s")
+    rows = write_synthetic(
+        out, players=players, days=days, seed=seed, show_progress=True
+    )
+    console.print(
+        f"wrote {rows:,} transactions for {players:,} players to {out} "
+        f"in {time.perf_counter() - start:.1f} s"
+    )
 
 
 @app.command()
 def train(
-    input: Annotated[Path, typer.Option("--input", "-i", help="Transactions file or folder.")],
-    format: Annotated[str, typer.Option(help="auto, csv, parquet, jsonl or bustabit.")] = "auto",
-    k: Annotated[str, typer.Option(help="'auto' or a fixed number of segments.")] = "auto",
-    k_min: Annotated[int, typer.Option(min=2, help="Smallest k tried by --k auto.")] = 3,
-    k_max: Annotated[int, typer.Option(min=2, help="Largest k tried by --k auto.")] = 12,
+    input: Annotated[
+        Path, typer.Option("--input", "-i", help="Transactions file or folder.")
+    ],
+    format: Annotated[
+        str, typer.Option(help="auto, csv, parquet, jsonl or bustabit.")
+    ] = "auto",
+    k: Annotated[
+        str, typer.Option(help="'auto' or a fixed number of segments.")
+    ] = "auto",
+    k_min: Annotated[
+        int, typer.Option(min=2, help="Smallest k tried by --k auto.")
+    ] = 3,
+    k_max: Annotated[
+        int, typer.Option(min=2, help="Largest k tried by --k auto.")
+    ] = 12,
     seed: Annotated[int, typer.Option(help="Seed of every random step.")] = 0,
-    mapping: Annotated[str | None, typer.Option(
-        help="JSON object mapping canonical fields to source columns.")] = None,
-    report: Annotated[Path | None, typer.Option(help="Also write the HTML report here.")] = None,
-    engine: Annotated[str, typer.Option(
-        help="'local' (Polars in this process) or 'dask' (see 'crmbet scale train').")
+    mapping: Annotated[
+        str | None,
+        typer.Option(help="JSON object mapping canonical fields to source columns."),
+    ] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="Also write the HTML report here.")
+    ] = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="'local' (Polars in this process) or 'dask' "
+            "(see 'crmbet scale train')."
+        ),
     ] = "local",
-    scheduler: Annotated[str | None, typer.Option(
-        help="Dask scheduler address; a LocalCluster when unset.")] = None,
-    promote: Annotated[bool, typer.Option(
-        help="Make the new version the champion that predictions use.")] = False,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(help="Dask scheduler address; a LocalCluster when unset."),
+    ] = None,
+    promote: Annotated[
+        bool,
+        typer.Option(help="Make the new version the champion that predictions use."),
+    ] = False,
 ) -> None:
     """Train a segmentation model on transactions and register it."""
     from crmbet.events.validation import ColumnMapping
@@ -165,7 +236,9 @@ def train(
     fixed_k = _parse_k(k)
     if k_min > k_max:
         raise typer.BadParameter(f"--k-min {k_min} is above --k-max {k_max}; swap them")
-    column_mapping = ColumnMapping(columns=_json_object(mapping, "--mapping")) if mapping else None
+    column_mapping = (
+        ColumnMapping(columns=_json_object(mapping, "--mapping")) if mapping else None
+    )
     settings = get_settings()
     if engine not in ("local", "dask"):
         raise typer.BadParameter(f"--engine {engine!r} is invalid; pass local or dask")
@@ -173,15 +246,33 @@ def train(
         from crmbet.pipeline import ClusterConfig
         from crmbet.scale.job import run_scale_training
 
-        config = ClusterConfig(engine="dask", scheduler_address=scheduler, k=fixed_k,
-                               k_min=k_min, k_max=k_max, seed=seed)
-        result = run_scale_training(input, config, settings=settings,
-                                    source_format=format, mapping=column_mapping)
+        config = ClusterConfig(
+            engine="dask",
+            scheduler_address=scheduler,
+            k=fixed_k,
+            k_min=k_min,
+            k_max=k_max,
+            seed=seed,
+        )
+        result = run_scale_training(
+            input,
+            config,
+            settings=settings,
+            source_format=format,
+            mapping=column_mapping,
+        )
     else:
         with training_progress(0 if fixed_k else k_max - k_min + 1) as advance:
-            result = run_training(input, settings=settings, source_format=format,  # type: ignore[arg-type]
-                                  mapping=column_mapping, k=fixed_k, k_range=(k_min, k_max),
-                                  seed=seed, progress=advance)
+            result = run_training(
+                input,
+                settings=settings,
+                source_format=format,  # type: ignore[arg-type]
+                mapping=column_mapping,
+                k=fixed_k,
+                k_range=(k_min, k_max),
+                seed=seed,
+                progress=advance,
+            )
     _save_online_snapshot(result)
     _print_training(result)
     _report_champion(result.version, promote)
@@ -204,7 +295,8 @@ def _report_champion(version: str | None, promote: bool) -> None:
         console.print(f"version {version} is the champion: predictions now use it")
     else:
         console.print(
-            f"version {version} registered; predictions still use the champion, version "
+            f"version {version} registered; predictions still use the champion, "
+            "version "
             f"{champion}. Promote it with 'crmbet train --promote', 'crmbet models "
             "promote' or 'crmbet retrain'."
         )
@@ -218,31 +310,42 @@ def _save_online_snapshot(result: Any) -> None:
     from crmbet.features.online import MemoryOnlineStore
 
     path = get_settings().home / "online_store.parquet"
-    store = MemoryOnlineStore.from_snapshot(path) if path.exists() else MemoryOnlineStore()
+    store = (
+        MemoryOnlineStore.from_snapshot(path) if path.exists() else MemoryOnlineStore()
+    )
     store.put_states(result.states)
     store.snapshot(path)
 
 
 def _print_training(result: Any) -> None:
     model = result.model
-    console.print(segment_table(model, title=f"{model.n_segments} segments, "
-                                             f"model version {result.version}"))
+    console.print(
+        segment_table(
+            model, title=f"{model.n_segments} segments, model version {result.version}"
+        )
+    )
     console.print(
         f"players={int(model.metrics['n_players']):,} events={result.n_events:,} "
-        f"dead letters={result.n_dead_letters:,} silhouette={model.metrics['silhouette']:.3f} "
+        f"dead letters={result.n_dead_letters:,} "
+        f"silhouette={model.metrics['silhouette']:.3f} "
         f"onnx label mismatches={result.onnx_mismatches}"
     )
     if result.adjusted_rand_index is not None:
-        console.print(f"adjusted Rand index against the archetype column: "
-                      f"{result.adjusted_rand_index:.3f}")
-    timing = ", ".join(f"{k}={v:.2f}" for k, v in result.timings.items() if k.endswith("_s"))
+        console.print(
+            f"adjusted Rand index against the archetype column: "
+            f"{result.adjusted_rand_index:.3f}"
+        )
+    timing = ", ".join(
+        f"{k}={v:.2f}" for k, v in result.timings.items() if k.endswith("_s")
+    )
     console.print(f"timings (s): {timing}")
 
 
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Where to write the HTML report.")] = Path(
-        ".crmbet/report.html"),
+        ".crmbet/report.html"
+    ),
     seed: Annotated[int, typer.Option(help="Seed of every random step.")] = 0,
 ) -> None:
     """Run the main job on the bundled real bustabit bets, end to end."""
@@ -260,8 +363,10 @@ def demo(
     predictor = SegmentPredictor(result.model)
     batch = predictor.predict_batch(result.features)
     flagged = int(batch.risk.harm_flag.sum())
-    console.print(f"predicted {len(batch):,} players in {batch.latency_ms:.1f} ms; "
-                  f"{flagged:,} flagged by responsible-gambling markers get no promotions")
+    console.print(
+        f"predicted {len(batch):,} players in {batch.latency_ms:.1f} ms; "
+        f"{flagged:,} flagged by responsible-gambling markers get no promotions"
+    )
     _print_training(result)
     _demo_stream(settings, source, predictor)
     console.print(f"report: {write_report(result.model, out)}")
@@ -277,16 +382,22 @@ def _demo_stream(settings: Any, source: Path, predictor: Any) -> None:
     console.rule("the same bets replayed as a stream")
     shutil.rmtree(settings.home / "stream", ignore_errors=True)
     sink = LocalSink(settings.home / "stream")
-    pipeline = StreamingMLPipeline(StreamConfig(max_batch_size=5_000), settings=settings,
-                                   predictor=predictor, sink=sink)
+    pipeline = StreamingMLPipeline(
+        StreamConfig(max_batch_size=5_000),
+        settings=settings,
+        predictor=predictor,
+        sink=sink,
+    )
     start = time.perf_counter()
     records = pipeline.replay(source)
     elapsed = time.perf_counter() - start
     changes = list(sink.segment_changes)
     moved = [c for c in changes if c.old_segment is not None]
-    console.print(f"replayed {records:,} records in {elapsed:.1f} s "
-                  f"({records / max(elapsed, 1e-9):,.0f} events/s): {len(changes):,} segment "
-                  f"assignments, {len(moved):,} players moved segment as their bets arrived")
+    console.print(
+        f"replayed {records:,} records in {elapsed:.1f} s "
+        f"({records / max(elapsed, 1e-9):,.0f} events/s): {len(changes):,} segment "
+        f"assignments, {len(moved):,} players moved segment as their bets arrived"
+    )
     table = Table(title="latest segment changes (player, old, new)")
     for column in ("player", "old segment", "new segment"):
         table.add_column(column)
@@ -297,11 +408,19 @@ def _demo_stream(settings: Any, source: Path, predictor: Any) -> None:
 
 @app.command()
 def predict(
-    player: Annotated[str | None, typer.Option(help="Raw player id to look up.")] = None,
-    features: Annotated[str | None, typer.Option(help="JSON object of feature values.")] = None,
-    input: Annotated[Path | None, typer.Option("--input", "-i",
-                                               help="Transactions file: predict every player.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Write batch predictions (Parquet or CSV).")] = None,
+    player: Annotated[
+        str | None, typer.Option(help="Raw player id to look up.")
+    ] = None,
+    features: Annotated[
+        str | None, typer.Option(help="JSON object of feature values.")
+    ] = None,
+    input: Annotated[
+        Path | None,
+        typer.Option("--input", "-i", help="Transactions file: predict every player."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Write batch predictions (Parquet or CSV).")
+    ] = None,
     model: Annotated[str, typer.Option(help="Registry alias or version.")] = "champion",
 ) -> None:
     """Predict one player (by id and/or features) or every player of a file."""
@@ -340,8 +459,9 @@ def predict(
             source = "online store"
         elif not given:
             source = f"cold start ({response.status[0]})"
-    prediction = predictor.predict_features(given, player_id=player,
-                                            cold_start=source.startswith("cold start"))
+    prediction = predictor.predict_features(
+        given, player_id=player, cold_start=source.startswith("cold start")
+    )
     body = prediction.to_dict()
     body["feature_source"] = source
     console.print_json(json.dumps(body, default=str))
@@ -355,12 +475,16 @@ def segments(
     from crmbet.models.registry import ModelRegistry
 
     loaded = ModelRegistry(get_settings()).load(model)
-    console.print(segment_table(loaded, title=f"{loaded.name} version {loaded.version}"))
+    console.print(
+        segment_table(loaded, title=f"{loaded.name} version {loaded.version}")
+    )
 
 
 @app.command()
 def report(
-    out: Annotated[Path, typer.Option(help="HTML file to write.")] = Path(".crmbet/report.html"),
+    out: Annotated[Path, typer.Option(help="HTML file to write.")] = Path(
+        ".crmbet/report.html"
+    ),
     model: Annotated[str, typer.Option(help="Registry alias or version.")] = "champion",
 ) -> None:
     """Write the HTML report of a registered model."""
@@ -376,20 +500,29 @@ def features_list() -> None:
     """List every registered feature."""
     from crmbet.features.definitions import FEATURES, SEGMENTATION_FEATURES
 
-    table = Table(title=f"{len(FEATURES)} registered features (state fields: "
-                        "crmbet features lineage NAME)")
+    table = Table(
+        title=f"{len(FEATURES)} registered features (state fields: "
+        "crmbet features lineage NAME)"
+    )
     table.add_column("name", no_wrap=True)
     for column in ("v", "dtype", "group", "seg", "description"):
         table.add_column(column, overflow="fold")
     for feature in FEATURES.values():
-        table.add_row(feature.name, str(feature.version), feature.dtype, feature.group,
-                      "yes" if feature.name in SEGMENTATION_FEATURES else "",
-                      feature.description)
+        table.add_row(
+            feature.name,
+            str(feature.version),
+            feature.dtype,
+            feature.group,
+            "yes" if feature.name in SEGMENTATION_FEATURES else "",
+            feature.description,
+        )
     console.print(table)
 
 
 @features_app.command("lineage")
-def features_lineage(name: Annotated[str, typer.Argument(help="Feature name.")]) -> None:
+def features_lineage(
+    name: Annotated[str, typer.Argument(help="Feature name.")],
+) -> None:
     """Show the raw fields, state fields and related features of one feature."""
     from crmbet.features.definitions import lineage
 
@@ -423,8 +556,13 @@ def main() -> None:
 
     try:
         app(standalone_mode=True)
-    except (CrmbetError, FileNotFoundError, ValueError, KeyError,
-            pl.exceptions.PolarsError) as error:
+    except (
+        CrmbetError,
+        FileNotFoundError,
+        ValueError,
+        KeyError,
+        pl.exceptions.PolarsError,
+    ) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         logger.debug("command failed", exc_info=True)
         console.print(f"[red]error:[/red] {message}")

@@ -48,7 +48,8 @@ class Settings(BaseSettings):
     profile: Literal["dev", "production"] = "dev"
     home: Path = Field(
         default=Path(".crmbet"),
-        description="Folder for the local registry, snapshots, reports and dead letters.",
+        description="Folder for the local registry, snapshots, reports and dead "
+        "letters.",
     )
     pseudonym_key: SecretStr | None = Field(
         default=None,
@@ -56,7 +57,8 @@ class Settings(BaseSettings):
     )
     mlflow_tracking_uri: str | None = Field(
         default=None,
-        description="MLflow tracking and registry URI; a SQLite file under home by default.",
+        description="MLflow tracking and registry URI; a SQLite file under home "
+        "by default.",
     )
     mlflow_enable_telemetry: bool = False
     model_name: str = "crmbet-segments"

@@ -47,7 +47,9 @@ class ClusterConfig(BaseModel):
     use_gpu: bool = False
     enable_auto_scaling: bool = False
     max_workers: int = Field(default=4, ge=1)
-    k: int | None = Field(default=None, ge=1, description="fixed k; chosen automatically when None")
+    k: int | None = Field(
+        default=None, ge=1, description="fixed k; chosen automatically when None"
+    )
     k_min: int = Field(default=3, ge=2)
     k_max: int = Field(default=12, ge=2)
     seed: int = 0
@@ -93,7 +95,9 @@ class PipelineConfig(BaseModel):
             "kafka_bootstrap_servers": self.kafka_bootstrap_servers,
             "pseudonym_key": self.pseudonym_key,
         }
-        values.update({key: value for key, value in optional.items() if value is not None})
+        values.update(
+            {key: value for key, value in optional.items() if value is not None}
+        )
         return Settings(**values)
 
 
@@ -111,9 +115,12 @@ def create_production_config(**overrides: Any) -> PipelineConfig:
         "mlflow_tracking_uri": env.mlflow_tracking_uri,
         "redis_url": env.redis_url.get_secret_value() if env.redis_url else None,
         "kafka_bootstrap_servers": env.kafka_bootstrap_servers,
-        "pseudonym_key": env.pseudonym_key.get_secret_value() if env.pseudonym_key else None,
-        "optimization": OptimizationConfig(max_batch_size=1024, batch_timeout_ms=1.0,
-                                           l1_cache_size=1_000_000),
+        "pseudonym_key": env.pseudonym_key.get_secret_value()
+        if env.pseudonym_key
+        else None,
+        "optimization": OptimizationConfig(
+            max_batch_size=1024, batch_timeout_ms=1.0, l1_cache_size=1_000_000
+        ),
     }
     base.update(overrides)
     return PipelineConfig(**base)
@@ -148,9 +155,15 @@ class EnterprisePipelineOrchestrator:
         self._started_at = time.time()
         try:
             self.predictor = SegmentPredictor.from_registry(self.registry)
-            logger.info("serving %s version %s", self.registry.model_name, self.predictor.version)
+            logger.info(
+                "serving %s version %s",
+                self.registry.model_name,
+                self.predictor.version,
+            )
         except ModelNotFoundError:
-            logger.info("no champion model registered yet; train one with train_model()")
+            logger.info(
+                "no champion model registered yet; train one with train_model()"
+            )
 
     @property
     def store(self) -> Any:
@@ -180,18 +193,28 @@ class EnterprisePipelineOrchestrator:
         """
         frame = df if isinstance(df, pl.DataFrame) else pl.from_pandas(df)
         cluster = self.config.cluster
-        ingested = ingest_frame(frame, pseudonymizer=self._pseudonymizer, mapping=mapping)
+        ingested = ingest_frame(
+            frame, pseudonymizer=self._pseudonymizer, mapping=mapping
+        )
         result = await asyncio.to_thread(
-            train_from_events, ingested.events, settings=self.settings,
-            k=k if k is not None else cluster.k, k_range=(cluster.k_min, cluster.k_max),
-            seed=cluster.seed, registry=self.registry,
+            train_from_events,
+            ingested.events,
+            settings=self.settings,
+            k=k if k is not None else cluster.k,
+            k_range=(cluster.k_min, cluster.k_max),
+            seed=cluster.seed,
+            registry=self.registry,
             n_dead_letters=ingested.dead_letters.height,
         )
         self.store.put_states(result.states)
-        self.feature_store.register_model(self.registry.model_name,
-                                          result.model.feature_names)
+        self.feature_store.register_model(
+            self.registry.model_name, result.model.feature_names
+        )
         self._last_training = result
-        if result.version is not None and self.registry.alias_version("champion") == result.version:
+        if (
+            result.version is not None
+            and self.registry.alias_version("champion") == result.version
+        ):
             self.predictor = SegmentPredictor(result.model)
         elif self.predictor is None:
             self.predictor = SegmentPredictor(result.model)
@@ -216,7 +239,9 @@ class EnterprisePipelineOrchestrator:
             )
         return self.predictor
 
-    def _predict_sync(self, user_id: str, features: Mapping[str, float] | None) -> dict[str, Any]:
+    def _predict_sync(
+        self, user_id: str, features: Mapping[str, float] | None
+    ) -> dict[str, Any]:
         predictor = self._require_predictor()
         start = time.perf_counter()
         pseudonym = self._pseudonymizer.pseudonymize(str(user_id))
@@ -239,8 +264,12 @@ class EnterprisePipelineOrchestrator:
         self._requests += 1
         body = prediction.to_dict()
         body["feature_source"] = source
-        return {"user_id": user_id, "prediction": body, "latency_ms": latency_ms,
-                "model_version": prediction.model_version}
+        return {
+            "user_id": user_id,
+            "prediction": body,
+            "latency_ms": latency_ms,
+            "model_version": prediction.model_version,
+        }
 
     async def predict(
         self, user_id: str, features: Mapping[str, float] | None = None
@@ -258,25 +287,38 @@ class EnterprisePipelineOrchestrator:
             self._errors += 1
             raise
 
-    async def batch_predict(self, requests: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        """Predict many players; each request has ``user_id`` and optional ``features``."""
+    async def batch_predict(
+        self, requests: Sequence[Mapping[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Predict many players, each request with ``user_id`` and ``features``."""
         predictor = self._require_predictor()
         start = time.perf_counter()
         if requests and all(r.get("features") for r in requests):
             names = sorted({name for r in requests for name in r["features"]})
             columns = {
-                name: np.array([float(r["features"].get(name, np.nan)) for r in requests])
+                name: np.array(
+                    [float(r["features"].get(name, np.nan)) for r in requests]
+                )
                 for name in names
             }
             batch = predictor.predict_batch(columns)
             results = []
             for index, request in enumerate(requests):
                 item = batch.item(index).to_dict()
-                item["player_id"] = self._pseudonymizer.pseudonymize(str(request["user_id"]))
-                results.append({"user_id": request["user_id"], "prediction": item,
-                                "model_version": predictor.version})
+                item["player_id"] = self._pseudonymizer.pseudonymize(
+                    str(request["user_id"])
+                )
+                results.append(
+                    {
+                        "user_id": request["user_id"],
+                        "prediction": item,
+                        "model_version": predictor.version,
+                    }
+                )
         else:
-            results = [self._predict_sync(r["user_id"], r.get("features")) for r in requests]
+            results = [
+                self._predict_sync(r["user_id"], r.get("features")) for r in requests
+            ]
         elapsed = (time.perf_counter() - start) * 1000.0
         for result in results:
             result["latency_ms"] = elapsed / max(len(requests), 1)
@@ -295,15 +337,21 @@ class EnterprisePipelineOrchestrator:
 
         store = self.feature_store.health()
         checks = [
-            check_model(self.predictor is not None,
-                        self.predictor.version if self.predictor else None),
+            check_model(
+                self.predictor is not None,
+                self.predictor.version if self.predictor else None,
+            ),
             ComponentCheck(
                 "online_store",
                 "healthy" if store["status"] == "healthy" else "degraded",
-                detail={"backend": type(self.store).__name__, "players": len(self.store)},
+                detail={
+                    "backend": type(self.store).__name__,
+                    "players": len(self.store),
+                },
             ),
             ComponentCheck(
-                "training", "healthy" if self._last_training or self.predictor else "degraded",
+                "training",
+                "healthy" if self._last_training or self.predictor else "degraded",
                 scope="pipeline",
             ),
         ]

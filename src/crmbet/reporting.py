@@ -45,15 +45,19 @@ def _sizes_plot(model: SegmentModel) -> str:
 
 
 def profile_matrix(model: SegmentModel) -> tuple[list[str], list[str], np.ndarray]:
-    """Return segment names, feature names and log2(segment median / all-player median)."""
-    features = [name for name in model.feature_names if name in model.population_medians]
+    """Return segment names, feature names and log2 of segment over all medians."""
+    features = [
+        name for name in model.feature_names if name in model.population_medians
+    ]
     names = [p.name for p in model.profiles]
     values = np.zeros((len(names), len(features)))
     for row, profile in enumerate(model.profiles):
         for column, feature in enumerate(features):
             segment = profile.medians.get(feature, 0.0)
             population = model.population_medians.get(feature, 0.0)
-            values[row, column] = np.log2((abs(segment) + 1e-3) / (abs(population) + 1e-3))
+            values[row, column] = np.log2(
+                (abs(segment) + 1e-3) / (abs(population) + 1e-3)
+            )
     return names, features, values
 
 
@@ -62,7 +66,9 @@ def _heatmap_plot(model: SegmentModel) -> str:
 
     names, features, values = profile_matrix(model)
     limit = max(float(np.abs(values).max()), 1e-6)
-    figure, axis = plt.subplots(figsize=(1.0 + 0.7 * len(features), 0.5 * len(names) + 2))
+    figure, axis = plt.subplots(
+        figsize=(1.0 + 0.7 * len(features), 0.5 * len(names) + 2)
+    )
     image = axis.imshow(values, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
     axis.set_xticks(range(len(features)), features, rotation=45, ha="right")
     axis.set_yticks(range(len(names)), names)
@@ -79,13 +85,15 @@ def _kselection_plot(model: SegmentModel) -> str:
         return "<p>k was fixed by the user, so no k-selection curves were computed.</p>"
     figure, axes = plt.subplots(1, 5, figsize=(17, 3.2))
     series = [*selection.scores.items(), ("combined", selection.combined)]
-    for axis, (name, values) in zip(axes, series):
+    for axis, (name, values) in zip(axes, series, strict=True):
         axis.plot(selection.ks, values, marker="o")
         axis.axvline(selection.k, color="#c0392b", linestyle="--", linewidth=1)
         axis.set_title(name.replace("_", " "))
         axis.set_xlabel("k")
-    figure.suptitle(f"k selection on {selection.sample_size:,} players (chosen k={selection.k})",
-                    y=1.04)
+    figure.suptitle(
+        f"k selection on {selection.sample_size:,} players (chosen k={selection.k})",
+        y=1.04,
+    )
     return _figure_to_img(figure, "k selection curves")
 
 
@@ -108,7 +116,9 @@ def _segment_table(model: SegmentModel) -> str:
     )
 
 
-def write_report(model: SegmentModel, path: str | Path, title: str = "crmbet segments") -> Path:
+def write_report(
+    model: SegmentModel, path: str | Path, title: str = "crmbet segments"
+) -> Path:
     """Write the HTML report of ``model`` to ``path`` and return the path."""
     import matplotlib
 
@@ -129,7 +139,7 @@ img {{ max-width: 100%; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
 <p>Model {html.escape(model.name)} version {html.escape(str(model.version))}, trained
-{html.escape(model.trained_at)} on {int(model.metrics.get('n_players', 0)):,} players,
+{html.escape(model.trained_at)} on {int(model.metrics.get("n_players", 0)):,} players,
 {model.n_segments} segments.</p>
 <h2>Segments</h2>{_segment_table(model)}
 {_sizes_plot(model)}

@@ -19,7 +19,12 @@ import polars as pl
 from sklearn.metrics import adjusted_rand_score
 
 from crmbet.config import Settings, get_settings
-from crmbet.events.adapters import IngestResult, SourceFormat, ingest, write_dead_letters
+from crmbet.events.adapters import (
+    IngestResult,
+    SourceFormat,
+    ingest,
+    write_dead_letters,
+)
 from crmbet.events.pseudonym import Pseudonymizer
 from crmbet.events.validation import ColumnMapping
 from crmbet.features.definitions import compute_features
@@ -55,11 +60,13 @@ class TrainingResult:
     def assignments(self) -> pl.DataFrame:
         """Return each player's segment id and name."""
         names = [p.name for p in self.model.profiles]
-        return pl.DataFrame({
-            "player_id": self.features["player_id"],
-            "cluster_id": self.labels,
-            "segment": [names[label] for label in self.labels],
-        })
+        return pl.DataFrame(
+            {
+                "player_id": self.features["player_id"],
+                "cluster_id": self.labels,
+                "segment": [names[label] for label in self.labels],
+            }
+        )
 
 
 def pseudonymizer_from(settings: Settings) -> Pseudonymizer:
@@ -77,8 +84,11 @@ def read_source(
     """Read, validate and pseudonymise a source; dead letters go under ``home``."""
     settings = settings or get_settings()
     result = ingest(
-        path, pseudonymizer=pseudonymizer_from(settings), source_format=source_format,
-        mapping=mapping, keep_columns=(GROUND_TRUTH_COLUMN,),
+        path,
+        pseudonymizer=pseudonymizer_from(settings),
+        source_format=source_format,
+        mapping=mapping,
+        keep_columns=(GROUND_TRUTH_COLUMN,),
     )
     if result.dead_letters.height:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -87,7 +97,9 @@ def read_source(
     return result
 
 
-def player_truth(events: pl.DataFrame, extra: pl.DataFrame | None) -> pl.DataFrame | None:
+def player_truth(
+    events: pl.DataFrame, extra: pl.DataFrame | None
+) -> pl.DataFrame | None:
     """Return each player's ground-truth label from a column carried with the events."""
     if extra is None or GROUND_TRUTH_COLUMN not in extra.columns:
         return None
@@ -99,7 +111,9 @@ def player_truth(events: pl.DataFrame, extra: pl.DataFrame | None) -> pl.DataFra
     )
 
 
-def ground_truth_ari(truth: pl.DataFrame | None, assignments: pl.DataFrame) -> float | None:
+def ground_truth_ari(
+    truth: pl.DataFrame | None, assignments: pl.DataFrame
+) -> float | None:
     """Score segments against each player's ground-truth label."""
     if truth is None:
         return None
@@ -151,8 +165,9 @@ def train_from_events(
     step("features")
 
     clock = time.perf_counter()
-    model, labels = train_segments(features, k=k, k_range=k_range, seed=seed,
-                                   as_of=as_of, progress=progress)
+    model, labels = train_segments(
+        features, k=k, k_range=k_range, seed=seed, as_of=as_of, progress=progress
+    )
     timings["train_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -163,21 +178,32 @@ def train_from_events(
     step("onnx")
 
     result = TrainingResult(
-        model=model, version=None, states=states, features=features, labels=labels,
-        n_events=events.height, n_dead_letters=n_dead_letters,
-        onnx_mismatches=mismatches, onnx_bytes=onnx_bytes, timings=timings,
+        model=model,
+        version=None,
+        states=states,
+        features=features,
+        labels=labels,
+        n_events=events.height,
+        n_dead_letters=n_dead_letters,
+        onnx_mismatches=mismatches,
+        onnx_bytes=onnx_bytes,
+        timings=timings,
     )
     result.adjusted_rand_index = ground_truth_ari(truth, result.assignments())
-    extra_metrics = {"onnx_label_mismatches": float(mismatches), "n_events": float(events.height),
-                     "n_dead_letters": float(n_dead_letters)}
+    extra_metrics = {
+        "onnx_label_mismatches": float(mismatches),
+        "n_events": float(events.height),
+        "n_dead_letters": float(n_dead_letters),
+    }
     if result.adjusted_rand_index is not None:
         extra_metrics["adjusted_rand_index"] = result.adjusted_rand_index
 
     if register:
         clock = time.perf_counter()
         registry = registry or ModelRegistry(settings)
-        result.version = registry.register(model, onnx_bytes=onnx_bytes,
-                                           extra_metrics=extra_metrics)
+        result.version = registry.register(
+            model, onnx_bytes=onnx_bytes, extra_metrics=extra_metrics
+        )
         timings["register_s"] = time.perf_counter() - clock
         step("register")
     model.metrics.update(extra_metrics)
@@ -199,8 +225,9 @@ def run_training(
     """Run the main job on a file: read, fold, train, export and register."""
     settings = settings or get_settings()
     clock = time.perf_counter()
-    ingested = read_source(path, settings=settings, source_format=source_format,
-                           mapping=mapping)
+    ingested = read_source(
+        path, settings=settings, source_format=source_format, mapping=mapping
+    )
     read_s = time.perf_counter() - clock
     if progress:
         progress("read", 1)
@@ -211,8 +238,15 @@ def run_training(
     dead_letters = ingested.dead_letters.height
     del ingested
     result = train_from_events(
-        events, settings=settings, k=k, k_range=k_range, seed=seed,
-        register=register, progress=progress, truth=truth, n_dead_letters=dead_letters,
+        events,
+        settings=settings,
+        k=k,
+        k_range=k_range,
+        seed=seed,
+        register=register,
+        progress=progress,
+        truth=truth,
+        n_dead_letters=dead_letters,
     )
     result.timings["read_s"] = read_s
     return result

@@ -40,16 +40,29 @@ def test_train_rejects_bad_k(settings: Settings, tmp_path: Path) -> None:
     assert "--k" in result.output
 
 
-def test_demo_generate_train_predict_segments_report(settings: Settings, tmp_path: Path
-                                                     ) -> None:
+def test_demo_generate_train_predict_segments_report(
+    settings: Settings, tmp_path: Path
+) -> None:
     demo = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo.html")])
     assert demo.exit_code == 0, demo.output
     assert "Night Owl" in demo.output
     assert (tmp_path / "demo.html").stat().st_size > 10_000
 
     data = tmp_path / "synthetic.parquet"
-    generated = runner.invoke(app, ["generate", "--players", "600", "--days", "14",
-                                    "--seed", "3", "--out", str(data)])
+    generated = runner.invoke(
+        app,
+        [
+            "generate",
+            "--players",
+            "600",
+            "--days",
+            "14",
+            "--seed",
+            "3",
+            "--out",
+            str(data),
+        ],
+    )
     assert generated.exit_code == 0, generated.output
     trained = runner.invoke(app, ["train", "--input", str(data), "--k", "5"])
     assert trained.exit_code == 0, trained.output
@@ -60,7 +73,9 @@ def test_demo_generate_train_predict_segments_report(settings: Settings, tmp_pat
     assert segments.exit_code == 0, segments.output
     assert "version 2" in segments.output
 
-    predicted = runner.invoke(app, ["predict", "--player", "player-000001", "--model", "2"])
+    predicted = runner.invoke(
+        app, ["predict", "--player", "player-000001", "--model", "2"]
+    )
     assert predicted.exit_code == 0, predicted.output
     body = json.loads(predicted.output)
     assert body["feature_source"] == "online store"
@@ -77,14 +92,18 @@ def test_demo_generate_train_predict_segments_report(settings: Settings, tmp_pat
     assert html.count("data:image/png;base64") == 3
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["train", "--input", "missing.csv"], "not found"),
-    (["train", "--input", "x.csv", "--k", "1"], "at least 2"),
-    (["train", "--input", "x.csv", "--k-min", "9", "--k-max", "3"], "swap them"),
-    (["train", "--input", "x.csv", "--mapping", "{bad"], "not valid JSON"),
-])
-def test_cli_errors_are_one_line(settings: Settings, tmp_path: Path, monkeypatch,
-                                 args: list[str], message: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--input", "missing.csv"], "not found"),
+        (["train", "--input", "x.csv", "--k", "1"], "at least 2"),
+        (["train", "--input", "x.csv", "--k-min", "9", "--k-max", "3"], "swap them"),
+        (["train", "--input", "x.csv", "--mapping", "{bad"], "not valid JSON"),
+    ],
+)
+def test_cli_errors_are_one_line(
+    settings: Settings, tmp_path: Path, monkeypatch, args: list[str], message: str
+) -> None:
     import os
     import subprocess
     import sys
@@ -95,8 +114,13 @@ def test_cli_errors_are_one_line(settings: Settings, tmp_path: Path, monkeypatch
     source = str(Path(crmbet.__file__).resolve().parents[1])
     env = os.environ | {"PYTHONPATH": source}
     (tmp_path / "x.csv").write_text("event_id,player_id,ts,event_type,amount\n")
-    done = subprocess.run([sys.executable, "-m", "crmbet", *args], capture_output=True,
-                          text=True, timeout=120, env=env)
+    done = subprocess.run(
+        [sys.executable, "-m", "crmbet", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 2, output
     assert message in output
@@ -105,8 +129,12 @@ def test_cli_errors_are_one_line(settings: Settings, tmp_path: Path, monkeypatch
 
 def test_train_promote_moves_champion(settings: Settings, tmp_path: Path) -> None:
     data = tmp_path / "s.parquet"
-    assert runner.invoke(app, ["generate", "--players", "300", "--days", "7",
-                               "--out", str(data)]).exit_code == 0
+    assert (
+        runner.invoke(
+            app, ["generate", "--players", "300", "--days", "7", "--out", str(data)]
+        ).exit_code
+        == 0
+    )
     first = runner.invoke(app, ["train", "--input", str(data), "--k", "3"])
     assert "version 1 is the champion" in first.output
     second = runner.invoke(app, ["train", "--input", str(data), "--k", "4"])

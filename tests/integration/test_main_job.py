@@ -29,13 +29,16 @@ EXPECTED_SEGMENTS = [
 
 
 @pytest.fixture(scope="module")
-def trained(bustabit_events: pl.DataFrame, tmp_path_factory: pytest.TempPathFactory
-            ) -> tuple[TrainingResult, Settings]:
+def trained(
+    bustabit_events: pl.DataFrame, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[TrainingResult, Settings]:
     settings = Settings(home=tmp_path_factory.mktemp("home"))
     return train_from_events(bustabit_events, settings=settings, seed=0), settings
 
 
-def test_bustabit_segments_match_hand_check(trained: tuple[TrainingResult, Settings]) -> None:
+def test_bustabit_segments_match_hand_check(
+    trained: tuple[TrainingResult, Settings],
+) -> None:
     result, _ = trained
     found = [(p.name, p.size) for p in result.model.profiles]
     assert found == EXPECTED_SEGMENTS
@@ -53,10 +56,14 @@ def test_night_owls_bet_at_night(trained: tuple[TrainingResult, Settings]) -> No
     assert (all_night["segment"] == night).mean() > 0.85
 
 
-def test_weekend_warriors_bet_at_weekends(trained: tuple[TrainingResult, Settings]) -> None:
+def test_weekend_warriors_bet_at_weekends(
+    trained: tuple[TrainingResult, Settings],
+) -> None:
     result, _ = trained
     features = result.features.with_columns(pl.Series("segment", result.labels))
-    weekend = next(p.cluster_id for p in result.model.profiles if p.name == "Weekend Warrior")
+    weekend = next(
+        p.cluster_id for p in result.model.profiles if p.name == "Weekend Warrior"
+    )
     members = features.filter(pl.col("segment") == weekend)
     assert (members["weekend_share"] >= 0.5).mean() > 0.9
 
@@ -72,8 +79,9 @@ def test_first_version_is_champion(trained: tuple[TrainingResult, Settings]) -> 
     assert row["metrics"]["k"] == 8.0
 
 
-def test_registered_bundle_predicts_like_trained(trained: tuple[TrainingResult, Settings]
-                                                 ) -> None:
+def test_registered_bundle_predicts_like_trained(
+    trained: tuple[TrainingResult, Settings],
+) -> None:
     result, settings = trained
     registry = ModelRegistry(settings)
     loaded = registry.load(CHAMPION)
@@ -84,8 +92,9 @@ def test_registered_bundle_predicts_like_trained(trained: tuple[TrainingResult, 
     assert onnx == result.onnx_bytes
 
 
-def test_second_version_keeps_champion(trained: tuple[TrainingResult, Settings],
-                                       bustabit_events: pl.DataFrame) -> None:
+def test_second_version_keeps_champion(
+    trained: tuple[TrainingResult, Settings], bustabit_events: pl.DataFrame
+) -> None:
     _, settings = trained
     second = train_from_events(bustabit_events.head(20_000), settings=settings, k=4)
     registry = ModelRegistry(settings)
@@ -104,16 +113,21 @@ def test_predict_every_player(trained: tuple[TrainingResult, Settings]) -> None:
 
 
 @pytest.mark.slow
-def test_synthetic_archetypes_are_recovered(tmp_path_factory: pytest.TempPathFactory,
-                                            pseudonymizer) -> None:
+def test_synthetic_archetypes_are_recovered(
+    tmp_path_factory: pytest.TempPathFactory, pseudonymizer
+) -> None:
     from crmbet.events import ingest_frame
     from crmbet.events.synthetic import generate_transactions
 
     raw = generate_transactions(players=50_000, days=30, seed=1)
     events = ingest_frame(raw, pseudonymizer=pseudonymizer).events
     settings = Settings(home=tmp_path_factory.mktemp("synthetic"))
-    result = train_from_events(events, settings=settings, register=False,
-                               extra=raw.select("event_id", "archetype"))
+    result = train_from_events(
+        events,
+        settings=settings,
+        register=False,
+        extra=raw.select("event_id", "archetype"),
+    )
     assert result.adjusted_rand_index is not None
     assert result.adjusted_rand_index >= 0.6
     assert 6 <= result.model.n_segments <= 12

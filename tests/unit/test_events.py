@@ -85,9 +85,20 @@ def test_normalize_converts_good_row() -> None:
         ("multiplier", "0.5", "below 1"),
     ],
 )
-def test_normalize_names_row_field_value_and_fix(field: str, value: object, problem: str) -> None:
-    raw = pl.concat([_raw(), _raw(**{field: value, "event_id": "e2"} if field != "event_id"
-                                  else {field: value})], how="diagonal_relaxed")
+def test_normalize_names_row_field_value_and_fix(
+    field: str, value: object, problem: str
+) -> None:
+    raw = pl.concat(
+        [
+            _raw(),
+            _raw(
+                **{field: value, "event_id": "e2"}
+                if field != "event_id"
+                else {field: value}
+            ),
+        ],
+        how="diagonal_relaxed",
+    )
     result = normalize(raw)
     assert result.events.height == 1
     assert result.n_invalid == 1
@@ -108,13 +119,23 @@ def test_dead_letter_keeps_whole_record() -> None:
 
 
 def test_mapping_renames_columns_and_translates_types() -> None:
-    raw = pl.DataFrame({
-        "txn": ["t1", "t2"], "customer": ["a", "b"], "when": ["2024-01-01T00:00:00Z"] * 2,
-        "kind": ["DEP", "WAGER"], "value": ["100", "5"],
-    })
+    raw = pl.DataFrame(
+        {
+            "txn": ["t1", "t2"],
+            "customer": ["a", "b"],
+            "when": ["2024-01-01T00:00:00Z"] * 2,
+            "kind": ["DEP", "WAGER"],
+            "value": ["100", "5"],
+        }
+    )
     mapping = ColumnMapping(
-        columns={"event_id": "txn", "player_id": "customer", "ts": "when",
-                 "event_type": "kind", "amount": "value"},
+        columns={
+            "event_id": "txn",
+            "player_id": "customer",
+            "ts": "when",
+            "event_type": "kind",
+            "amount": "value",
+        },
         constants={"product": "casino"},
         event_type_values={"DEP": "deposit", "WAGER": "bet"},
     )
@@ -126,7 +147,9 @@ def test_mapping_renames_columns_and_translates_types() -> None:
 
 def test_mapping_reports_missing_required_column() -> None:
     raw = pl.DataFrame({"event_id": ["1"], "player_id": ["a"], "ts": ["2024-01-01"]})
-    with pytest.raises(EventValidationError, match="event_type=.*missing from the input"):
+    with pytest.raises(
+        EventValidationError, match="event_type=.*missing from the input"
+    ):
         normalize(raw)
 
 
@@ -135,15 +158,23 @@ def test_mapping_rejects_unknown_field() -> None:
         ColumnMapping(columns={"stake": "Bet"})
 
 
-def test_csv_adapter_sends_bad_rows_to_dead_letters(tmp_path: Path, pseudonymizer) -> None:
+def test_csv_adapter_sends_bad_rows_to_dead_letters(
+    tmp_path: Path, pseudonymizer
+) -> None:
     path = tmp_path / "tx.csv"
-    pl.concat([_raw(), _raw(event_id="e2", amount="abc"), _raw(event_id="e3")],
-              how="diagonal_relaxed").write_csv(path)
-    result = ingest(path, pseudonymizer=pseudonymizer,
-                    dead_letter_path=tmp_path / "dead.jsonl")
+    pl.concat(
+        [_raw(), _raw(event_id="e2", amount="abc"), _raw(event_id="e3")],
+        how="diagonal_relaxed",
+    ).write_csv(path)
+    result = ingest(
+        path, pseudonymizer=pseudonymizer, dead_letter_path=tmp_path / "dead.jsonl"
+    )
     assert result.events.height == 2
     assert result.dead_letters["row"].to_list() == [2]
-    written = [orjson.loads(line) for line in (tmp_path / "dead.jsonl").read_bytes().splitlines()]
+    written = [
+        orjson.loads(line)
+        for line in (tmp_path / "dead.jsonl").read_bytes().splitlines()
+    ]
     assert "amount='abc' is not a number" in written[0]["errors"][0]
 
 
@@ -156,20 +187,33 @@ def test_csv_adapter_strict_mode_raises(tmp_path: Path, pseudonymizer) -> None:
 
 def test_parquet_adapter_reports_bad_types(tmp_path: Path, pseudonymizer) -> None:
     path = tmp_path / "tx.parquet"
-    pl.DataFrame({
-        "event_id": ["1", "2"], "player_id": ["a", "b"],
-        "ts": [datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 2, tzinfo=UTC)],
-        "event_type": ["deposit", "refund"], "amount": [10.0, 5.0],
-    }).write_parquet(path)
+    pl.DataFrame(
+        {
+            "event_id": ["1", "2"],
+            "player_id": ["a", "b"],
+            "ts": [datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 2, tzinfo=UTC)],
+            "event_type": ["deposit", "refund"],
+            "amount": [10.0, 5.0],
+        }
+    ).write_parquet(path)
     result = ingest(path, pseudonymizer=pseudonymizer)
     assert result.events.height == 1
-    assert "event_type='refund' is not a known event type" in result.dead_letters["errors"][0][0]
+    assert (
+        "event_type='refund' is not a known event type"
+        in result.dead_letters["errors"][0][0]
+    )
 
 
-def test_jsonl_adapter_keeps_going_after_bad_json(tmp_path: Path, pseudonymizer) -> None:
+def test_jsonl_adapter_keeps_going_after_bad_json(
+    tmp_path: Path, pseudonymizer
+) -> None:
     path = tmp_path / "tx.jsonl"
-    lines = [orjson.dumps(GOOD_ROW), b"{not json", orjson.dumps(GOOD_ROW | {"event_id": "e9"}),
-             orjson.dumps(GOOD_ROW | {"event_id": "e10", "amount": -1})]
+    lines = [
+        orjson.dumps(GOOD_ROW),
+        b"{not json",
+        orjson.dumps(GOOD_ROW | {"event_id": "e9"}),
+        orjson.dumps(GOOD_ROW | {"event_id": "e10", "amount": -1}),
+    ]
     path.write_bytes(b"\n".join(lines) + b"\n")
     result = ingest(path, pseudonymizer=pseudonymizer)
     assert result.events["event_id"].to_list() == ["e1", "e9"]
@@ -182,12 +226,25 @@ def test_jsonl_adapter_keeps_going_after_bad_json(tmp_path: Path, pseudonymizer)
 
 def test_jsonl_adapter_uses_mapping(tmp_path: Path, pseudonymizer) -> None:
     path = tmp_path / "tx.ndjson"
-    record = {"id": "x1", "user": "bob", "time": "2024-03-03T03:00:00Z", "type": "bet",
-              "stake": 2.5, "returned": 0}
+    record = {
+        "id": "x1",
+        "user": "bob",
+        "time": "2024-03-03T03:00:00Z",
+        "type": "bet",
+        "stake": 2.5,
+        "returned": 0,
+    }
     path.write_bytes(orjson.dumps(record) + b"\n")
-    mapping = ColumnMapping(columns={"event_id": "id", "player_id": "user", "ts": "time",
-                                     "event_type": "type", "amount": "stake",
-                                     "payout": "returned"})
+    mapping = ColumnMapping(
+        columns={
+            "event_id": "id",
+            "player_id": "user",
+            "ts": "time",
+            "event_type": "type",
+            "amount": "stake",
+            "payout": "returned",
+        }
+    )
     result = ingest(path, pseudonymizer=pseudonymizer, mapping=mapping)
     assert result.events["amount"].to_list() == [2.5]
     assert result.events["player_id"][0] == pseudonymizer.pseudonymize("bob")
@@ -281,8 +338,15 @@ def test_key_is_not_in_repr(tmp_path: Path) -> None:
     assert "super-secret-value" not in repr(Pseudonymizer(b"super-secret-value"))
 
 
-@pytest.mark.parametrize("text", ["1768039200", "2026-01-10 10:00:00",
-                                  "2026-01-10T12:00:00+02:00", "2026-01-10T10:00:00Z"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1768039200",
+        "2026-01-10 10:00:00",
+        "2026-01-10T12:00:00+02:00",
+        "2026-01-10T10:00:00Z",
+    ],
+)
 def test_timestamp_formats_in_text(text: str) -> None:
     result = normalize(pl.concat([_raw(ts=text), _raw(event_id="e2", ts=text)]))
     assert result.n_invalid == 0
@@ -290,5 +354,7 @@ def test_timestamp_formats_in_text(text: str) -> None:
 
 
 def test_mapping_to_missing_column_is_an_error() -> None:
-    with pytest.raises(EventValidationError, match="player_id='customr' is mapped to a column"):
+    with pytest.raises(
+        EventValidationError, match="player_id='customr' is mapped to a column"
+    ):
         normalize(_raw(), ColumnMapping(columns={"player_id": "customr"}))

@@ -29,8 +29,18 @@ def test_registry_has_at_least_twenty_documented_features() -> None:
 
 def test_feature_groups_cover_the_brief() -> None:
     groups = {feature.group for feature in FEATURES.values()}
-    expected = {"activity", "monetary", "outcome", "timing", "product", "promotion",
-                "crash", "trend", "payments", "responsible_gambling"}
+    expected = {
+        "activity",
+        "monetary",
+        "outcome",
+        "timing",
+        "product",
+        "promotion",
+        "crash",
+        "trend",
+        "payments",
+        "responsible_gambling",
+    }
     assert expected <= groups
 
 
@@ -68,8 +78,16 @@ def test_features_are_finite_on_bustabit(bustabit_events: pl.DataFrame) -> None:
 
 def test_shares_lie_in_unit_interval(bustabit_events: pl.DataFrame) -> None:
     features = compute_features(fold(bustabit_events))
-    for name in ("win_rate", "late_night_share", "weekend_share", "crash_share",
-                 "bonus_share", "hour_entropy", "loss_chasing_rate", "crash_cashout_rate"):
+    for name in (
+        "win_rate",
+        "late_night_share",
+        "weekend_share",
+        "crash_share",
+        "bonus_share",
+        "hour_entropy",
+        "loss_chasing_rate",
+        "crash_cashout_rate",
+    ):
         column = features[name]
         assert column.min() >= 0.0, name
         assert column.max() <= 1.0 + 1e-12, name
@@ -85,7 +103,9 @@ def test_recency_grows_with_as_of(bustabit_events: pl.DataFrame) -> None:
     states = fold(bustabit_events.head(1000))
     as_of = float(states["last_ts"].max())
     now = compute_features(states, as_of, ["recency_days", "stake_7d_per_day"])
-    later = compute_features(states, as_of + 86400, ["recency_days", "stake_7d_per_day"])
+    later = compute_features(
+        states, as_of + 86400, ["recency_days", "stake_7d_per_day"]
+    )
     assert ((later["recency_days"] - now["recency_days"] - 1.0).abs() < 1e-9).all()
     assert (later["stake_7d_per_day"] <= now["stake_7d_per_day"]).all()
 

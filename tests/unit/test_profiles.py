@@ -11,10 +11,19 @@ from crmbet.models import name_segments, score_risk, train_segments
 from crmbet.models.profiles import CAMPAIGNS, TRAITS, campaigns_for
 from crmbet.serving.predictor import SegmentPredictor
 
-POPULATION = {"avg_stake": 10.0, "bets_per_day": 2.0, "recency_days": 5.0,
-              "late_night_share": 0.1, "weekend_share": 0.3, "sports_share": 0.3,
-              "casino_share": 0.4, "crash_share": 0.1, "bonus_share": 0.02,
-              "cashback_share": 0.01, "crash_log_cashout": 0.0}
+POPULATION = {
+    "avg_stake": 10.0,
+    "bets_per_day": 2.0,
+    "recency_days": 5.0,
+    "late_night_share": 0.1,
+    "weekend_share": 0.3,
+    "sports_share": 0.3,
+    "casino_share": 0.4,
+    "crash_share": 0.1,
+    "bonus_share": 0.02,
+    "cashback_share": 0.01,
+    "crash_log_cashout": 0.0,
+}
 
 
 @pytest.mark.parametrize(
@@ -38,8 +47,12 @@ def test_each_trait_names_a_segment(change: dict[str, float], expected: str) -> 
 
 
 def test_names_stay_unique_when_traits_repeat() -> None:
-    profiles = [POPULATION | {"avg_stake": 80.0}, POPULATION | {"avg_stake": 50.0},
-                dict(POPULATION), dict(POPULATION)]
+    profiles = [
+        POPULATION | {"avg_stake": 80.0},
+        POPULATION | {"avg_stake": 50.0},
+        dict(POPULATION),
+        dict(POPULATION),
+    ]
     names = name_segments(profiles, POPULATION)
     assert names[0] == "High Roller"
     assert len(set(names)) == 4
@@ -56,13 +69,15 @@ def test_every_trait_has_campaigns() -> None:
 
 
 def test_harm_markers_flag_player() -> None:
-    scores = score_risk({
-        "bet_count": np.array([100.0, 100.0, 100.0, 2.0]),
-        "loss_chasing_rate": np.array([0.35, 0.0, 0.1, 0.9]),
-        "late_night_share": np.array([0.0, 0.7, 0.2, 0.9]),
-        "deposit_count": np.array([5.0, 5.0, 5.0, 5.0]),
-        "deposit_frequency_trend": np.array([1.0, 1.0, 1.5, 4.0]),
-    })
+    scores = score_risk(
+        {
+            "bet_count": np.array([100.0, 100.0, 100.0, 2.0]),
+            "loss_chasing_rate": np.array([0.35, 0.0, 0.1, 0.9]),
+            "late_night_share": np.array([0.0, 0.7, 0.2, 0.9]),
+            "deposit_count": np.array([5.0, 5.0, 5.0, 5.0]),
+            "deposit_frequency_trend": np.array([1.0, 1.0, 1.5, 4.0]),
+        }
+    )
     assert scores.harm_flag.tolist() == [True, True, False, False]
     assert scores.reasons(0) == ["loss_chasing"]
     assert scores.reasons(1) == ["late_night_play"]
@@ -70,8 +85,12 @@ def test_harm_markers_flag_player() -> None:
 
 
 def test_churn_rises_with_absence() -> None:
-    scores = score_risk({"recency_days": np.array([0.0, 3.0, 30.0]),
-                         "bets_per_day": np.array([1.0, 1.0, 1.0])})
+    scores = score_risk(
+        {
+            "recency_days": np.array([0.0, 3.0, 30.0]),
+            "bets_per_day": np.array([1.0, 1.0, 1.0]),
+        }
+    )
     assert scores.churn_risk[0] == 0.0
     assert scores.churn_risk[0] < scores.churn_risk[1] < scores.churn_risk[2] < 1.0
 
@@ -97,12 +116,14 @@ def test_unflagged_player_keeps_segment_campaigns(predictor: SegmentPredictor) -
     prediction = predictor.predict_features({"bet_count": 20.0, "avg_stake": 100.0})
     profile = predictor.model.profiles[prediction.cluster_id]
     assert [c["id"] for c in prediction.campaign_recommendations] == [
-        c.id for c in profile.campaigns]
+        c.id for c in profile.campaigns
+    ]
     assert prediction.recommendation_note == ""
 
 
-def test_batch_never_offers_promotions_to_flagged(predictor: SegmentPredictor,
-                                                  bustabit_events: pl.DataFrame) -> None:
+def test_batch_never_offers_promotions_to_flagged(
+    predictor: SegmentPredictor, bustabit_events: pl.DataFrame
+) -> None:
     batch = predictor.predict_events(bustabit_events)
     flagged = np.flatnonzero(batch.risk.harm_flag)
     assert flagged.size > 0
@@ -123,8 +144,9 @@ def test_unknown_feature_is_rejected(predictor: SegmentPredictor) -> None:
         predictor.predict_features({"stake": 1.0})
 
 
-def test_batch_matches_single(predictor: SegmentPredictor,
-                              bustabit_events: pl.DataFrame) -> None:
+def test_batch_matches_single(
+    predictor: SegmentPredictor, bustabit_events: pl.DataFrame
+) -> None:
     features = compute_features(fold(bustabit_events))
     batch = predictor.predict_batch(features)
     for index in (0, 99, 3000):
@@ -141,13 +163,17 @@ def test_cold_start_withholds_promotions(predictor: SegmentPredictor) -> None:
     assert "unknown player" in prediction.recommendation_note
 
 
-@pytest.mark.parametrize(("name", "value", "problem"), [
-    ("avg_stake", -100.0, "negative"),
-    ("bets_per_day", float("inf"), "not finite"),
-    ("avg_stake", "lots", "not a number"),
-])
-def test_impossible_feature_values_rejected(predictor: SegmentPredictor, name: str,
-                                            value: object, problem: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "value", "problem"),
+    [
+        ("avg_stake", -100.0, "negative"),
+        ("bets_per_day", float("inf"), "not finite"),
+        ("avg_stake", "lots", "not a number"),
+    ],
+)
+def test_impossible_feature_values_rejected(
+    predictor: SegmentPredictor, name: str, value: object, problem: str
+) -> None:
     with pytest.raises(ValueError, match=problem):
         predictor.predict_features({name: value})
 

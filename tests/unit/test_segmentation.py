@@ -17,8 +17,8 @@ def _features(n: int, seed: int = 0) -> pl.DataFrame:
     rng = np.random.default_rng(seed)
     groups = rng.integers(0, 4, n)
     columns = {
-        name: rng.normal(groups * 3.0 + i, 0.3, n).clip(0) for i, name in
-        enumerate(SEGMENTATION_FEATURES)
+        name: rng.normal(groups * 3.0 + i, 0.3, n).clip(0)
+        for i, name in enumerate(SEGMENTATION_FEATURES)
     }
     return pl.DataFrame({"player_id": [f"p{i}" for i in range(n)], **columns})
 
@@ -113,7 +113,9 @@ def test_constant_features_are_reported(bustabit_features: pl.DataFrame) -> None
 def test_missing_values_are_imputed() -> None:
     features = _features(400)
     features = features.with_columns(
-        pl.when(pl.int_range(pl.len()) % 7 == 0).then(None).otherwise(pl.col("avg_stake"))
+        pl.when(pl.int_range(pl.len()) % 7 == 0)
+        .then(None)
+        .otherwise(pl.col("avg_stake"))
         .alias("avg_stake")
     )
     model, labels = train_segments(features, k=4)
@@ -125,7 +127,9 @@ def test_single_bet_and_zero_stake_players(bustabit_events: pl.DataFrame) -> Non
     counts = bustabit_events.group_by("player_id").len()
     single = counts.filter(pl.col("len") == 1)["player_id"].head(300)
     events = bustabit_events.filter(pl.col("player_id").is_in(single.implode()))
-    zero = events.head(40).with_columns(pl.lit(0.0).alias("amount"), pl.lit(0.0).alias("payout"))
+    zero = events.head(40).with_columns(
+        pl.lit(0.0).alias("amount"), pl.lit(0.0).alias("payout")
+    )
     events = pl.concat([zero, events[40:]])
     features = compute_features(fold(events))
     model, labels = train_segments(features)

@@ -25,27 +25,55 @@ START = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 def _events(rows: list[dict[str, object]]) -> pl.DataFrame:
-    base = {"payout": 0.0, "bonus_amount": 0.0, "product": None, "multiplier": None,
-            "game": None, "session_id": None, "channel": None}
+    base = {
+        "payout": 0.0,
+        "bonus_amount": 0.0,
+        "product": None,
+        "multiplier": None,
+        "game": None,
+        "session_id": None,
+        "channel": None,
+    }
     return pl.DataFrame([base | row for row in rows], schema=EVENT_SCHEMA)
 
 
-def _bet(i: int, player: str, minutes: float, stake: float, payout: float,
-         product: str = "casino", multiplier: float | None = None) -> dict[str, object]:
-    return {"event_id": f"e{i}", "player_id": player, "ts": START + timedelta(minutes=minutes),
-            "event_type": "bet", "amount": stake, "payout": payout, "product": product,
-            "multiplier": multiplier}
+def _bet(
+    i: int,
+    player: str,
+    minutes: float,
+    stake: float,
+    payout: float,
+    product: str = "casino",
+    multiplier: float | None = None,
+) -> dict[str, object]:
+    return {
+        "event_id": f"e{i}",
+        "player_id": player,
+        "ts": START + timedelta(minutes=minutes),
+        "event_type": "bet",
+        "amount": stake,
+        "payout": payout,
+        "product": product,
+        "multiplier": multiplier,
+    }
 
 
 def test_fold_counts_and_sums_by_hand() -> None:
-    events = _events([
-        _bet(1, "a", 0, 10, 0),
-        _bet(2, "a", 10, 20, 50),  # larger stake 10 min after a loss: a chase
-        _bet(3, "a", 120, 5, 0, "crash"),
-        {"event_id": "e4", "player_id": "a", "ts": START, "event_type": "deposit",
-         "amount": 100.0},
-        _bet(5, "b", 0, 1, 2, "crash", 2.0),
-    ])
+    events = _events(
+        [
+            _bet(1, "a", 0, 10, 0),
+            _bet(2, "a", 10, 20, 50),  # larger stake 10 min after a loss: a chase
+            _bet(3, "a", 120, 5, 0, "crash"),
+            {
+                "event_id": "e4",
+                "player_id": "a",
+                "ts": START,
+                "event_type": "deposit",
+                "amount": 100.0,
+            },
+            _bet(5, "b", 0, 1, 2, "crash", 2.0),
+        ]
+    )
     states = fold(events)
     a = states.filter(pl.col("player_id") == "a").row(0, named=True)
     assert a["n_events"] == 4
@@ -69,8 +97,12 @@ def test_fold_counts_and_sums_by_hand() -> None:
 
 
 def test_fold_reads_bets_in_time_order_whatever_the_input_order() -> None:
-    rows = [_bet(1, "a", 0, 10, 0), _bet(2, "a", 10, 20, 0), _bet(3, "a", 20, 30, 0),
-            _bet(4, "a", 25, 5, 0)]
+    rows = [
+        _bet(1, "a", 0, 10, 0),
+        _bet(2, "a", 10, 20, 0),
+        _bet(3, "a", 20, 30, 0),
+        _bet(4, "a", 25, 5, 0),
+    ]
     expected = fold(_events(rows)).row(0, named=True)
     reversed_state = fold(_events(rows[::-1])).row(0, named=True)
     assert expected["n_chases"] == 2
@@ -105,26 +137,32 @@ def test_merge_law_on_bustabit_time_split(bustabit_events: pl.DataFrame) -> None
     assert_frame_equal(merge(fold(before), fold(after)), fold(ordered), rtol=1e-9)
 
 
-def test_merge_law_on_interleaved_split_except_sequence(bustabit_events: pl.DataFrame) -> None:
+def test_merge_law_on_interleaved_split_except_sequence(
+    bustabit_events: pl.DataFrame,
+) -> None:
     shuffled = bustabit_events.sample(fraction=1.0, shuffle=True, seed=3)
     half = shuffled.height // 2
     merged = merge(fold(shuffled[:half]), fold(shuffled[half:]))
     whole = fold(bustabit_events)
     others = [name for name in STATE_FIELDS if name not in SEQUENCE_FIELDS]
-    assert_frame_equal(merged.select("player_id", *others), whole.select("player_id", *others),
-                       rtol=1e-9)
+    assert_frame_equal(
+        merged.select("player_id", *others),
+        whole.select("player_id", *others),
+        rtol=1e-9,
+    )
 
 
 def test_merge_is_associative(bustabit_events: pl.DataFrame) -> None:
     ordered = bustabit_events.sort("ts", "event_id")
-    thirds = [ordered[i * 16_000:(i + 1) * 16_000] for i in range(3)]
+    thirds = [ordered[i * 16_000 : (i + 1) * 16_000] for i in range(3)]
     thirds[2] = ordered[32_000:]
     a, b, c = (fold(part) for part in thirds)
     assert_frame_equal(merge(merge(a, b), c), merge(a, merge(b, c)), rtol=1e-9)
 
 
-EVENT_TYPES = st.sampled_from(["bet", "bet", "bet", "deposit", "withdrawal", "bonus",
-                               "cashback"])
+EVENT_TYPES = st.sampled_from(
+    ["bet", "bet", "bet", "deposit", "withdrawal", "bonus", "cashback"]
+)
 
 
 @st.composite
@@ -163,7 +201,9 @@ def test_merge_law_property(events: pl.DataFrame, cut_share: float) -> None:
     cut = times.min() + (times.max() - times.min()) * cut_share
     before = ordered.filter(pl.col("ts") < cut)
     after = ordered.filter(pl.col("ts") >= cut)
-    assert_frame_equal(merge(fold(before), fold(after)), fold(ordered), rtol=1e-9, atol=1e-9)
+    assert_frame_equal(
+        merge(fold(before), fold(after)), fold(ordered), rtol=1e-9, atol=1e-9
+    )
 
 
 def test_decay_windows_are_seven_and_thirty_days() -> None:

@@ -9,7 +9,13 @@ from crmbet.events.adapters import (
     iter_ingest,
 )
 from crmbet.events.pseudonym import Pseudonymizer
-from crmbet.events.schema import EVENT_SCHEMA, EVENT_SCHEMA_VERSION, Event, EventType, Product
+from crmbet.events.schema import (
+    EVENT_SCHEMA,
+    EVENT_SCHEMA_VERSION,
+    Event,
+    EventType,
+    Product,
+)
 from crmbet.events.validation import ColumnMapping, ValidationResult, normalize
 
 __all__ = [

@@ -34,7 +34,14 @@ SourceFormat = Literal["auto", "csv", "parquet", "jsonl", "bustabit"]
 
 #: Columns of the bustabit export; a CSV with this header is read as bustabit.
 BUSTABIT_COLUMNS = (
-    "Id", "GameID", "Username", "Bet", "CashedOut", "Bonus", "Profit", "BustedAt",
+    "Id",
+    "GameID",
+    "Username",
+    "Bet",
+    "CashedOut",
+    "Bonus",
+    "Profit",
+    "BustedAt",
     "PlayDate",
 )
 DEFAULT_BATCH_SIZE = 2_000_000
@@ -96,7 +103,9 @@ def bustabit_to_raw(frame: pl.DataFrame) -> pl.DataFrame:
     bonus = stake * bonus_pct / 100.0
     won = pl.col("CashedOut").is_not_null()
     return frame.select(
-        pl.concat_str(pl.lit("bustabit-"), pl.col("Id").cast(pl.String)).alias("event_id"),
+        pl.concat_str(pl.lit("bustabit-"), pl.col("Id").cast(pl.String)).alias(
+            "event_id"
+        ),
         pl.col("Username").alias("player_id"),
         pl.col("PlayDate").alias("ts"),
         pl.lit("bet").alias("event_type"),
@@ -148,12 +157,20 @@ def _jsonl_batches(path: Path, batch_size: int) -> Iterator[pl.DataFrame]:
             try:
                 record = orjson.loads(line)
                 if not isinstance(record, dict):
-                    raise orjson.JSONDecodeError("not an object", line.decode(errors="replace"), 0)
+                    raise orjson.JSONDecodeError(
+                        "not an object", line.decode(errors="replace"), 0
+                    )
             except orjson.JSONDecodeError as error:
-                record = {"__json_error": f"line {number}: {error}",
-                          "__json_line": line.decode(errors="replace")[:2000]}
-            rows.append({key: None if value is None else str(value)
-                         for key, value in record.items()})
+                record = {
+                    "__json_error": f"line {number}: {error}",
+                    "__json_line": line.decode(errors="replace")[:2000],
+                }
+            rows.append(
+                {
+                    key: None if value is None else str(value)
+                    for key, value in record.items()
+                }
+            )
             if len(rows) >= batch_size:
                 yield pl.DataFrame(rows, infer_schema_length=None)
                 rows = []
@@ -161,9 +178,9 @@ def _jsonl_batches(path: Path, batch_size: int) -> Iterator[pl.DataFrame]:
         yield pl.DataFrame(rows, infer_schema_length=None)
 
 
-def _split_json_errors(batch: pl.DataFrame, offset: int, source: str) -> tuple[
-    pl.DataFrame, pl.DataFrame
-]:
+def _split_json_errors(
+    batch: pl.DataFrame, offset: int, source: str
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     if "__json_error" not in batch.columns:
         return batch, pl.DataFrame(schema=DEAD_LETTER_SCHEMA)
     numbered = batch.with_row_index("row", offset=offset + 1)
@@ -171,15 +188,20 @@ def _split_json_errors(batch: pl.DataFrame, offset: int, source: str) -> tuple[
     dead = broken.select(
         pl.col("row").cast(pl.Int64),
         pl.concat_list(
-            pl.format("record={} is not a JSON object; {}", pl.col("__json_error"),
-                      pl.lit("fix the producer to write one JSON object per line"))
+            pl.format(
+                "record={} is not a JSON object; {}",
+                pl.col("__json_error"),
+                pl.lit("fix the producer to write one JSON object per line"),
+            )
         ).alias("errors"),
         pl.col("__json_line").alias("record"),
         pl.lit(source).alias("source"),
     )
-    good = numbered.filter(pl.col("__json_error").is_null()).drop(
-        "__json_error", "__json_line", strict=False
-    ).rename({"row": SOURCE_ROW_COLUMN})
+    good = (
+        numbered.filter(pl.col("__json_error").is_null())
+        .drop("__json_error", "__json_line", strict=False)
+        .rename({"row": SOURCE_ROW_COLUMN})
+    )
     return good, dead.cast(DEAD_LETTER_SCHEMA)
 
 
@@ -211,7 +233,10 @@ def iter_ingest(
     elif fmt == "jsonl":
         batches = _jsonl_batches(path, batch_size)
     else:
-        raise ValueError(f"source format {fmt!r} is not supported; use csv, parquet, jsonl or bustabit")
+        raise ValueError(
+            f"source format {fmt!r} is not supported; "
+            "use csv, parquet, jsonl or bustabit"
+        )
 
     offset = 0
     for batch in batches:
@@ -219,8 +244,10 @@ def iter_ingest(
         batch, json_dead = _split_json_errors(batch, offset, source)
         raw = bustabit_to_raw(batch) if fmt == "bustabit" else batch
         result = normalize(raw, mapping, row_offset=offset, source=source)
-        dead = pl.concat([json_dead, result.dead_letters]) if json_dead.height else (
-            result.dead_letters
+        dead = (
+            pl.concat([json_dead, result.dead_letters])
+            if json_dead.height
+            else (result.dead_letters)
         )
         extra = _extra_columns(batch, result, keep_columns)
         events = pseudonymizer.pseudonymize_column(result.events)
@@ -259,22 +286,31 @@ def ingest(
     instead.
     """
     parts: list[IngestResult] = []
-    for part in iter_ingest(path, pseudonymizer=pseudonymizer, source_format=source_format,
-                            mapping=mapping, batch_size=batch_size,
-                            keep_columns=keep_columns):
+    for part in iter_ingest(
+        path,
+        pseudonymizer=pseudonymizer,
+        source_format=source_format,
+        mapping=mapping,
+        batch_size=batch_size,
+        keep_columns=keep_columns,
+    ):
         if strict and part.dead_letters.height:
             ValidationResult(part.events, part.dead_letters).raise_if_invalid()
         parts.append(part)
     events = pl.concat([p.events for p in parts]) if parts else empty_events()
-    dead = pl.concat([p.dead_letters for p in parts]) if parts else pl.DataFrame(
-        schema=DEAD_LETTER_SCHEMA
+    dead = (
+        pl.concat([p.dead_letters for p in parts])
+        if parts
+        else pl.DataFrame(schema=DEAD_LETTER_SCHEMA)
     )
     extras = [p.extra for p in parts if p.extra is not None]
     extra = pl.concat(extras) if extras else None
     source = parts[0].source if parts else str(path)
     if dead.height and dead_letter_path is not None:
         write_dead_letters(dead, dead_letter_path)
-    logger.info("read %d events from %s (%d invalid)", events.height, source, dead.height)
+    logger.info(
+        "read %d events from %s (%d invalid)", events.height, source, dead.height
+    )
     return IngestResult(events=events, dead_letters=dead, extra=extra, source=source)
 
 

@@ -42,8 +42,10 @@ class Pseudonymizer:
         digest = hmac.new(self._key, raw_id.encode(), hashlib.sha256).hexdigest()
         return "p_" + digest[:PSEUDONYM_HEX_CHARS]
 
-    def pseudonymize_column(self, frame: pl.DataFrame, column: str = "player_id") -> pl.DataFrame:
-        """Replace ``column`` of ``frame`` with pseudonyms, hashing each distinct id once."""
+    def pseudonymize_column(
+        self, frame: pl.DataFrame, column: str = "player_id"
+    ) -> pl.DataFrame:
+        """Replace ``column`` of ``frame`` with pseudonyms, hashing each id once."""
         if frame.height == 0:
             return frame
         unique = frame.get_column(column).unique()
@@ -54,4 +56,6 @@ class Pseudonymizer:
             }
         )
         joined = frame.join(lookup, on=column, how="left", maintain_order="left")
-        return joined.with_columns(pl.col("__pseudonym").alias(column)).drop("__pseudonym")
+        return joined.with_columns(pl.col("__pseudonym").alias(column)).drop(
+            "__pseudonym"
+        )

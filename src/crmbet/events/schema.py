@@ -60,7 +60,13 @@ EVENT_SCHEMA: dict[str, pl.DataType] = {
 }
 
 #: Fields a source must provide; the others are optional.
-REQUIRED_FIELDS: tuple[str, ...] = ("event_id", "player_id", "ts", "event_type", "amount")
+REQUIRED_FIELDS: tuple[str, ...] = (
+    "event_id",
+    "player_id",
+    "ts",
+    "event_type",
+    "amount",
+)
 
 #: Fields that are free text and never checked beyond their type.
 OPTIONAL_TEXT_FIELDS: tuple[str, ...] = ("game", "session_id", "channel")

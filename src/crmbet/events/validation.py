@@ -97,7 +97,11 @@ class ValidationResult:
                 name, _, rest = message.partition("=")
                 shown, _, tail = rest.partition(" is ")
                 problem, _, fix = tail.partition("; ")
-                value = None if shown == "None" else shown.removeprefix("'").removesuffix("'")
+                value = (
+                    None
+                    if shown == "None"
+                    else shown.removeprefix("'").removesuffix("'")
+                )
                 errors.append(FieldError(row, name, value, problem, fix))
                 if len(errors) >= limit:
                     return errors
@@ -128,8 +132,10 @@ def _parse_timestamp(frame: pl.DataFrame, name: str) -> pl.Expr:
         return column.dt.convert_time_zone("UTC").dt.cast_time_unit("us")
     if dtype.is_numeric():
         # Numbers are read as Unix epoch seconds.
-        return (column.cast(pl.Float64) * 1_000_000).cast(pl.Int64).cast(
-            pl.Datetime("us", "UTC")
+        return (
+            (column.cast(pl.Float64) * 1_000_000)
+            .cast(pl.Int64)
+            .cast(pl.Datetime("us", "UTC"))
         )
     text = column.cast(pl.String).str.strip_chars()
     # ISO 8601 (with "T" or a space, with or without an offset) whose format
@@ -139,8 +145,8 @@ def _parse_timestamp(frame: pl.DataFrame, name: str) -> pl.Expr:
         time_zone="UTC", time_unit="us", strict=False, ambiguous="earliest"
     )
     epoch = text.cast(pl.Float64, strict=False)
-    from_epoch = (epoch * 1_000_000).cast(pl.Int64, strict=False).cast(
-        pl.Datetime("us", "UTC")
+    from_epoch = (
+        (epoch * 1_000_000).cast(pl.Int64, strict=False).cast(pl.Datetime("us", "UTC"))
     )
     return pl.coalesce(iso, from_epoch)
 
@@ -152,8 +158,10 @@ def _message(mask: pl.Expr, name: str, raw: pl.Expr, problem: str, fix: str) -> 
 
 def _raw_repr(name: str) -> pl.Expr:
     value = pl.col(name).cast(pl.String, strict=False)
-    return pl.when(value.is_null()).then(pl.lit("None")).otherwise(
-        pl.concat_str(pl.lit("'"), value, pl.lit("'"))
+    return (
+        pl.when(value.is_null())
+        .then(pl.lit("None"))
+        .otherwise(pl.concat_str(pl.lit("'"), value, pl.lit("'")))
     )
 
 
@@ -167,12 +175,19 @@ def _apply_mapping(raw: pl.DataFrame, mapping: ColumnMapping) -> pl.DataFrame:
     if unmapped:
         raise EventValidationError(
             [
-                FieldError(None, target, source, "mapped to a column the input lacks",
-                           f"fix the mapping; the input's columns are {raw.columns}")
+                FieldError(
+                    None,
+                    target,
+                    source,
+                    "mapped to a column the input lacks",
+                    f"fix the mapping; the input's columns are {raw.columns}",
+                )
                 for target, source in unmapped.items()
             ]
         )
-    frame = raw.drop([t for t in renames.values() if t in raw.columns and t not in renames])
+    frame = raw.drop(
+        [t for t in renames.values() if t in raw.columns and t not in renames]
+    )
     frame = frame.rename(renames)
     for name, value in mapping.constants.items():
         frame = frame.with_columns(pl.lit(value).alias(name))
@@ -197,7 +212,9 @@ def _apply_mapping(raw: pl.DataFrame, mapping: ColumnMapping) -> pl.DataFrame:
             frame = frame.with_columns(pl.lit(None).alias(name))
     if mapping.event_type_values:
         frame = frame.with_columns(
-            _text("event_type").replace(dict(mapping.event_type_values)).alias("event_type")
+            _text("event_type")
+            .replace(dict(mapping.event_type_values))
+            .alias("event_type")
         )
     return frame
 
@@ -266,45 +283,116 @@ def normalize(
     def money_checks(name: str, required: bool) -> list[pl.Expr]:
         value = pl.col(f"__{name}")
         checks = [
-            _message(unparsable(name), name, _raw_repr(name), "not a number",
-                     "write a plain decimal number such as 12.50"),
-            _message(value < 0, name, _raw_repr(name), "negative",
-                     "send a non-negative amount; the event type says its direction"),
-            _message(value.is_infinite() | value.is_nan(), name, _raw_repr(name),
-                     "not finite", "send a finite amount"),
+            _message(
+                unparsable(name),
+                name,
+                _raw_repr(name),
+                "not a number",
+                "write a plain decimal number such as 12.50",
+            ),
+            _message(
+                value < 0,
+                name,
+                _raw_repr(name),
+                "negative",
+                "send a non-negative amount; the event type says its direction",
+            ),
+            _message(
+                value.is_infinite() | value.is_nan(),
+                name,
+                _raw_repr(name),
+                "not finite",
+                "send a finite amount",
+            ),
         ]
         if required:
-            checks.append(_message(~present[name], name, _raw_repr(name), "missing",
-                                   f"every event needs '{name}'"))
+            checks.append(
+                _message(
+                    ~present[name],
+                    name,
+                    _raw_repr(name),
+                    "missing",
+                    f"every event needs '{name}'",
+                )
+            )
         return checks
 
     checks = [
-        _message(blank("event_id"), "event_id", _raw_repr("event_id"), "missing",
-                 "give every record a unique id so replays are not counted twice"),
-        _message(blank("player_id"), "player_id", _raw_repr("player_id"), "missing",
-                 "give every record the id of the player it belongs to"),
-        _message(~present["ts"], "ts", _raw_repr("ts"), "missing",
-                 "give every record its time as ISO 8601, e.g. 2024-05-01T21:00:00Z"),
-        _message(unparsable("ts"), "ts", _raw_repr("ts"), "not a timestamp",
-                 "write ISO 8601, e.g. 2024-05-01T21:00:00Z, or Unix seconds"),
-        _message(pl.col("__ts") > pl.lit(latest), "ts", _raw_repr("ts"),
-                 "more than 1 day in the future", "check the source's clock and time zone"),
-        _message(~pl.col("__event_type").is_in(EVENT_TYPES), "event_type",
-                 _raw_repr("event_type"), "not a known event type",
-                 f"use one of {list(EVENT_TYPES)} or map the source's labels"),
+        _message(
+            blank("event_id"),
+            "event_id",
+            _raw_repr("event_id"),
+            "missing",
+            "give every record a unique id so replays are not counted twice",
+        ),
+        _message(
+            blank("player_id"),
+            "player_id",
+            _raw_repr("player_id"),
+            "missing",
+            "give every record the id of the player it belongs to",
+        ),
+        _message(
+            ~present["ts"],
+            "ts",
+            _raw_repr("ts"),
+            "missing",
+            "give every record its time as ISO 8601, e.g. 2024-05-01T21:00:00Z",
+        ),
+        _message(
+            unparsable("ts"),
+            "ts",
+            _raw_repr("ts"),
+            "not a timestamp",
+            "write ISO 8601, e.g. 2024-05-01T21:00:00Z, or Unix seconds",
+        ),
+        _message(
+            pl.col("__ts") > pl.lit(latest),
+            "ts",
+            _raw_repr("ts"),
+            "more than 1 day in the future",
+            "check the source's clock and time zone",
+        ),
+        _message(
+            ~pl.col("__event_type").is_in(EVENT_TYPES),
+            "event_type",
+            _raw_repr("event_type"),
+            "not a known event type",
+            f"use one of {list(EVENT_TYPES)} or map the source's labels",
+        ),
         *money_checks("amount", required=True),
         *money_checks("payout", required=False),
         *money_checks("bonus_amount", required=False),
-        _message(present["payout"] & ~is_bet & (pl.col("__payout") > 0), "payout",
-                 _raw_repr("payout"), "set on an event that is not a bet",
-                 "only bets have a payout; put the money moved in 'amount'"),
-        _message(is_bet & pl.col("__product").is_not_null()
-                 & ~pl.col("__product").is_in(PRODUCTS), "product", _raw_repr("product"),
-                 "not a known product", f"use one of {list(PRODUCTS)}"),
-        _message(unparsable("multiplier"), "multiplier", _raw_repr("multiplier"),
-                 "not a number", "write the cash-out multiplier as a decimal, e.g. 2.5"),
-        _message(pl.col("__multiplier") < 1, "multiplier", _raw_repr("multiplier"),
-                 "below 1", "a cash-out multiplier is at least 1; leave it empty on a lost bet"),
+        _message(
+            present["payout"] & ~is_bet & (pl.col("__payout") > 0),
+            "payout",
+            _raw_repr("payout"),
+            "set on an event that is not a bet",
+            "only bets have a payout; put the money moved in 'amount'",
+        ),
+        _message(
+            is_bet
+            & pl.col("__product").is_not_null()
+            & ~pl.col("__product").is_in(PRODUCTS),
+            "product",
+            _raw_repr("product"),
+            "not a known product",
+            f"use one of {list(PRODUCTS)}",
+        ),
+        _message(
+            unparsable("multiplier"),
+            "multiplier",
+            _raw_repr("multiplier"),
+            "not a number",
+            "write the cash-out multiplier as a decimal, e.g. 2.5",
+        ),
+        _message(
+            pl.col("__multiplier") < 1,
+            "multiplier",
+            _raw_repr("multiplier"),
+            "below 1",
+            "a cash-out multiplier is at least 1; leave it empty on a lost bet",
+        ),
     ]
     checked = parsed.with_columns(
         pl.concat_list(checks).list.drop_nulls().alias("__errors")
@@ -319,26 +407,39 @@ def normalize(
         pl.col("__ts").alias("ts"),
         pl.col("__event_type").alias("event_type"),
         pl.col("__amount").alias("amount"),
-        pl.when(is_bet).then(pl.col("__payout").fill_null(0.0)).otherwise(0.0)
+        pl.when(is_bet)
+        .then(pl.col("__payout").fill_null(0.0))
+        .otherwise(0.0)
         .alias("payout"),
         pl.col("__bonus_amount").fill_null(0.0).alias("bonus_amount"),
-        pl.when(is_bet).then(pl.col("__product").fill_null("other")).otherwise(None)
+        pl.when(is_bet)
+        .then(pl.col("__product").fill_null("other"))
+        .otherwise(None)
         .alias("product"),
         pl.col("__multiplier").alias("multiplier"),
         *[pl.col(f"__{name}").alias(name) for name in OPTIONAL_TEXT_FIELDS],
     ).cast(EVENT_SCHEMA)
 
     record_columns = [c for c in bad.columns if not c.startswith("__")]
-    dead = bad.select(
-        pl.col("__row").cast(pl.Int64).alias("row"),
-        pl.col("__errors").alias("errors"),
-        pl.struct([pl.col(c).cast(pl.String, strict=False) for c in record_columns])
-        .struct.json_encode().alias("record"),
-        pl.lit(source).alias("source"),
-    ) if bad.height else pl.DataFrame(schema=DEAD_LETTER_SCHEMA)
+    dead = (
+        bad.select(
+            pl.col("__row").cast(pl.Int64).alias("row"),
+            pl.col("__errors").alias("errors"),
+            pl.struct([pl.col(c).cast(pl.String, strict=False) for c in record_columns])
+            .struct.json_encode()
+            .alias("record"),
+            pl.lit(source).alias("source"),
+        )
+        if bad.height
+        else pl.DataFrame(schema=DEAD_LETTER_SCHEMA)
+    )
     if bad.height:
         logger.warning(
-            "%d of %d records from %s are invalid and went to the dead letters; first: %s",
-            bad.height, raw.height, source or "input", bad["__errors"][0][0],
+            "%d of %d records from %s are invalid and went to the dead letters; "
+            "first: %s",
+            bad.height,
+            raw.height,
+            source or "input",
+            bad["__errors"][0][0],
         )
     return ValidationResult(events=events, dead_letters=dead.cast(DEAD_LETTER_SCHEMA))

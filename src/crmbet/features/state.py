@@ -54,14 +54,25 @@ def _fields() -> dict[str, StateField]:
         StateField("first_ts", "min", ("ts",), "time of the first event, Unix seconds"),
         StateField("last_ts", "max", ("ts",), "time of the newest event, Unix seconds"),
         StateField("n_bets", "sum", typed_amount, "bets placed"),
-        StateField("n_wins", "sum", (*typed_amount, "payout"), "bets that paid more than the stake"),
+        StateField(
+            "n_wins",
+            "sum",
+            (*typed_amount, "payout"),
+            "bets that paid more than the stake",
+        ),
         StateField("stake_sum", "sum", typed_amount, "total staked"),
         StateField("stake_sq_sum", "sum", typed_amount, "sum of squared stakes"),
         StateField("log_stake_sum", "sum", typed_amount, "sum of ln(1 + stake)"),
         StateField("stake_max", "max", typed_amount, "largest stake"),
-        StateField("payout_sum", "sum", ("event_type", "payout"), "total paid back on bets"),
-        StateField("bet_bonus_sum", "sum", ("event_type", "bonus_amount"),
-                   "bonus money paid with bets"),
+        StateField(
+            "payout_sum", "sum", ("event_type", "payout"), "total paid back on bets"
+        ),
+        StateField(
+            "bet_bonus_sum",
+            "sum",
+            ("event_type", "bonus_amount"),
+            "bonus money paid with bets",
+        ),
         StateField("n_deposits", "sum", typed_amount, "deposits"),
         StateField("deposit_sum", "sum", typed_amount, "total deposited"),
         StateField("deposit_max", "max", typed_amount, "largest deposit"),
@@ -72,39 +83,95 @@ def _fields() -> dict[str, StateField]:
         StateField("n_cashback", "sum", typed_amount, "cashback credits"),
         StateField("cashback_sum", "sum", typed_amount, "total cashback credited"),
         StateField("n_crash", "sum", ("event_type", "product"), "crash-game bets"),
-        StateField("n_cashouts", "sum", ("product", "multiplier"),
-                   "crash bets cashed out before the bust"),
-        StateField("cashout_log_sum", "sum", ("product", "multiplier"),
-                   "sum of ln(cash-out multiplier) over cashed-out crash bets"),
-        StateField("cashout_max", "max", ("product", "multiplier"),
-                   "largest cash-out multiplier"),
+        StateField(
+            "n_cashouts",
+            "sum",
+            ("product", "multiplier"),
+            "crash bets cashed out before the bust",
+        ),
+        StateField(
+            "cashout_log_sum",
+            "sum",
+            ("product", "multiplier"),
+            "sum of ln(cash-out multiplier) over cashed-out crash bets",
+        ),
+        StateField(
+            "cashout_max",
+            "max",
+            ("product", "multiplier"),
+            "largest cash-out multiplier",
+        ),
     ]
     for product in PRODUCTS:
-        items.append(StateField(f"n_{product}_bets", "sum", ("event_type", "product"),
-                                f"bets on {product}"))
-        items.append(StateField(f"stake_{product}", "sum", (*typed_amount, "product"),
-                                f"total staked on {product}"))
+        items.append(
+            StateField(
+                f"n_{product}_bets",
+                "sum",
+                ("event_type", "product"),
+                f"bets on {product}",
+            )
+        )
+        items.append(
+            StateField(
+                f"stake_{product}",
+                "sum",
+                (*typed_amount, "product"),
+                f"total staked on {product}",
+            )
+        )
     for hour in range(24):
-        items.append(StateField(f"hour_{hour:02d}", "sum", ("event_type", "ts"),
-                                f"bets placed between {hour:02d}:00 and {hour:02d}:59 UTC"))
+        items.append(
+            StateField(
+                f"hour_{hour:02d}",
+                "sum",
+                ("event_type", "ts"),
+                f"bets placed between {hour:02d}:00 and {hour:02d}:59 UTC",
+            )
+        )
     for day in range(7):
-        items.append(StateField(f"wday_{day}", "sum", ("event_type", "ts"),
-                                f"bets placed on ISO weekday {day + 1} (1 = Monday)"))
+        items.append(
+            StateField(
+                f"wday_{day}",
+                "sum",
+                ("event_type", "ts"),
+                f"bets placed on ISO weekday {day + 1} (1 = Monday)",
+            )
+        )
     for window in DECAY_WINDOWS:
         items += [
-            StateField(f"stake_d{window}", "decay", (*typed_amount, "ts"),
-                       f"stakes decayed with a {window} time constant, as of last_ts"),
-            StateField(f"bets_d{window}", "decay", ("event_type", "ts"),
-                       f"bet count decayed with a {window} time constant, as of last_ts"),
-            StateField(f"deposits_d{window}", "decay", ("event_type", "ts"),
-                       f"deposit count decayed with a {window} time constant, as of last_ts"),
-            StateField(f"net_loss_d{window}", "decay", (*typed_amount, "payout", "ts"),
-                       f"stake minus payout decayed with a {window} time constant"),
+            StateField(
+                f"stake_d{window}",
+                "decay",
+                (*typed_amount, "ts"),
+                f"stakes decayed with a {window} time constant, as of last_ts",
+            ),
+            StateField(
+                f"bets_d{window}",
+                "decay",
+                ("event_type", "ts"),
+                f"bet count decayed with a {window} time constant, as of last_ts",
+            ),
+            StateField(
+                f"deposits_d{window}",
+                "decay",
+                ("event_type", "ts"),
+                f"deposit count decayed with a {window} time constant, as of last_ts",
+            ),
+            StateField(
+                f"net_loss_d{window}",
+                "decay",
+                (*typed_amount, "payout", "ts"),
+                f"stake minus payout decayed with a {window} time constant",
+            ),
         ]
     seq = ("event_type", "amount", "payout", "ts")
     items += [
-        StateField("n_chases", "sequence", seq,
-                   "bets with a larger stake placed within 30 min of a lost bet"),
+        StateField(
+            "n_chases",
+            "sequence",
+            seq,
+            "bets with a larger stake placed within 30 min of a lost bet",
+        ),
         StateField("first_bet_ts", "sequence", seq, "time of the first bet"),
         StateField("first_bet_stake", "sequence", seq, "stake of the first bet"),
         StateField("last_bet_ts", "sequence", seq, "time of the newest bet"),
@@ -155,7 +222,9 @@ def fold(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     payout = pl.when(is_bet).then(pl.col("payout")).otherwise(0.0)
 
     def money(kind: str) -> pl.Expr:
-        return pl.when(pl.col("event_type") == kind).then(pl.col("amount")).otherwise(0.0)
+        return (
+            pl.when(pl.col("event_type") == kind).then(pl.col("amount")).otherwise(0.0)
+        )
 
     def count(mask: pl.Expr) -> pl.Expr:
         return mask.cast(pl.Float64).sum()
@@ -164,8 +233,14 @@ def fold(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     # group-by keeps each player's rows in input order, so the loss-chasing
     # pairs and the first and last bets see each player's bets in time order.
     ordered = frame.select(
-        "player_id", "event_id", "event_type", "amount", "payout", "bonus_amount",
-        "product", "multiplier",
+        "player_id",
+        "event_id",
+        "event_type",
+        "amount",
+        "payout",
+        "bonus_amount",
+        "product",
+        "multiplier",
         (pl.col("ts").dt.epoch("us").cast(pl.Float64) / 1e6).alias("__t"),
         pl.col("ts").dt.hour().alias("__hour"),
         (pl.col("ts").dt.weekday() - 1).alias("__wday"),
@@ -178,7 +253,11 @@ def fold(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
             bet_lost.shift(1)
             & (bet_stake > bet_stake.shift(1))
             & ((bet_time - bet_time.shift(1)) <= LOSS_CHASE_WINDOW_S)
-        ).fill_null(False).cast(pl.Float64).sum().alias("n_chases"),
+        )
+        .fill_null(False)
+        .cast(pl.Float64)
+        .sum()
+        .alias("n_chases"),
         bet_time.first().alias("first_bet_ts"),
         bet_stake.first().alias("first_bet_stake"),
         bet_time.last().alias("last_bet_ts"),
@@ -198,7 +277,10 @@ def fold(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
         stake.log1p().sum().alias("log_stake_sum"),
         stake.max().alias("stake_max"),
         payout.sum().alias("payout_sum"),
-        pl.when(is_bet).then(pl.col("bonus_amount")).otherwise(0.0).sum()
+        pl.when(is_bet)
+        .then(pl.col("bonus_amount"))
+        .otherwise(0.0)
+        .sum()
         .alias("bet_bonus_sum"),
         count(pl.col("event_type") == "deposit").alias("n_deposits"),
         money("deposit").sum().alias("deposit_sum"),
@@ -211,37 +293,55 @@ def fold(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
         money("cashback").sum().alias("cashback_sum"),
         count(is_bet & (pl.col("product") == "crash")).alias("n_crash"),
         count(is_bet & crash_cashout).alias("n_cashouts"),
-        pl.when(is_bet & crash_cashout).then(pl.col("multiplier").log()).otherwise(0.0)
-        .sum().alias("cashout_log_sum"),
-        pl.when(is_bet & crash_cashout).then(pl.col("multiplier")).otherwise(0.0)
-        .max().alias("cashout_max"),
+        pl.when(is_bet & crash_cashout)
+        .then(pl.col("multiplier").log())
+        .otherwise(0.0)
+        .sum()
+        .alias("cashout_log_sum"),
+        pl.when(is_bet & crash_cashout)
+        .then(pl.col("multiplier"))
+        .otherwise(0.0)
+        .max()
+        .alias("cashout_max"),
     ]
     for product in PRODUCTS:
         on_product = is_bet & (pl.col("product") == product)
         aggregations.append(count(on_product).alias(f"n_{product}_bets"))
         aggregations.append(
-            pl.when(on_product).then(pl.col("amount")).otherwise(0.0).sum()
+            pl.when(on_product)
+            .then(pl.col("amount"))
+            .otherwise(0.0)
+            .sum()
             .alias(f"stake_{product}")
         )
     for hour in range(24):
-        aggregations.append(count(is_bet & (pl.col("__hour") == hour)).alias(f"hour_{hour:02d}"))
+        aggregations.append(
+            count(is_bet & (pl.col("__hour") == hour)).alias(f"hour_{hour:02d}")
+        )
     for day in range(7):
-        aggregations.append(count(is_bet & (pl.col("__wday") == day)).alias(f"wday_{day}"))
+        aggregations.append(
+            count(is_bet & (pl.col("__wday") == day)).alias(f"wday_{day}")
+        )
     for window in DECAY_WINDOWS:
         weight = _decay_weight(window)
         aggregations += [
             (stake * weight).sum().alias(f"stake_d{window}"),
             (is_bet.cast(pl.Float64) * weight).sum().alias(f"bets_d{window}"),
-            ((pl.col("event_type") == "deposit").cast(pl.Float64) * weight).sum()
+            ((pl.col("event_type") == "deposit").cast(pl.Float64) * weight)
+            .sum()
             .alias(f"deposits_d{window}"),
             ((stake - payout) * weight).sum().alias(f"net_loss_d{window}"),
         ]
 
     states = ordered.group_by("player_id").agg(aggregations + sequence)
-    return states.select(list(STATE_SCHEMA)).cast(STATE_SCHEMA).sort("player_id").collect()
+    return (
+        states.select(list(STATE_SCHEMA)).cast(STATE_SCHEMA).sort("player_id").collect()
+    )
 
 
-def _rescale(value: pl.Expr, anchor: pl.Expr, new_anchor: pl.Expr, window: str) -> pl.Expr:
+def _rescale(
+    value: pl.Expr, anchor: pl.Expr, new_anchor: pl.Expr, window: str
+) -> pl.Expr:
     tau = DECAY_WINDOWS[window]
     return value * ((anchor - new_anchor) / tau).exp()
 
@@ -279,7 +379,10 @@ def merge(left: pl.DataFrame, right: pl.DataFrame) -> pl.DataFrame:
         return (
             (col(earlier, "last_bet_lost") > 0)
             & (col(later, "first_bet_stake") > col(earlier, "last_bet_stake"))
-            & (col(later, "first_bet_ts") - col(earlier, "last_bet_ts") <= LOSS_CHASE_WINDOW_S)
+            & (
+                col(later, "first_bet_ts") - col(earlier, "last_bet_ts")
+                <= LOSS_CHASE_WINDOW_S
+            )
         ).cast(pl.Float64)
 
     merged: list[pl.Expr] = []
@@ -296,11 +399,16 @@ def merge(left: pl.DataFrame, right: pl.DataFrame) -> pl.DataFrame:
                 b(name), b("last_ts"), new_last, window
             )
         else:
-            combined = _merge_sequence(name, a, b, left_bets_first, right_bets_first,
-                                       boundary_chase)
+            combined = _merge_sequence(
+                name, a, b, left_bets_first, right_bets_first, boundary_chase
+            )
         merged.append(
-            pl.when(only_left).then(a(name)).when(only_right).then(b(name))
-            .otherwise(combined).alias(name)
+            pl.when(only_left)
+            .then(a(name))
+            .when(only_right)
+            .then(b(name))
+            .otherwise(combined)
+            .alias(name)
         )
     return joined.select("player_id", *merged).cast(STATE_SCHEMA).sort("player_id")
 
@@ -310,14 +418,19 @@ def _merge_sequence(name, a, b, left_first, right_first, boundary_chase) -> pl.E
     no_right_bets = b("first_bet_ts").is_null()
     if name == "n_chases":
         pair = (
-            pl.when(no_left_bets | no_right_bets).then(0.0)
-            .when(left_first).then(boundary_chase("a", "b"))
-            .when(right_first).then(boundary_chase("b", "a"))
+            pl.when(no_left_bets | no_right_bets)
+            .then(0.0)
+            .when(left_first)
+            .then(boundary_chase("a", "b"))
+            .when(right_first)
+            .then(boundary_chase("b", "a"))
             .otherwise(0.0)
         )
         return a(name) + b(name) + pair
     if name.startswith("first_bet"):
-        left_earlier = no_right_bets | (~no_left_bets & (a("first_bet_ts") <= b("first_bet_ts")))
+        left_earlier = no_right_bets | (
+            ~no_left_bets & (a("first_bet_ts") <= b("first_bet_ts"))
+        )
         return pl.when(left_earlier).then(a(name)).otherwise(b(name))
     left_later = no_right_bets | (~no_left_bets & (a("last_bet_ts") > b("last_bet_ts")))
     return pl.when(left_later).then(a(name)).otherwise(b(name))

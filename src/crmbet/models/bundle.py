@@ -83,7 +83,11 @@ class SegmentModel:
         self._center_sq = (self._centers**2).sum(axis=1)
 
     def __getstate__(self) -> dict[str, object]:
-        return {key: value for key, value in self.__dict__.items() if not key.startswith("_")}
+        return {
+            key: value
+            for key, value in self.__dict__.items()
+            if not key.startswith("_")
+        }
 
     def __setstate__(self, state: dict[str, object]) -> None:
         self.__dict__.update(state)
@@ -116,7 +120,9 @@ class SegmentModel:
         return X
 
     def assign(
-        self, X: np.ndarray, overwrite: bool = False  # noqa: N803
+        self,
+        X: np.ndarray,
+        overwrite: bool = False,  # noqa: N803
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Return labels, confidence and distance to the nearest centroid.
 
@@ -135,12 +141,23 @@ class SegmentModel:
         nearest = np.empty(n)
         for start in range(0, n, ASSIGN_BLOCK_ROWS):
             stop = min(start + ASSIGN_BLOCK_ROWS, n)
-            self._assign_block(X[start:stop], labels[start:stop], confidence[start:stop],
-                               nearest[start:stop], owned=overwrite)
+            self._assign_block(
+                X[start:stop],
+                labels[start:stop],
+                confidence[start:stop],
+                nearest[start:stop],
+                owned=overwrite,
+            )
         return labels, confidence, nearest
 
-    def _assign_block(self, X: np.ndarray, labels: np.ndarray, confidence: np.ndarray,  # noqa: N803
-                      nearest: np.ndarray, owned: bool = False) -> None:
+    def _assign_block(
+        self,
+        X: np.ndarray,
+        labels: np.ndarray,
+        confidence: np.ndarray,  # noqa: N803
+        nearest: np.ndarray,
+        owned: bool = False,
+    ) -> None:
         Z = self.scale(X, copy=not owned)
         squared = Z @ self._centers.T
         squared *= -2.0
@@ -260,7 +277,8 @@ def train_segments(
             raise ValueError(f"k={k} is invalid; pass at least 2 segments or 'auto'")
         if k > check.n_distinct:
             raise DegenerateDataError(
-                f"k={k} segments requested but only {check.n_distinct} distinct players; "
+                f"k={k} segments requested but only {check.n_distinct} distinct "
+                "players; "
                 f"pass --k {check.n_distinct} or fewer"
             )
 
@@ -272,7 +290,9 @@ def train_segments(
     Z = prep.fit_transform(X)
     selection: KSelection | None = None
     if k is None:
-        selection = select_k(Z, k_range[0], k_range[1], seed=seed, progress=tick("select-k"))
+        selection = select_k(
+            Z, k_range[0], k_range[1], seed=seed, progress=tick("select-k")
+        )
         k = selection.k
 
     pipeline = build_pipeline(feature_names, k, seed)
@@ -288,19 +308,26 @@ def train_segments(
         progress("fit", 1)
 
     profiles_stub = SegmentModel(
-        feature_names=feature_names, pipeline=pipeline, profiles=[],
-        population_medians={}, k_selection=selection, metrics={}, params={},
+        feature_names=feature_names,
+        pipeline=pipeline,
+        profiles=[],
+        population_medians={},
+        k_selection=selection,
+        metrics={},
+        params={},
         as_of=0.0,
     )
     labels, _, _ = profiles_stub.assign(X)
     profiles, population = _profiles(features, labels, k)
     metrics = _quality(profiles_stub.scale(X), labels, seed)
-    metrics.update({
-        "k": float(k),
-        "n_players": float(X.shape[0]),
-        "inertia": float(pipeline.named_steps["kmeans"].inertia_),
-        "n_constant_features": float(len(check.constant_features)),
-    })
+    metrics.update(
+        {
+            "k": float(k),
+            "n_players": float(X.shape[0]),
+            "inertia": float(pipeline.named_steps["kmeans"].inertia_),
+            "n_constant_features": float(len(check.constant_features)),
+        }
+    )
     params: dict[str, object] = {
         "k": k,
         "k_mode": "auto" if selection else "fixed",
@@ -312,10 +339,19 @@ def train_segments(
     if as_of is None:
         as_of = float(features["__as_of"][0]) if "__as_of" in features.columns else 0.0
     model = SegmentModel(
-        feature_names=feature_names, pipeline=pipeline, profiles=profiles,
-        population_medians=population, k_selection=selection, metrics=metrics,
-        params=params, as_of=as_of,
+        feature_names=feature_names,
+        pipeline=pipeline,
+        profiles=profiles,
+        population_medians=population,
+        k_selection=selection,
+        metrics=metrics,
+        params=params,
+        as_of=as_of,
     )
-    logger.info("trained %d segments on %d players: %s", k, X.shape[0],
-                ", ".join(p.name for p in profiles))
+    logger.info(
+        "trained %d segments on %d players: %s",
+        k,
+        X.shape[0],
+        ", ".join(p.name for p in profiles),
+    )
     return model, labels

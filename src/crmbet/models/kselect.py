@@ -116,8 +116,13 @@ def select_k(
     lower = min(k_min, upper)
     if upper < k_max or lower < k_min:
         logger.warning(
-            "k range %d..%d narrowed to %d..%d because the data has only %d distinct players",
-            k_min, k_max, lower, upper, n_distinct,
+            "k range %d..%d narrowed to %d..%d because the data has only %d "
+            "distinct players",
+            k_min,
+            k_max,
+            lower,
+            upper,
+            n_distinct,
         )
     ks = list(range(lower, upper + 1))
     sil_index = (
@@ -151,14 +156,17 @@ def select_k(
             progress(1)
 
     db_values = np.array(scores["davies_bouldin"])
-    db_values[~np.isfinite(db_values)] = np.nanmax(db_values[np.isfinite(db_values)],
-                                                   initial=1.0) * 2
-    normalised = np.vstack([
-        _normalise(np.array(scores["silhouette"]), True),
-        _normalise(np.array(scores["calinski_harabasz"]), True),
-        _normalise(db_values, False),
-        _normalise(np.array(scores["stability"]), True),
-    ])
+    db_values[~np.isfinite(db_values)] = (
+        np.nanmax(db_values[np.isfinite(db_values)], initial=1.0) * 2
+    )
+    normalised = np.vstack(
+        [
+            _normalise(np.array(scores["silhouette"]), True),
+            _normalise(np.array(scores["calinski_harabasz"]), True),
+            _normalise(db_values, False),
+            _normalise(np.array(scores["stability"]), True),
+        ]
+    )
     combined = normalised.mean(axis=0)
     eligible = np.array(scores["stability"]) >= min_stability
     if not eligible.any():
@@ -166,7 +174,13 @@ def select_k(
     masked = np.where(eligible, combined, -np.inf)
     best = int(np.argmax(masked))  # argmax returns the first, i.e. smallest, k on ties
     selection = KSelection(
-        k=ks[best], ks=ks, scores=scores, combined=combined.tolist(), sample_size=X.shape[0]
+        k=ks[best],
+        ks=ks,
+        scores=scores,
+        combined=combined.tolist(),
+        sample_size=X.shape[0],
     )
-    logger.info("chose k=%d from %s (combined score %.3f)", selection.k, ks, combined[best])
+    logger.info(
+        "chose k=%d from %s (combined score %.3f)", selection.k, ks, combined[best]
+    )
     return selection

@@ -28,7 +28,14 @@ def _shape_calculator(operator) -> None:  # noqa: ANN001
 
 
 def _converter(scope, operator, container) -> None:  # noqa: ANN001
-    from skl2onnx.algebra.onnx_ops import OnnxAbs, OnnxAdd, OnnxLog, OnnxMul, OnnxSign, OnnxSub
+    from skl2onnx.algebra.onnx_ops import (
+        OnnxAbs,
+        OnnxAdd,
+        OnnxLog,
+        OnnxMul,
+        OnnxSign,
+        OnnxSub,
+    )
     from skl2onnx.proto import onnx_proto
 
     transformer: HeavyTailTransformer = operator.raw_operator
@@ -40,9 +47,13 @@ def _converter(scope, operator, container) -> None:  # noqa: ANN001
     x = operator.inputs[0]
     mask = transformer.log_mask_.astype(dtype)[None, :]
     one = np.array([1.0], dtype=dtype)
-    logged = OnnxMul(OnnxSign(x, op_version=opv),
-                     OnnxLog(OnnxAdd(OnnxAbs(x, op_version=opv), one, op_version=opv),
-                             op_version=opv), op_version=opv)
+    logged = OnnxMul(
+        OnnxSign(x, op_version=opv),
+        OnnxLog(
+            OnnxAdd(OnnxAbs(x, op_version=opv), one, op_version=opv), op_version=opv
+        ),
+        op_version=opv,
+    )
     delta = OnnxMul(OnnxSub(logged, x, op_version=opv), mask, op_version=opv)
     result = OnnxAdd(x, delta, op_version=opv, output_names=operator.outputs[:1])
     result.add_to(scope, container)
@@ -56,8 +67,13 @@ def _imputer_converter(scope, operator, container) -> None:  # noqa: ANN001
     opv = container.target_opset
     x = operator.inputs[0]
     fill = np.asarray(operator.raw_operator.statistics_, dtype=np.float64)[None, :]
-    result = OnnxWhere(OnnxIsNaN(x, op_version=opv), fill, x, op_version=opv,
-                       output_names=operator.outputs[:1])
+    result = OnnxWhere(
+        OnnxIsNaN(x, op_version=opv),
+        fill,
+        x,
+        op_version=opv,
+        output_names=operator.outputs[:1],
+    )
     result.add_to(scope, container)
 
 
@@ -68,10 +84,16 @@ def _register() -> None:
     from skl2onnx import update_registered_converter
 
     update_registered_converter(
-        HeavyTailTransformer, "CrmbetHeavyTailTransformer", _shape_calculator, _converter
+        HeavyTailTransformer,
+        "CrmbetHeavyTailTransformer",
+        _shape_calculator,
+        _converter,
     )
     update_registered_converter(
-        SimpleImputer, "SklearnImputer", _shape_calculator, _imputer_converter,
+        SimpleImputer,
+        "SklearnImputer",
+        _shape_calculator,
+        _imputer_converter,
         overwrite=True,
     )
     _registered = True
@@ -108,16 +130,21 @@ class OnnxSegmenter:
 
     def predict(self, X: np.ndarray) -> np.ndarray:  # noqa: N803
         """Return the segment label of each row."""
-        labels = self._session.run([self._label], {self._input: np.asarray(X, np.float64)})[0]
+        labels = self._session.run(
+            [self._label], {self._input: np.asarray(X, np.float64)}
+        )[0]
         return np.asarray(labels, dtype=np.int64).ravel()
 
 
 def check_onnx_labels(model_bytes: bytes, pipeline: Pipeline, X: np.ndarray) -> int:  # noqa: N803
-    """Return how many rows of ``X`` get a different label from ONNX than from sklearn."""
+    """Return how many rows of ``X`` ONNX labels differently from scikit-learn."""
     expected = pipeline.predict(X)
     actual = OnnxSegmenter(model_bytes).predict(X)
     mismatches = int((expected != actual).sum())
     if mismatches:
-        logger.warning("ONNX export disagrees with scikit-learn on %d of %d rows",
-                       mismatches, X.shape[0])
+        logger.warning(
+            "ONNX export disagrees with scikit-learn on %d of %d rows",
+            mismatches,
+            X.shape[0],
+        )
     return mismatches

@@ -64,11 +64,17 @@ CAMPAIGNS: dict[str, list[Campaign]] = {
     ],
     "Weekend Warrior": [
         Campaign("weekend-acca-boost", "Weekend accumulator boost", "push", True),
-        Campaign("fixtures-preview", "Friday preview of weekend fixtures", "email", False),
+        Campaign(
+            "fixtures-preview", "Friday preview of weekend fixtures", "email", False
+        ),
     ],
     "Bonus Hunter": [
-        Campaign("wagering-clarity", "Plain-language bonus terms digest", "email", False),
-        Campaign("loyalty-points", "Loyalty points instead of cash bonuses", "in-app", True),
+        Campaign(
+            "wagering-clarity", "Plain-language bonus terms digest", "email", False
+        ),
+        Campaign(
+            "loyalty-points", "Loyalty points instead of cash bonuses", "in-app", True
+        ),
     ],
     "Cashback Lover": [
         Campaign("cashback-tier", "Cashback tier upgrade", "in-app", True),
@@ -79,12 +85,16 @@ CAMPAIGNS: dict[str, list[Campaign]] = {
         Campaign("bet-builder-tips", "Bet builder tips", "email", False),
     ],
     "Crash Enthusiast": [
-        Campaign("crash-leaderboard", "Crash game leaderboard challenge", "in-app", True),
+        Campaign(
+            "crash-leaderboard", "Crash game leaderboard challenge", "in-app", True
+        ),
         Campaign("new-crash-titles", "New crash titles showcase", "email", False),
     ],
     "Casino Player": [
         Campaign("free-spins", "Free spins on new slots", "email", True),
-        Campaign("game-recommendations", "Personal game recommendations", "in-app", False),
+        Campaign(
+            "game-recommendations", "Personal game recommendations", "in-app", False
+        ),
     ],
     "High-Multiplier Chaser": [
         Campaign("auto-cashout-tips", "How auto cash-out works", "in-app", False),
@@ -99,7 +109,9 @@ CAMPAIGNS: dict[str, list[Campaign]] = {
         Campaign("activity-summary", "Weekly activity summary", "email", False),
     ],
     "Recently Active": [
-        Campaign("personal-picks", "Personal picks for the next session", "in-app", False),
+        Campaign(
+            "personal-picks", "Personal picks for the next session", "in-app", False
+        ),
         Campaign("streak-bonus", "Activity streak bonus", "push", True),
     ],
     "Casual": [
@@ -115,7 +127,9 @@ CAMPAIGNS: dict[str, list[Campaign]] = {
 #: Recommendations that replace promotions for players with harm markers.
 SAFER_GAMBLING_CAMPAIGNS: list[Campaign] = [
     Campaign("safer-gambling-check-in", "Safer-gambling check-in call", "phone", False),
-    Campaign("deposit-limit-reminder", "Deposit limit and time-out tools", "email", False),
+    Campaign(
+        "deposit-limit-reminder", "Deposit limit and time-out tools", "email", False
+    ),
 ]
 
 
@@ -123,7 +137,9 @@ def _median(profile: Profile, name: str) -> float:
     return float(profile.get(name, 0.0))
 
 
-def _ratio_test(name: str, factor: float, floor: float = 0.0) -> Callable[[Profile, Profile], float]:
+def _ratio_test(
+    name: str, factor: float, floor: float = 0.0
+) -> Callable[[Profile, Profile], float]:
     def test(segment: Profile, population: Profile) -> float:
         threshold = max(floor, factor * _median(population, name))
         value = _median(segment, name)
@@ -167,7 +183,9 @@ def _recent(segment: Profile, population: Profile) -> float:
 
 
 def _casual(segment: Profile, population: Profile) -> float:
-    low_activity = _median(segment, "bets_per_day") <= _median(population, "bets_per_day")
+    low_activity = _median(segment, "bets_per_day") <= _median(
+        population, "bets_per_day"
+    )
     low_stakes = _median(segment, "avg_stake") <= _median(population, "avg_stake")
     return 1.0 if low_activity and low_stakes else 0.0
 
@@ -188,7 +206,20 @@ TRAITS: dict[str, Callable[[Profile, Profile], float]] = {
     "Recently Active": _recent,
 }
 
-_ROMAN = ("", " II", " III", " IV", " V", " VI", " VII", " VIII", " IX", " X", " XI", " XII")
+_ROMAN = (
+    "",
+    " II",
+    " III",
+    " IV",
+    " V",
+    " VI",
+    " VII",
+    " VIII",
+    " IX",
+    " X",
+    " XI",
+    " XII",
+)
 
 
 def name_segments(profiles: list[Profile], population: Profile) -> list[str]:
@@ -203,7 +234,10 @@ def name_segments(profiles: list[Profile], population: Profile) -> list[str]:
     ['High Roller', 'Lapsing']
     """
     strengths = np.array(
-        [[test(profile, population) for test in TRAITS.values()] for profile in profiles]
+        [
+            [test(profile, population) for test in TRAITS.values()]
+            for profile in profiles
+        ]
     ).reshape(len(profiles), len(TRAITS))
     trait_names = list(TRAITS)
     names: list[str | None] = [None] * len(profiles)
@@ -248,8 +282,14 @@ class SegmentProfile:
 
     def key_statistics(self) -> dict[str, float]:
         """Return the handful of statistics shown in segment tables."""
-        keys = ("avg_stake", "bets_per_day", "recency_days", "late_night_share",
-                "weekend_share", "crash_log_cashout")
+        keys = (
+            "avg_stake",
+            "bets_per_day",
+            "recency_days",
+            "late_night_share",
+            "weekend_share",
+            "crash_log_cashout",
+        )
         return {key: self.medians[key] for key in keys if key in self.medians}
 
     def to_dict(self) -> dict[str, object]:

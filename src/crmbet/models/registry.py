@@ -104,9 +104,16 @@ def _signature(model: SegmentModel) -> Any:
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
-    inputs = Schema([ColSpec("double", name, required=False) for name in model.feature_names])
-    outputs = Schema([ColSpec("long", "cluster_id"), ColSpec("string", "segment"),
-                      ColSpec("double", "confidence")])
+    inputs = Schema(
+        [ColSpec("double", name, required=False) for name in model.feature_names]
+    )
+    outputs = Schema(
+        [
+            ColSpec("long", "cluster_id"),
+            ColSpec("string", "segment"),
+            ColSpec("double", "confidence"),
+        ]
+    )
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
@@ -183,12 +190,20 @@ class ModelRegistry:
                 artifacts["k_selection"] = str(root / "k_selection.json")
 
             with mlflow.start_run(run_name=run_name) as run:
-                mlflow.log_params({key: str(value)[:500] for key, value in model.params.items()})
+                mlflow.log_params(
+                    {key: str(value)[:500] for key, value in model.params.items()}
+                )
                 metrics = dict(model.metrics) | dict(extra_metrics or {})
-                mlflow.log_metrics({key: float(value) for key, value in metrics.items()})
-                mlflow.set_tags({"feature_schema_version": str(model.feature_schema_version),
-                                 "state_schema_version": str(model.state_schema_version),
-                                 **(tags or {})})
+                mlflow.log_metrics(
+                    {key: float(value) for key, value in metrics.items()}
+                )
+                mlflow.set_tags(
+                    {
+                        "feature_schema_version": str(model.feature_schema_version),
+                        "state_schema_version": str(model.state_schema_version),
+                        **(tags or {}),
+                    }
+                )
                 with _quiet_mlflow():
                     info = mlflow.pyfunc.log_model(
                         name="model",
@@ -203,15 +218,23 @@ class ModelRegistry:
         client = self.client
         client.set_model_version_tag(self.model_name, version, "run_id", run_id)
         client.set_model_version_tag(
-            self.model_name, version, "segments",
+            self.model_name,
+            version,
+            "segments",
             ", ".join(p.name for p in model.profiles)[:5000],
         )
         if self.alias_version(CHAMPION) is None:
             client.set_registered_model_alias(self.model_name, CHAMPION, version)
-            logger.info("version %s of %s is the first and became %s",
-                        version, self.model_name, CHAMPION)
+            logger.info(
+                "version %s of %s is the first and became %s",
+                version,
+                self.model_name,
+                CHAMPION,
+            )
         model.version = version
-        logger.info("registered %s version %s (run %s)", self.model_name, version, run_id)
+        logger.info(
+            "registered %s version %s (run %s)", self.model_name, version, run_id
+        )
         return version
 
     @staticmethod
@@ -230,14 +253,18 @@ class ModelRegistry:
         from mlflow.exceptions import MlflowException
 
         try:
-            return str(self.client.get_model_version_by_alias(self.model_name, alias).version)
+            return str(
+                self.client.get_model_version_by_alias(self.model_name, alias).version
+            )
         except MlflowException:
             return None
 
     def set_alias(self, alias: str, version: str) -> None:
         """Point ``alias`` at ``version``."""
         self.client.set_registered_model_alias(self.model_name, alias, str(version))
-        logger.info("alias %s of %s now points to version %s", alias, self.model_name, version)
+        logger.info(
+            "alias %s of %s now points to version %s", alias, self.model_name, version
+        )
 
     def delete_alias(self, alias: str) -> None:
         """Remove ``alias`` if it exists."""
@@ -267,10 +294,15 @@ class ModelRegistry:
         mlflow = self._mlflow()
         from mlflow.exceptions import MlflowException
 
-        staging = Path(tempfile.mkdtemp(dir=self._cache_dir.parent if self._cache_dir.parent.exists() else None))
+        staging = Path(
+            tempfile.mkdtemp(
+                dir=self._cache_dir.parent if self._cache_dir.parent.exists() else None
+            )
+        )
         try:
             local = mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{self.model_name}/{version}", dst_path=str(staging)
+                artifact_uri=f"models:/{self.model_name}/{version}",
+                dst_path=str(staging),
             )
         except MlflowException as error:
             shutil.rmtree(staging, ignore_errors=True)
@@ -298,7 +330,9 @@ class ModelRegistry:
         folder = self._download(self.resolve(ref))
         path = folder / "artifacts" / "model.onnx"
         if not path.exists():
-            raise ModelNotFoundError(f"version {ref} of {self.model_name!r} has no ONNX export")
+            raise ModelNotFoundError(
+                f"version {ref} of {self.model_name!r} has no ONNX export"
+            )
         return path.read_bytes()
 
     def versions(self) -> list[dict[str, object]]:
@@ -312,7 +346,9 @@ class ModelRegistry:
             return []
         aliases: dict[str, list[str]] = {}
         try:
-            for alias, version in client.get_registered_model(self.model_name).aliases.items():
+            for alias, version in client.get_registered_model(
+                self.model_name
+            ).aliases.items():
                 aliases.setdefault(str(version), []).append(alias)
         except MlflowException:
             pass
@@ -320,11 +356,13 @@ class ModelRegistry:
         for item in sorted(found, key=lambda v: int(v.version), reverse=True):
             run_id = item.run_id or item.tags.get("run_id")
             metrics = client.get_run(run_id).data.metrics if run_id else {}
-            rows.append({
-                "version": str(item.version),
-                "aliases": aliases.get(str(item.version), []),
-                "created": item.creation_timestamp,
-                "segments": item.tags.get("segments", ""),
-                "metrics": metrics,
-            })
+            rows.append(
+                {
+                    "version": str(item.version),
+                    "aliases": aliases.get(str(item.version), []),
+                    "created": item.creation_timestamp,
+                    "segments": item.tags.get("segments", ""),
+                    "metrics": metrics,
+                }
+            )
         return rows

@@ -34,8 +34,15 @@ MARKER_FEATURES = {
     "rising_deposits": "deposit_frequency_trend",
 }
 RISK_FEATURES: tuple[str, ...] = (
-    "bet_count", "loss_chasing_rate", "late_night_share", "deposit_frequency_trend",
-    "deposit_count", "recency_days", "bets_per_day", "bonus_share", "withdrawal_ratio",
+    "bet_count",
+    "loss_chasing_rate",
+    "late_night_share",
+    "deposit_frequency_trend",
+    "deposit_count",
+    "recency_days",
+    "bets_per_day",
+    "bonus_share",
+    "withdrawal_ratio",
 )
 
 
@@ -76,14 +83,20 @@ def score_risk(features: Mapping[str, np.ndarray]) -> RiskScores:
     enough_bets = _get(features, "bet_count", size) >= MIN_BETS_FOR_MARKERS
     markers = {
         "loss_chasing": np.clip(_get(features, "loss_chasing_rate", size) / 0.30, 0, 1),
-        "late_night_play": np.clip(_get(features, "late_night_share", size) / 0.60, 0, 1),
+        "late_night_play": np.clip(
+            _get(features, "late_night_share", size) / 0.60, 0, 1
+        ),
         "rising_deposits": np.where(
             _get(features, "deposit_count", size) >= 3,
-            np.clip((_get(features, "deposit_frequency_trend", size) - 1.0) / 2.0, 0, 1),
+            np.clip(
+                (_get(features, "deposit_frequency_trend", size) - 1.0) / 2.0, 0, 1
+            ),
             0.0,
         ),
     }
-    markers = {name: np.where(enough_bets, values, 0.0) for name, values in markers.items()}
+    markers = {
+        name: np.where(enough_bets, values, 0.0) for name, values in markers.items()
+    }
     stacked = np.vstack(list(markers.values())) if size else np.zeros((3, 0))
     harm_score = stacked.mean(axis=0)
     harm_flag = (harm_score >= HARM_FLAG_THRESHOLD) | (stacked >= 1.0).any(axis=0)

@@ -58,16 +58,22 @@ class HeavyTailTransformer(TransformerMixin, BaseEstimator):
         return X
 
 
-def build_pipeline(feature_names: Sequence[str], k: int, seed: int, n_init: int = 4) -> Pipeline:
+def build_pipeline(
+    feature_names: Sequence[str], k: int, seed: int, n_init: int = 4
+) -> Pipeline:
     """Build the unfitted segmentation pipeline for the given features."""
-    log_columns = tuple(FEATURES[name].heavy_tailed if name in FEATURES else False
-                        for name in feature_names)
-    return Pipeline([
-        ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
-        ("heavy_tail", HeavyTailTransformer(log_columns=log_columns)),
-        ("scale", StandardScaler()),
-        ("kmeans", KMeans(n_clusters=k, n_init=n_init, random_state=seed)),
-    ])
+    log_columns = tuple(
+        FEATURES[name].heavy_tailed if name in FEATURES else False
+        for name in feature_names
+    )
+    return Pipeline(
+        [
+            ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
+            ("heavy_tail", HeavyTailTransformer(log_columns=log_columns)),
+            ("scale", StandardScaler()),
+            ("kmeans", KMeans(n_clusters=k, n_init=n_init, random_state=seed)),
+        ]
+    )
 
 
 def transform_only(pipeline: Pipeline, X: np.ndarray) -> np.ndarray:  # noqa: N803
@@ -96,22 +102,29 @@ def check_matrix(X: np.ndarray, feature_names: Sequence[str]) -> DataCheck:  # n
     """
     if X.ndim != 2 or X.shape[1] != len(feature_names):
         raise DegenerateDataError(
-            f"feature matrix has shape {X.shape} but {len(feature_names)} feature names "
+            f"feature matrix has shape {X.shape} but {len(feature_names)} "
+            "feature names "
             "were given; pass one column per feature"
         )
     if X.shape[0] == 0:
         raise DegenerateDataError(
-            "no players to segment: the input had no valid events; check the dead letters"
+            "no players to segment: the input had no valid events; "
+            "check the dead letters"
         )
     missing = np.isnan(X).mean(axis=0)
-    all_missing = [name for name, share in zip(feature_names, missing) if share == 1.0]
+    all_missing = [
+        name for name, share in zip(feature_names, missing, strict=True) if share == 1.0
+    ]
     if all_missing and len(all_missing) == len(feature_names):
         raise DegenerateDataError(
             f"every feature is missing for every player ({all_missing}); "
             "check the input's column mapping"
         )
-    filled = np.where(np.isnan(X), np.nanmedian(np.where(np.isnan(X), np.nan, X), axis=0)
-                      if X.shape[0] else 0.0, X)
+    filled = np.where(
+        np.isnan(X),
+        np.nanmedian(np.where(np.isnan(X), np.nan, X), axis=0) if X.shape[0] else 0.0,
+        X,
+    )
     filled = np.nan_to_num(filled)
     n_distinct = int(np.unique(np.round(filled, 12), axis=0).shape[0])
     if n_distinct < 2:
@@ -120,16 +133,22 @@ def check_matrix(X: np.ndarray, feature_names: Sequence[str]) -> DataCheck:  # n
             "segment; add players with different behaviour"
         )
     constant = tuple(
-        name for name, column in zip(feature_names, filled.T) if np.ptp(column) == 0
+        name
+        for name, column in zip(feature_names, filled.T, strict=True)
+        if np.ptp(column) == 0
     )
     if constant:
-        logger.warning("constant features carry no information for segmentation: %s",
-                       ", ".join(constant))
+        logger.warning(
+            "constant features carry no information for segmentation: %s",
+            ", ".join(constant),
+        )
     return DataCheck(
         n_rows=int(X.shape[0]),
         n_distinct=n_distinct,
         constant_features=constant,
-        missing_share={n: float(s) for n, s in zip(feature_names, missing) if s > 0},
+        missing_share={
+            n: float(s) for n, s in zip(feature_names, missing, strict=True) if s > 0
+        },
     )
 
 
@@ -143,7 +162,9 @@ def order_clusters(pipeline: Pipeline, X: np.ndarray) -> np.ndarray:  # noqa: N8
     labels = kmeans.labels_
     sizes = np.bincount(labels, minlength=kmeans.n_clusters)
     centers = kmeans.cluster_centers_
-    order = sorted(range(kmeans.n_clusters), key=lambda c: (-sizes[c], tuple(centers[c])))
+    order = sorted(
+        range(kmeans.n_clusters), key=lambda c: (-sizes[c], tuple(centers[c]))
+    )
     remap = np.empty_like(order)
     remap[order] = np.arange(len(order))
     kmeans.cluster_centers_ = centers[order]

@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -34,9 +34,11 @@ _executor: ThreadPoolExecutor | None = None
 def _pool() -> ThreadPoolExecutor:
     global _executor
     if _executor is None:
-        _executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 2,
-                                       thread_name_prefix="crmbet-predict")
+        _executor = ThreadPoolExecutor(
+            max_workers=os.cpu_count() or 2, thread_name_prefix="crmbet-predict"
+        )
     return _executor
+
 
 #: Features a prediction reads: the model's plus those of the risk scores.
 def _needed(model: SegmentModel) -> list[str]:
@@ -87,7 +89,9 @@ class BatchPrediction:
 
     def to_polars(self) -> pl.DataFrame:
         """Return one row per player with segment, confidence and risk scores."""
-        names = np.array([profile.name for profile in self.model.profiles], dtype=object)
+        names = np.array(
+            [profile.name for profile in self.model.profiles], dtype=object
+        )
         data: dict[str, object] = {
             "cluster_id": self.cluster_ids,
             "segment": names[self.cluster_ids].tolist(),
@@ -104,8 +108,16 @@ class BatchPrediction:
     def item(self, index: int) -> Prediction:
         """Return the full prediction of one player of the batch."""
         player_id = self.player_ids[index] if self.player_ids is not None else None
-        return _build_prediction(self.model, player_id, int(self.cluster_ids[index]),
-                                 float(self.confidence[index]), self.risk, index, [], 0.0)
+        return _build_prediction(
+            self.model,
+            player_id,
+            int(self.cluster_ids[index]),
+            float(self.confidence[index]),
+            self.risk,
+            index,
+            [],
+            0.0,
+        )
 
     def to_dicts(self) -> list[dict[str, object]]:
         """Return every prediction as a dict (slow for millions of players)."""
@@ -151,7 +163,10 @@ def _build_prediction(
             "harm_score": float(risk.harm_score[index]),
             "churn_risk": float(risk.churn_risk[index]),
             "bonus_abuse_risk": float(risk.bonus_abuse_risk[index]),
-            **{f"marker_{name}": float(values[index]) for name, values in risk.markers.items()},
+            **{
+                f"marker_{name}": float(values[index])
+                for name, values in risk.markers.items()
+            },
         },
         responsible_gambling_flag=flagged,
         responsible_gambling_reasons=reasons,
@@ -182,10 +197,13 @@ def check_feature_values(features: Mapping[str, float | None]) -> None:
         if value != value:
             continue  # NaN marks a missing value, which is imputed
         if value in (float("inf"), float("-inf")):
-            raise ValueError(f"feature {name}={value!r} is not finite; send a finite number")
+            raise ValueError(
+                f"feature {name}={value!r} is not finite; send a finite number"
+            )
         if value < 0 and name not in SIGNED_FEATURES:
             raise ValueError(
-                f"feature {name}={value!r} is negative; it is a count, amount, share or "
+                f"feature {name}={value!r} is negative; it is a count, amount, "
+                "share or "
                 "duration, so send 0 or more"
             )
 
@@ -240,13 +258,25 @@ class SegmentPredictor:
             else:
                 row[position] = float(value)
         labels, confidence, _ = self.model.assign(row[None, :])
-        risk = score_risk({
-            name: np.array([float(features[name])]) for name in RISK_FEATURES
-            if features.get(name) is not None
-        } | {"bet_count": np.array([float(features.get("bet_count") or 0.0)])})
+        risk = score_risk(
+            {
+                name: np.array([float(features[name])])
+                for name in RISK_FEATURES
+                if features.get(name) is not None
+            }
+            | {"bet_count": np.array([float(features.get("bet_count") or 0.0)])}
+        )
         latency = (time.perf_counter() - start) * 1000.0
-        prediction = _build_prediction(self.model, player_id, int(labels[0]),
-                                       float(confidence[0]), risk, 0, imputed, latency)
+        prediction = _build_prediction(
+            self.model,
+            player_id,
+            int(labels[0]),
+            float(confidence[0]),
+            risk,
+            0,
+            imputed,
+            latency,
+        )
         if cold_start:
             prediction.campaign_recommendations = [
                 c for c in prediction.campaign_recommendations if not c["promotion"]
@@ -257,7 +287,9 @@ class SegmentPredictor:
         return prediction
 
     def predict_batch(
-        self, features: pl.DataFrame | Mapping[str, np.ndarray], player_ids: list[str] | None = None
+        self,
+        features: pl.DataFrame | Mapping[str, np.ndarray],
+        player_ids: list[str] | None = None,
     ) -> BatchPrediction:
         """Predict many players from a feature table or a mapping of columns.
 
@@ -270,32 +302,47 @@ class SegmentPredictor:
                 player_ids = features["player_id"].to_list()
             columns = {
                 name: features.get_column(name).cast(pl.Float64).to_numpy()
-                for name in self._needed if name in features.columns
+                for name in self._needed
+                if name in features.columns
             }
         else:
-            columns = {name: np.asarray(value, dtype=np.float64) for name, value in features.items()}
+            columns = {
+                name: np.asarray(value, dtype=np.float64)
+                for name, value in features.items()
+            }
         size = len(next(iter(columns.values()))) if columns else 0
-        blocks = [slice(i, min(i + PARALLEL_BLOCK_ROWS, size))
-                  for i in range(0, size, PARALLEL_BLOCK_ROWS)] or [slice(0, 0)]
+        blocks = [
+            slice(i, min(i + PARALLEL_BLOCK_ROWS, size))
+            for i in range(0, size, PARALLEL_BLOCK_ROWS)
+        ] or [slice(0, 0)]
         if len(blocks) == 1:
             parts = [self._predict_block(columns, blocks[0], size)]
         else:
             # One BLAS thread per block: the blocks already use every core.
             with threadpool_limits(limits=1, user_api="blas"):
-                parts = list(_pool().map(
-                    lambda part: self._predict_block(columns, part, size), blocks))
+                parts = list(
+                    _pool().map(
+                        lambda part: self._predict_block(columns, part, size), blocks
+                    )
+                )
         labels = np.concatenate([part[0] for part in parts])
         confidence = np.concatenate([part[1] for part in parts])
         risk = RiskScores(
             harm_score=np.concatenate([part[2].harm_score for part in parts]),
             harm_flag=np.concatenate([part[2].harm_flag for part in parts]),
-            markers={name: np.concatenate([part[2].markers[name] for part in parts])
-                     for name in parts[0][2].markers},
+            markers={
+                name: np.concatenate([part[2].markers[name] for part in parts])
+                for name in parts[0][2].markers
+            },
             churn_risk=np.concatenate([part[2].churn_risk for part in parts]),
-            bonus_abuse_risk=np.concatenate([part[2].bonus_abuse_risk for part in parts]),
+            bonus_abuse_risk=np.concatenate(
+                [part[2].bonus_abuse_risk for part in parts]
+            ),
         )
         latency = (time.perf_counter() - start) * 1000.0
-        return BatchPrediction(player_ids, labels, confidence, risk, self.model, latency)
+        return BatchPrediction(
+            player_ids, labels, confidence, risk, self.model, latency
+        )
 
     def _predict_block(
         self, columns: Mapping[str, np.ndarray], rows: slice, size: int
@@ -306,13 +353,16 @@ class SegmentPredictor:
             column = columns.get(name)
             matrix[:, position] = np.nan if column is None else column[rows]
         labels, confidence, _ = self.model.assign(matrix, overwrite=True)
-        risk = score_risk({name: columns[name][rows] for name in RISK_FEATURES
-                           if name in columns})
+        risk = score_risk(
+            {name: columns[name][rows] for name in RISK_FEATURES if name in columns}
+        )
         if not risk.harm_score.size and count:
             risk = score_risk({"bet_count": np.zeros(count)})
         return labels, confidence, risk
 
-    def predict_events(self, events: pl.DataFrame, as_of: float | None = None) -> BatchPrediction:
+    def predict_events(
+        self, events: pl.DataFrame, as_of: float | None = None
+    ) -> BatchPrediction:
         """Fold canonical events into states and predict every player in them."""
         states = fold(events)
         features = compute_features(states, as_of=as_of, names=self._needed)

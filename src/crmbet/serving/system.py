@@ -134,8 +134,11 @@ class ModelServingSystem:
         # Redis when CRMBET_REDIS_URL is set, else the embedded store's
         # snapshot, behind the L1 cache in both cases.
         store = EnterpriseFeatureStore.from_settings(self.settings)
-        logger.info("feature source: %s with %d players",
-                    type(store.backend).__name__, len(store.backend))
+        logger.info(
+            "feature source: %s with %d players",
+            type(store.backend).__name__,
+            len(store.backend),
+        )
         return FeatureStoreSource(store)
 
     # Lifecycle ---------------------------------------------------------------
