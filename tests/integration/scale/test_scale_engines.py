@@ -77,7 +77,9 @@ def test_dask_engine_matches_local(
 ) -> None:
     local = read_features(local_job)
     model, local_labels = fit_segments(local)
-    config = ClusterConfig(engine="dask", n_workers=2, memory_limit="1GB")
+    # Thread workers measure the whole test process, which earlier tests have
+    # grown, so a small memory limit would pause them and the job would hang.
+    config = ClusterConfig(engine="dask", n_workers=2, memory_limit="16GB")
     with open_cluster(config, processes=False) as client:
         engine = DaskEngine(client)
         assert engine.parallelism == 2
@@ -291,7 +293,7 @@ def test_adaptive_scaling_counts_events(caplog: pytest.LogCaptureFixture) -> Non
         engine="dask",
         n_workers=1,
         max_workers=2,
-        memory_limit="1GB",
+        memory_limit="16GB",  # thread workers: see test_dask_engine_matches_local
         enable_auto_scaling=True,
     )
     with (
