@@ -10,7 +10,7 @@ process and its children (the Dask workers), sampled every 0.2 s.
 The data is the synthetic generator's output written in chunks of at most
 200,000 players (about 5.3 million transactions over 14 days), each chunk
 with its own seed and player ids, so that generating 100 million rows never
-holds more than one chunk in memory.
+keeps more than one chunk in memory.
 
 Usage::
 

@@ -278,7 +278,7 @@ class EnterprisePipelineOrchestrator:
 
         Features missing from ``features`` come from the online store; a
         player the store does not know and who sends no features gets the
-        cold-start answer: the segment of the training medians, marked
+        cold-start prediction: the segment of the training medians, marked
         ``feature_source='cold_start'``.
         """
         try:

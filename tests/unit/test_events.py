@@ -266,7 +266,7 @@ def test_bustabit_payout_follows_profit_formula() -> None:
     profit = won["Profit"].cast(pl.Float64)
     derived = events["payout"] - events["amount"]
     # The export rounds Profit, CashedOut and Bonus to two decimals, so the
-    # formula holds within half a unit of each rounding, scaled by the stake.
+    # formula is exact within half a unit of each rounding, scaled by the stake.
     tolerance = 0.005 + events["amount"] * (0.005 + 0.00005)
     assert ((derived - profit).abs() <= tolerance).all()
     assert ((derived - profit).abs() <= 0.01).mean() > 0.9

@@ -96,7 +96,7 @@ def test_fold_counts_and_sums_by_hand() -> None:
     assert b["cashout_log_sum"] == pytest.approx(np.log(2.0))
 
 
-def test_fold_reads_bets_in_time_order_whatever_the_input_order() -> None:
+def test_fold_ignores_input_order() -> None:
     rows = [
         _bet(1, "a", 0, 10, 0),
         _bet(2, "a", 10, 20, 0),

@@ -274,7 +274,7 @@ def train_segments(
     check = check_matrix(X, feature_names)
     if k is not None:
         # One segment is allowed here (a baseline, or a deliberately bad
-        # challenger in canary tests); the command line asks for at least 2.
+        # challenger in canary tests); the command line requires at least 2.
         if k < 1:
             raise ValueError(f"k={k} is invalid; pass at least 1 segment or None")
         if k > check.n_distinct:

@@ -83,7 +83,7 @@ def transform_only(pipeline: Pipeline, X: np.ndarray) -> np.ndarray:  # noqa: N8
 
 @dataclass(frozen=True)
 class DataCheck:
-    """What :func:`check_matrix` found about a feature matrix."""
+    """Findings of :func:`check_matrix` about a feature matrix."""
 
     n_rows: int
     n_distinct: int

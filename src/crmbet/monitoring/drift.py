@@ -376,7 +376,7 @@ def _numeric_drift(
     scale = float(np.std(ref))
     if scale == 0.0:
         # A constant reference has no spread to measure distance in, so the
-        # current spread stands in; both zero was handled as "constant".
+        # current spread is used. Both constant was already reported as such.
         scale = float(np.std(cur)) or 1.0
     distance = wasserstein / scale
     psi = _numeric_psi(ref, cur, thresholds.n_bins)

@@ -8,7 +8,7 @@ is not penalised for having no consumer:
 
 - ``system_health_score`` (can the service serve requests?): model 0.35,
   online store 0.25, registry 0.15, stream 0.15, cache 0.10;
-- ``pipeline_health_score`` (are the answers still trustworthy?): data
+- ``pipeline_health_score`` (are the predictions still trustworthy?): data
   freshness 0.30, drift 0.30, consumer lag 0.20, model age 0.10, canary 0.10.
 
 A check with another name weighs :data:`DEFAULT_WEIGHT`. The overall status

@@ -6,7 +6,7 @@ instrumented code does not clash on names. Add new metrics here as module
 attributes registered on :data:`REGISTRY`.
 
 NOTE: with ``crmbet serve --workers N`` each worker process keeps its own
-values, so one scrape shows the worker that answered it.
+values, so one scrape shows the worker that served it.
 """
 
 from __future__ import annotations

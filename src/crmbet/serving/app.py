@@ -319,7 +319,7 @@ def _add_prediction_routes(
     async def predict(request: Request) -> Response:
         """Predict one player's segment, risk and campaigns.
 
-        An unknown player who sends no features gets the cold-start answer:
+        An unknown player who sends no features gets the cold-start prediction:
         the segment of the training medians, with ``feature_source`` set to
         ``cold_start`` and every model feature in ``imputed_features``.
         """

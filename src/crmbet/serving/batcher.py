@@ -1,7 +1,7 @@
 """Dynamic micro-batching: concurrent single requests share one vectorised call.
 
 A request waits at most ``timeout_ms`` for others to join its batch, and a
-batch is sent as soon as it holds ``max_batch_size`` rows. With a timeout
+batch is sent as soon as it contains ``max_batch_size`` rows. With a timeout
 of 0 the batch closes on the next event-loop turn, which still groups the
 requests that arrived together without adding a fixed delay.
 """

@@ -1,4 +1,4 @@
-"""Where the serving layer reads features of players that requests name only by id.
+"""Feature sources of the serving layer, for requests that name a player only by id.
 
 Serving depends on the small :class:`FeatureSource` protocol, so any store
 (the embedded online store, Redis, a tiered cache) plugs in with one adapter.
@@ -81,7 +81,7 @@ class FeatureStoreSource:
     store (embedded or Redis). Players the store does not know, whose
     newest event is older than the view's TTL, or that it cannot reach
     (degraded mode) come back as None, so the server gives them the
-    cold-start answer instead of failing.
+    cold-start prediction instead of failing.
     """
 
     def __init__(self, store: object) -> None:

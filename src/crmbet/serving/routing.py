@@ -48,7 +48,7 @@ class VariantStats:
     def record(
         self, player_id: str, segment: str, flagged: bool, latency_ms: float
     ) -> None:
-        """Count one answered prediction."""
+        """Count one served prediction."""
         self.requests += 1
         self.flagged += int(flagged)
         self.segments[segment] += 1
@@ -128,7 +128,7 @@ class TrafficRouter:
             self.stats = {CHAMPION: VariantStats(champion_version)}
 
     def route(self, player_id: str) -> str:
-        """Return the variant that answers ``player_id``."""
+        """Return the variant that serves ``player_id``."""
         if self.mode == "single" or self.traffic <= 0.0:
             return CHAMPION
         return CHALLENGER if bucket(player_id, self.salt) < self.traffic else CHAMPION

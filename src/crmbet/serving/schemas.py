@@ -97,7 +97,7 @@ class PredictionResponse(BaseModel):
 
 
 class BatchPredictionResponse(BaseModel):
-    """Answers for a batch: ``predictions`` for rows, ``columns`` for columns."""
+    """Predictions for a batch: ``predictions`` for rows, ``columns`` for columns."""
 
     model_name: str
     model_versions: list[str | None]

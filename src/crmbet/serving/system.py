@@ -506,7 +506,7 @@ class ModelServingSystem:
     ) -> np.ndarray:
         """Fill missing values of ``rows`` in place from the feature source.
 
-        Returns which players the source knows.
+        Returns the players the source has features for.
         """
         known = np.zeros(len(ids), dtype=bool)
         lacking = np.flatnonzero(np.isnan(rows).any(axis=1))
