@@ -54,16 +54,20 @@ def _redis_reachable(host: str, port: int) -> bool:
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     """URL of a real Redis database owned by the tests.
 
-    Uses database 15 of the server on 127.0.0.1:6379 when one runs there,
-    otherwise starts ``redis-server`` on a free loopback port.
+    Uses database 15 of the server on 127.0.0.1:6379 when one runs there
+    (``CRMBET_TEST_REDIS_DB`` picks another, so that two test runs on one
+    machine keep apart), otherwise starts ``redis-server`` on a free loopback
+    port.
     """
+    import os
     import shutil
     import socket
     import subprocess
     import time
 
     if _redis_reachable("127.0.0.1", 6379):
-        yield "redis://127.0.0.1:6379/15"
+        database = int(os.environ.get("CRMBET_TEST_REDIS_DB", "15"))
+        yield f"redis://127.0.0.1:6379/{database}"
         return
     binary = shutil.which("redis-server")
     if binary is None:
