@@ -111,6 +111,23 @@ def test_fold_ignores_input_order() -> None:
     assert expected["last_bet_stake"] == 5
 
 
+def test_fold_counts_a_duplicate_delivery_once(
+    bustabit_events: pl.DataFrame,
+) -> None:
+    # The whole file delivered twice, plus a third copy of its first 1,000 rows.
+    replayed = pl.concat(
+        [bustabit_events, bustabit_events.head(1000), bustabit_events]
+    ).sample(fraction=1.0, shuffle=True, seed=3)
+    assert_frame_equal(fold(replayed), fold(bustabit_events), rtol=1e-9)
+
+
+def test_fold_keeps_distinct_events_with_the_same_time() -> None:
+    rows = [_bet(1, "a", 0, 10, 0), _bet(2, "a", 0, 10, 0), _bet(1, "a", 0, 10, 0)]
+    state = fold(_events(rows)).row(0, named=True)
+    assert state["n_bets"] == 2
+    assert state["stake_sum"] == 20
+
+
 def test_fold_decayed_sum_by_hand() -> None:
     events = _events([_bet(1, "a", 0, 10, 0), _bet(2, "a", 60 * 24 * 7, 10, 0)])
     state = fold(events).row(0, named=True)

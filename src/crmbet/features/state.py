@@ -208,7 +208,9 @@ def fold(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     ----------
     events:
         A canonical event table (see :mod:`crmbet.events.schema`), eager or
-        lazy, in any row order.
+        lazy, in any row order. A row that repeats an earlier row's
+        ``event_id``, ``player_id`` and ``ts`` is a duplicate delivery and
+        counts once.
 
     Returns
     -------
@@ -245,6 +247,14 @@ def fold(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
         pl.col("ts").dt.hour().alias("__hour"),
         (pl.col("ts").dt.weekday() - 1).alias("__wday"),
     ).sort("__t", "event_id")
+    # An event delivered twice (a file ingested twice, a producer retry) has
+    # the same id, player and time, so after the sort its copies are
+    # adjacent: keep the first.
+    repeat = [
+        pl.col(name) == pl.col(name).shift(1)
+        for name in ("__t", "event_id", "player_id")
+    ]
+    ordered = ordered.filter(~pl.all_horizontal(repeat).fill_null(False))
     bet_stake = pl.col("amount").filter(is_bet)
     bet_time = pl.col("__t").filter(is_bet)
     bet_lost = (pl.col("payout") < pl.col("amount")).filter(is_bet)
