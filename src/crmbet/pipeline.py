@@ -5,7 +5,7 @@ The README's quick start shows the whole flow and runs as a test::
     orchestrator = EnterprisePipelineOrchestrator(PipelineConfig())
     orchestrator.start_background_services()
     await orchestrator.train_model(transactions)
-    prediction = await orchestrator.predict(user_id="player-42", features={...})
+    prediction = await orchestrator.predict(player_id="player-42", features={...})
 """
 
 from __future__ import annotations
@@ -240,11 +240,11 @@ class EnterprisePipelineOrchestrator:
         return self.predictor
 
     def _predict_sync(
-        self, user_id: str, features: Mapping[str, float] | None
+        self, player_id: str, features: Mapping[str, float] | None
     ) -> dict[str, Any]:
         predictor = self._require_predictor()
         start = time.perf_counter()
-        pseudonym = self._pseudonymizer.pseudonymize(str(user_id))
+        pseudonym = self._pseudonymizer.pseudonymize(str(player_id))
         given = dict(features or {})
         response = self.feature_store.get_features_sync(FeatureRequest(pseudonym))
         stored = response.row(0)
@@ -265,24 +265,32 @@ class EnterprisePipelineOrchestrator:
         body = prediction.to_dict()
         body["feature_source"] = source
         return {
-            "user_id": user_id,
+            "player_id": player_id,
             "prediction": body,
             "latency_ms": latency_ms,
             "model_version": prediction.model_version,
         }
 
     async def predict(
-        self, user_id: str, features: Mapping[str, float] | None = None
+        self,
+        player_id: str | None = None,
+        features: Mapping[str, float] | None = None,
+        *,
+        user_id: str | None = None,
     ) -> dict[str, Any]:
         """Predict one player's segment, risk and recommendations.
 
-        Features missing from ``features`` come from the online store; a
-        player the store does not know and who sends no features gets the
-        cold-start prediction: the segment of the training medians, marked
-        ``feature_source='cold_start'``.
+        ``player_id`` is the operator's raw id, as in the HTTP API; the
+        result echoes it as ``player_id`` and carries the pseudonym in
+        ``prediction["player_id"]``. Features missing from ``features`` come
+        from the online store; a player the store does not know and who
+        sends no features gets the cold-start prediction: the segment of the
+        training medians, marked ``feature_source='cold_start'``.
+        ``user_id`` is the former name of ``player_id`` and still accepted.
         """
+        player_id = _player_id(player_id, user_id)
         try:
-            return self._predict_sync(user_id, features)
+            return self._predict_sync(player_id, features)
         except Exception:
             self._errors += 1
             raise
@@ -290,9 +298,18 @@ class EnterprisePipelineOrchestrator:
     async def batch_predict(
         self, requests: Sequence[Mapping[str, Any]]
     ) -> list[dict[str, Any]]:
-        """Predict many players, each request with ``user_id`` and ``features``."""
+        """Predict many players, each request a mapping with ``player_id``.
+
+        A request may carry ``features``; the rest come from the online store
+        as in :meth:`predict`. ``user_id`` is accepted in place of
+        ``player_id``.
+        """
         predictor = self._require_predictor()
         start = time.perf_counter()
+        ids = [
+            _player_id(r.get("player_id"), r.get("user_id"), index)
+            for index, r in enumerate(requests)
+        ]
         if requests and all(r.get("features") for r in requests):
             names = sorted({name for r in requests for name in r["features"]})
             columns = {
@@ -303,21 +320,20 @@ class EnterprisePipelineOrchestrator:
             }
             batch = predictor.predict_batch(columns)
             results = []
-            for index, request in enumerate(requests):
+            for index, player_id in enumerate(ids):
                 item = batch.item(index).to_dict()
-                item["player_id"] = self._pseudonymizer.pseudonymize(
-                    str(request["user_id"])
-                )
+                item["player_id"] = self._pseudonymizer.pseudonymize(str(player_id))
                 results.append(
                     {
-                        "user_id": request["user_id"],
+                        "player_id": player_id,
                         "prediction": item,
                         "model_version": predictor.version,
                     }
                 )
         else:
             results = [
-                self._predict_sync(r["user_id"], r.get("features")) for r in requests
+                self._predict_sync(player_id, r.get("features"))
+                for player_id, r in zip(ids, requests, strict=True)
             ]
         elapsed = (time.perf_counter() - start) * 1000.0
         for result in results:
@@ -374,3 +390,18 @@ class EnterprisePipelineOrchestrator:
         if self._last_training is not None:
             metrics["last_training"] = dict(self._last_training.timings)
         return metrics
+
+
+def _player_id(player_id: Any, user_id: Any, index: int | None = None) -> str:
+    """Return the raw player id of a request that names it either way."""
+    where = "" if index is None else f" in request {index}"
+    if player_id is None and user_id is None:
+        raise ValueError(
+            f"player_id is missing{where}; pass the operator's raw player id"
+        )
+    if player_id is not None and user_id is not None and player_id != user_id:
+        raise ValueError(
+            f"player_id={player_id!r} and user_id={user_id!r} differ{where}; "
+            "pass player_id only"
+        )
+    return str(player_id if player_id is not None else user_id)
