@@ -422,18 +422,38 @@ def predict(
         Path | None, typer.Option(help="Write batch predictions (Parquet or CSV).")
     ] = None,
     model: Annotated[str, typer.Option(help="Registry alias or version.")] = "champion",
+    source_ids: Annotated[
+        bool,
+        typer.Option(
+            "--source-ids",
+            help="With --input: add each player's raw id as source_player_id, "
+            "for the CRM that receives the file. Off by default, since the "
+            "file then identifies players.",
+        ),
+    ] = False,
 ) -> None:
     """Predict one player (by id and/or features) or every player of a file."""
     from crmbet.models.registry import ModelRegistry
     from crmbet.serving.predictor import SegmentPredictor
-    from crmbet.training import pseudonymizer_from, read_source
+    from crmbet.training import RecordingPseudonymizer, pseudonymizer_from, read_source
 
     settings = get_settings()
     predictor = SegmentPredictor.from_registry(ModelRegistry(settings), model)
     if input is not None:
-        events = read_source(input, settings=settings).events
+        recorder = (
+            RecordingPseudonymizer(settings.pseudonym_key_bytes())
+            if source_ids
+            else None
+        )
+        events = read_source(input, settings=settings, pseudonymizer=recorder).events
         batch = predictor.predict_events(events)
         table = batch.to_polars()
+        if recorder is not None:
+            table = (
+                recorder.id_table()
+                .join(table, on="player_id", how="right", maintain_order="right")
+                .select("source_player_id", *table.columns)
+            )
         if out is not None:
             if out.suffix == ".csv":
                 table.write_csv(out)

@@ -74,18 +74,60 @@ def pseudonymizer_from(settings: Settings) -> Pseudonymizer:
     return Pseudonymizer(settings.pseudonym_key_bytes())
 
 
+class RecordingPseudonymizer(Pseudonymizer):
+    """A pseudonymizer that keeps every raw id it maps, for results sent back.
+
+    Batch predictions go back to the operator's CRM, which knows its players
+    by their raw ids. :meth:`id_table` gives the pairs seen so far, so those
+    results can carry the raw id next to the pseudonym; nothing else keeps it.
+    """
+
+    def __init__(self, key: bytes) -> None:
+        super().__init__(key)
+        self._tables: list[pl.DataFrame] = []
+
+    def pseudonymize_column(
+        self, frame: pl.DataFrame, column: str = "player_id"
+    ) -> pl.DataFrame:
+        raw = frame.get_column(column).unique() if frame.height else None
+        result = super().pseudonymize_column(frame, column)
+        if raw is not None:
+            self._tables.append(
+                pl.DataFrame(
+                    {
+                        "source_player_id": raw.cast(pl.String),
+                        "player_id": [self.pseudonymize(r) for r in raw.to_list()],
+                    }
+                )
+            )
+        return result
+
+    def id_table(self) -> pl.DataFrame:
+        """Return ``source_player_id`` and ``player_id`` of every id mapped."""
+        if not self._tables:
+            return pl.DataFrame(
+                schema={"source_player_id": pl.String, "player_id": pl.String}
+            )
+        return pl.concat(self._tables).unique("player_id", keep="first")
+
+
 def read_source(
     path: str | Path,
     *,
     settings: Settings | None = None,
     source_format: SourceFormat = "auto",
     mapping: ColumnMapping | None = None,
+    pseudonymizer: Pseudonymizer | None = None,
 ) -> IngestResult:
-    """Read, validate and pseudonymise a source; dead letters go under ``home``."""
+    """Read, validate and pseudonymise a source; dead letters go under ``home``.
+
+    ``pseudonymizer`` replaces the one built from ``settings``; pass a
+    :class:`RecordingPseudonymizer` to keep the raw ids for the results.
+    """
     settings = settings or get_settings()
     result = ingest(
         path,
-        pseudonymizer=pseudonymizer_from(settings),
+        pseudonymizer=pseudonymizer or pseudonymizer_from(settings),
         source_format=source_format,
         mapping=mapping,
         keep_columns=(GROUND_TRUTH_COLUMN,),

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import polars as pl
 import pytest
 from typer.testing import CliRunner
 
 from crmbet.cli import app
 from crmbet.config import Settings
+from crmbet.events.pseudonym import Pseudonymizer
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()
@@ -85,6 +87,22 @@ def test_demo_generate_train_predict_segments_report(
     batch = runner.invoke(app, ["predict", "--input", str(data), "--out", str(out)])
     assert batch.exit_code == 0, batch.output
     assert out.read_text().count("\n") == 601
+    assert "source_player_id" not in out.read_text()
+
+    with_ids = tmp_path / "predictions.parquet"
+    batch = runner.invoke(
+        app,
+        ["predict", "--input", str(data), "--out", str(with_ids), "--source-ids"],
+    )
+    assert batch.exit_code == 0, batch.output
+    table = pl.read_parquet(with_ids)
+    assert table.columns[:2] == ["source_player_id", "player_id"]
+    assert table["source_player_id"].null_count() == 0
+    raw = pl.read_parquet(data)["player_id"].unique().sort().to_list()
+    assert table["source_player_id"].sort().to_list() == raw
+    pseudonymizer = Pseudonymizer(settings.pseudonym_key_bytes())
+    first = table.row(0, named=True)
+    assert pseudonymizer.pseudonymize(first["source_player_id"]) == first["player_id"]
 
     report = runner.invoke(app, ["report", "--out", str(tmp_path / "r.html")])
     assert report.exit_code == 0, report.output
