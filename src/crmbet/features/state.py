@@ -231,9 +231,10 @@ def fold(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     def count(mask: pl.Expr) -> pl.Expr:
         return mask.cast(pl.Float64).sum()
 
-    # Sort once by time, a numeric sort much cheaper than one by player. A
-    # group-by keeps each player's rows in input order, so the loss-chasing
-    # pairs and the first and last bets see each player's bets in time order.
+    # Sort once by an integer player code, then time. Each player's rows are
+    # then contiguous and in time order, so the loss-chasing pairs and the
+    # first and last bets see the bets in order, and the group-by on the
+    # sorted code costs about a third less CPU than one on the string id.
     ordered = frame.select(
         "player_id",
         "event_id",
@@ -246,10 +247,11 @@ def fold(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
         (pl.col("ts").dt.epoch("us").cast(pl.Float64) / 1e6).alias("__t"),
         pl.col("ts").dt.hour().alias("__hour"),
         (pl.col("ts").dt.weekday() - 1).alias("__wday"),
-    ).sort("__t", "event_id")
+        pl.col("player_id").cast(pl.Categorical).to_physical().alias("__player"),
+    ).sort("__player", "__t", "event_id")
     # An event delivered twice (a file ingested twice, a producer retry) has
     # the same id, player and time, so after the sort its copies are
-    # adjacent: keep the first.
+    # adjacent, and the filter keeps the first.
     repeat = [
         pl.col(name) == pl.col(name).shift(1)
         for name in ("__t", "event_id", "player_id")
@@ -343,7 +345,11 @@ def fold(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
             ((stake - payout) * weight).sum().alias(f"net_loss_d{window}"),
         ]
 
-    states = ordered.group_by("player_id").agg(aggregations + sequence)
+    states = (
+        ordered.set_sorted("__player")
+        .group_by("__player", maintain_order=True)
+        .agg(pl.col("player_id").first(), *aggregations, *sequence)
+    )
     return (
         states.select(list(STATE_SCHEMA)).cast(STATE_SCHEMA).sort("player_id").collect()
     )
