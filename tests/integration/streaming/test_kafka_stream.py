@@ -220,9 +220,7 @@ def test_two_consumers_rebalance(
     while stored_total() < head and time.monotonic() < deadline:
         time.sleep(0.05)
     second.start()
-    while (
-        not second.health()["assigned_partitions"] and time.monotonic() < deadline
-    ):
+    while not second.health()["assigned_partitions"] and time.monotonic() < deadline:
         time.sleep(0.05)
     _produce(kafka_bootstrap, topic, records[head:], partitions=4)
     while stored_total() < len(records) and time.monotonic() < deadline:
