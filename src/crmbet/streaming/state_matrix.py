@@ -87,12 +87,19 @@ def fold_events(events: pl.DataFrame) -> StateMatrix:
         return StateMatrix.empty()
     micros = events["ts"].dt.epoch("us").to_numpy()
     seconds = micros.astype(np.float64) / 1e6
-    # Time order, ties broken by event id, as the Polars fold sorts.
-    order = np.lexsort((events["event_id"].to_numpy(), seconds))
-    players, group = np.unique(
-        events["player_id"].to_numpy()[order], return_inverse=True
+    # Time order with ties broken by event id, as the Polars fold sorts, and
+    # each player's rank among the sorted ids. Polars sorts strings much
+    # faster than NumPy sorts Python objects.
+    keys = events.select(
+        pl.arg_sort_by(
+            pl.col("ts").dt.epoch("us").cast(pl.Float64) / 1e6, pl.col("event_id")
+        ).alias("order"),
+        (pl.col("player_id").rank("dense") - 1).alias("group"),
     )
+    order = keys["order"].to_numpy()
+    players = events["player_id"].unique().sort()
     # A stable sort by player keeps each player's rows in time order.
+    group = keys["group"].to_numpy().astype(np.intp)[order]
     by_player = np.argsort(group, kind="stable")
     rows = order[by_player]
     group = group[by_player]
@@ -186,7 +193,7 @@ def fold_events(events: pl.DataFrame) -> StateMatrix:
         put(f"net_loss_d{window}", total((stake - bet_payout) * weight))
 
     _fold_sequence(out, n_players, bet_rows, bet_group, t, amount, payout)
-    return StateMatrix(players.tolist(), out)
+    return StateMatrix(players.to_list(), out)
 
 
 def _fold_sequence(
