@@ -21,6 +21,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -28,11 +29,16 @@ from crmbet.errors import CrmbetError
 from crmbet.features.definitions import FEATURE_SCHEMA_VERSION
 from crmbet.features.state import STATE_SCHEMA_VERSION
 
+if TYPE_CHECKING:
+    from polars._typing import ParquetCompression
+
 LAYOUT_FILE = "layout.json"
 _OWNED = ("events", "states", "features", "segments", "dead_letters")
 
 
-def write_atomic(frame: pl.DataFrame, path: Path) -> Path:
+def write_atomic(
+    frame: pl.DataFrame, path: Path, compression: ParquetCompression = "zstd"
+) -> Path:
     """Write a Parquet file under a temporary name, then rename it into place.
 
     A task that dies half-way and runs again on another Dask worker leaves
@@ -40,7 +46,7 @@ def write_atomic(frame: pl.DataFrame, path: Path) -> Path:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    frame.write_parquet(temporary)
+    frame.write_parquet(temporary, compression=compression)
     os.replace(temporary, path)
     return path
 
