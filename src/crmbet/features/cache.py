@@ -243,25 +243,34 @@ class L1Cache:
             if update:
                 self._get_many_updating(player_ids, count, now, append)
             else:
-                from_protected = self._protected.get
-                from_window = self._window.get
-                from_probation = self._probation.get
-                for player_id in player_ids:
-                    # A stored item is a non-empty tuple, so `or` moves on
-                    # only when a segment lacks the player.
-                    item = (
-                        from_protected(player_id)
-                        or from_window(player_id)
-                        or from_probation(player_id)
-                    )
-                    if item is None or (item[0] and now > item[0]):
-                        append(None)
-                    else:
-                        append(item[1])
+                found.extend(self._read_many(player_ids, now))
             if count:
                 hits = len(found) - found.count(None)
                 self.hits += hits
                 self.misses += len(found) - hits
+        return found
+
+    def _read_many(
+        self, player_ids: Sequence[str], now: float
+    ) -> list[CachedPlayer | None]:
+        """Look entries up without any bookkeeping; the caller holds the lock."""
+        from_protected = self._protected.get
+        from_window = self._window.get
+        from_probation = self._probation.get
+        found: list[CachedPlayer | None] = []
+        append = found.append
+        for player_id in player_ids:
+            # A stored item is a non-empty tuple, so `or` moves on only when
+            # a segment lacks the player.
+            item = (
+                from_protected(player_id)
+                or from_window(player_id)
+                or from_probation(player_id)
+            )
+            if item is None or (item[0] and now > item[0]):
+                append(None)
+            else:
+                append(item[1])
         return found
 
     def _get_many_updating(

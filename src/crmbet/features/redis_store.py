@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import hiredis
@@ -72,6 +73,9 @@ ROW_LENGTH = 2 + N_FIELDS + N_FEATURES
 VECTOR_LAYOUT = float(3000 + N_FEATURES)
 VECTOR_LENGTH = 3 + N_FEATURES
 WRITE_CHUNK = 2000
+#: Keys per MGET of a pipelined read; Redis answers one chunk while the
+#: client builds the next command or parses the previous reply.
+READ_CHUNK = 1000
 MARK_SEPARATOR = "\x1f"
 
 # Raises the stored watermark only when the new one is newer, atomically.
@@ -83,6 +87,13 @@ if tonumber(ARGV[1]) > current then
 end
 return tostring(current)
 """
+
+
+def _mget(prefix: str, player_ids: Sequence[str]) -> Iterator[tuple[bytes | str, ...]]:
+    """Yield ``MGET`` commands for the keys ``prefix + id``, in chunks."""
+    for start in range(0, len(player_ids), READ_CHUNK):
+        chunk = player_ids[start : start + READ_CHUNK]
+        yield (b"MGET", *[prefix + pid for pid in chunk])
 
 
 def _layout_error(prefix: str, layout: float) -> ValueError:
@@ -179,18 +190,24 @@ class RedisOnlineStore:
             ) from error
         self.last_error = None
 
-    def _execute(self, *commands: tuple[bytes, ...]) -> list[Any]:
+    def _execute(self, commands: Iterable[tuple[bytes | str, ...]]) -> list[Any]:
         """Send ``commands`` on the read connection and return their replies.
 
-        The caller wraps the call in :meth:`_guard`. Any failure drops the
+        Each command is packed by hiredis (str arguments become UTF-8) and
+        sent as soon as ``commands`` yields it, before any reply is read, so
+        Redis works on one command while this thread builds the next. The
+        caller wraps the call in :meth:`_guard`. Any failure drops the
         connection, so a reply left unread cannot answer a later command.
         """
-        packed = [hiredis.pack_command(command) for command in commands]
         with self._read_lock:
             connection = self._reader
             try:
-                connection.send_packed_command(packed, check_health=False)
-                return [connection.read_response() for _ in commands]
+                sent = 0
+                for command in commands:
+                    packed = hiredis.pack_command(command)
+                    connection.send_packed_command([packed], check_health=False)
+                    sent += 1
+                return [connection.read_response() for _ in range(sent)]
             except BaseException:
                 connection.disconnect()
                 raise
@@ -241,13 +258,12 @@ class RedisOnlineStore:
     # -- reads ------------------------------------------------------------
 
     def read_players(self, player_ids: Sequence[str]) -> StoredPlayers:
-        """Read states and stored feature vectors with one MGET."""
+        """Read states and stored feature vectors with pipelined MGETs."""
         if not player_ids:
             values: list[bytes | None] = []
         else:
-            prefix = self._state_prefix.encode()
-            keys = [prefix + pid.encode() for pid in player_ids]
-            values = self._read_values(b"MGET", *keys)
+            replies = self._read_values(_mget(self._state_prefix, player_ids))
+            values = [*chain.from_iterable(replies)]
         rows, found = self._decode(values, ROW_LENGTH, LAYOUT, self._state_prefix)
         return StoredPlayers(
             states=rows[:, 2 : 2 + N_FIELDS],
@@ -264,9 +280,7 @@ class RedisOnlineStore:
         Returns ``(state, vector, vector_as_of)`` as read-only views of the
         stored value, or None for an unknown player.
         """
-        value = self._read_values(
-            b"GET", self._state_prefix.encode() + player_id.encode()
-        )
+        (value,) = self._read_values([(b"GET", self._state_prefix + player_id)])
         if value is None:
             return None
         row = np.frombuffer(value, np.float64)
@@ -274,19 +288,25 @@ class RedisOnlineStore:
             raise _layout_error(self._state_prefix, LAYOUT)
         return row[2 : 2 + N_FIELDS], row[2 + N_FIELDS :], float(row[1])
 
-    def _read_values(self, *command: bytes) -> Any:
-        """Run one read command, with the watermark unless the subscription is live."""
+    def _read_values(self, commands: Iterable[tuple[bytes | str, ...]]) -> list[Any]:
+        """Run read commands and return their replies.
+
+        Unless the subscription is live, the watermark is read in the same
+        round trip.
+        """
         with self._guard("read player states"):
             if self.subscribed.is_set():
                 # The subscription delivers every new watermark with the
                 # change announcements, so only the values are read.
-                return self._execute(command)[0]
-            values, watermark = self._execute(
-                command, (b"HGET", self._meta_key.encode(), b"watermark")
-            )
+                replies = self._execute(commands)
+                watermark = None
+            else:
+                *replies, watermark = self._execute(
+                    chain(commands, [(b"HGET", self._meta_key, b"watermark")])
+                )
         if watermark is not None:
             self._watermark = max(self._watermark, float(watermark))
-        return values
+        return replies
 
     def read_vectors(self, player_ids: Sequence[str]) -> StoredVectors:
         """Read only the stored feature vectors, a quarter of the state values' size.
@@ -294,11 +314,9 @@ class RedisOnlineStore:
         A batch whose as-of time equals the vectors' needs nothing else; the
         feature store reads the states of the other players.
         """
-        # Bytes keys skip redis-py's per-argument str encoding.
-        prefix = self._vector_prefix.encode()
-        keys = [prefix + pid.encode() for pid in player_ids]
         with self._guard("read feature vectors"):
-            values = self._execute((b"MGET", *keys))[0] if keys else []
+            replies = self._execute(_mget(self._vector_prefix, player_ids))
+        values = [*chain.from_iterable(replies)]
         rows, found = self._decode(
             values, VECTOR_LENGTH, VECTOR_LAYOUT, self._vector_prefix
         )
