@@ -54,9 +54,9 @@ class CachedPlayer(NamedTuple):
     """One player's state and feature vector, computed at ``as_of``.
 
     ``values`` and ``last_event_ts`` are the vector as a one-row matrix and
-    ``last_ts`` as a one-element array, read-only, so that a one-player
-    response is built without new arrays; None when the writer did not set
-    them. A tuple rather than a class instance: a tuple of floats and
+    ``last_ts`` as a one-element array, both read-only, so that a one-player
+    response is built without new arrays. They are None when the writer did
+    not set them. A tuple rather than a class instance: a tuple of floats and
     untracked arrays is itself untracked by the garbage collector, so a
     full cache does not slow the collector's passes.
     """
