@@ -199,15 +199,26 @@ class RedisOnlineStore:
         caller wraps the call in :meth:`_guard`. Any failure drops the
         connection, so a reply left unread cannot answer a later command.
         """
+        pending = iter(commands)
+        packed: list[bytes] = []
         with self._read_lock:
             connection = self._reader
             try:
-                sent = 0
-                for command in commands:
-                    packed = hiredis.pack_command(command)
-                    connection.send_packed_command([packed], check_health=False)
-                    sent += 1
-                return [connection.read_response() for _ in range(sent)]
+                for command in pending:
+                    packed.append(hiredis.pack_command(command))
+                    connection.send_packed_command(packed[-1:], check_health=False)
+                return [connection.read_response() for _ in packed]
+            except redis.ConnectionError:
+                # The server may have closed an idle connection or restarted.
+                # Reads are idempotent, so retry once on a new connection.
+                connection.disconnect()
+            except BaseException:
+                connection.disconnect()
+                raise
+            try:
+                packed.extend(hiredis.pack_command(command) for command in pending)
+                connection.send_packed_command(packed, check_health=False)
+                return [connection.read_response() for _ in packed]
             except BaseException:
                 connection.disconnect()
                 raise

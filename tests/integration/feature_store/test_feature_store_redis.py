@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -270,3 +271,23 @@ def test_single_read_fills_l1(
     stats = store.get_performance_stats()
     assert stats["l2"]["hits"] == 1
     assert stats["l2"]["unknown"] == 1
+
+
+def test_read_survives_dropped_connection(
+    bustabit_events: pl.DataFrame, redis_store: RedisOnlineStore
+) -> None:
+    events = bustabit_events.head(200)
+    materialize(events, redis_store)
+    player = events["player_id"][0]
+    before = redis_store.read_player(player)
+    assert before is not None
+    # As if the server had closed the idle connection.
+    redis_store._reader._sock.shutdown(socket.SHUT_RDWR)
+
+    after = redis_store.read_player(player)
+    batch = redis_store.read_players([player, "nobody"])
+
+    assert after is not None
+    np.testing.assert_array_equal(after[0], before[0])
+    assert batch.found.tolist() == [True, False]
+    assert redis_store.last_error is None
