@@ -13,8 +13,10 @@ state schema version, so a new layout never reads an old one):
 - ``{ns}:v1:meta``: a hash with the store watermark;
 - ``{ns}:v1:invalidate``: the pub/sub channel that announces changed players.
 
-Reads are one ``GET`` or ``MGET`` (plus the watermark) per request, writes
-one pipeline per chunk of players. The client is redis-py with the hiredis
+A read is one ``GET`` for one player, or one pipeline of ``MGET``s of
+:data:`READ_CHUNK` keys for a batch, plus the watermark unless the
+invalidation subscription is live. Writes are one pipeline per chunk of
+players. The client is redis-py with the hiredis
 parser over RESP2. Reads go through one dedicated connection and commands
 packed by hiredis, which skips the connection pool's per-command checks
 and redis-py's per-argument encoding. The fixed-size values let a whole
