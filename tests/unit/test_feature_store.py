@@ -10,7 +10,11 @@ import pytest
 
 from crmbet.features import compute_features, fold
 from crmbet.features.materialize import materialize, materialize_batches
-from crmbet.features.online import MemoryOnlineStore, OnlineStore
+from crmbet.features.online import (
+    MemoryOnlineStore,
+    OnlineStore,
+    OnlineStoreUnavailableError,
+)
 from crmbet.features.store import (
     FEATURE_NAMES,
     EnterpriseFeatureStore,
@@ -238,3 +242,22 @@ def test_large_batch_skips_l1_fill(small_events: pl.DataFrame) -> None:
     assert len(store.l1) == 0
     store.get_features_sync(FeatureRequest(ids[:5]))
     assert len(store.l1) == 5
+
+
+class _FailingStore(MemoryOnlineStore):
+    def read_player(self, player_id: str) -> None:
+        raise OnlineStoreUnavailableError("connection refused")
+
+
+def test_single_read_failure_degrades() -> None:
+    store = EnterpriseFeatureStore(_FailingStore(), retry_interval_s=60)
+
+    first = store.get_features_sync(FeatureRequest("p1"))
+    second = store.get_features_sync(FeatureRequest("p2"))
+
+    assert first.status == ["unavailable"]
+    assert first.tier == ["none"]
+    assert first.degraded
+    assert second.status == ["unavailable"]
+    assert store.get_performance_stats()["errors"] == 1
+    assert store.health()["status"] == "degraded"

@@ -1,10 +1,20 @@
-"""L1 cache: an in-process TTL and LRU cache of computed feature vectors.
+"""L1 cache: an in-process TTL cache of computed feature vectors.
 
 The cache sits in front of the online store. An entry contains a player's
 state, its full feature vector and the as-of time the vector was computed
 at. It leaves the cache when the player's state changes (the online store
 announces changed players), when it is older than ``ttl_seconds``, or when
-it is the least recently used entry of a full cache.
+the eviction policy picks it in a full cache.
+
+The eviction policy is W-TinyLFU (Einziger, Friedman and Manes, "TinyLFU: A
+Highly Efficient Cache Admission Policy", ACM Transactions on Storage,
+2017). New entries go to a small LRU window. An entry pushed out of a full
+window enters the main area only when a count-min sketch estimates that it
+was requested more often than the main area's eviction victim. The main
+area is a segmented LRU: entries hit once more move from its probation
+segment to its protected segment. On a Zipf-distributed request stream this
+keeps the popular players that a plain LRU loses to bursts of one-off
+requests.
 
 A generation counter closes the race between a reader that fetched a state
 from the online store and a writer that changed it meanwhile: the reader
@@ -16,29 +26,130 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
+#: Share of the capacity given to the LRU window that takes new entries.
+WINDOW_SHARE = 0.01
+#: Share of the main area kept for entries hit again after admission.
+PROTECTED_SHARE = 0.8
+#: Largest value of a sketch counter.
+MAX_COUNT = 15
+#: Sketch counters are halved after this many recorded requests per entry of
+#: capacity, so the estimates follow changes in popularity.
+SAMPLES_PER_ENTRY = 10
+#: Counters per sketch row per entry of capacity. Between two halvings a
+#: counter then takes SAMPLES_PER_ENTRY / COUNTERS_PER_ENTRY = 2.5 increments
+#: on average, so keys requested once rarely look popular.
+COUNTERS_PER_ENTRY = 4
 
-@dataclass(frozen=True, slots=True)
-class CachedPlayer:
-    """One player's state and feature vector, computed at ``as_of``."""
+# Maps every byte value to its half, to age all counters with one translate.
+_HALVE = bytes(value >> 1 for value in range(256))
+_MASK32 = 0xFFFFFFFF
+
+
+class CachedPlayer(NamedTuple):
+    """One player's state and feature vector, computed at ``as_of``.
+
+    ``values`` and ``last_event_ts`` are the vector as a one-row matrix and
+    ``last_ts`` as a one-element array, both read-only, so that a one-player
+    response is built without new arrays. They are None when the writer did
+    not set them. A tuple rather than a class instance: a tuple of floats and
+    untracked arrays is itself untracked by the garbage collector, so a
+    full cache does not slow the collector's passes.
+    """
 
     state: np.ndarray
     vector: np.ndarray
     as_of: float
     last_ts: float
+    values: np.ndarray | None = None
+    last_event_ts: np.ndarray | None = None
+
+
+class FrequencySketch:
+    """Count-min sketch of request counts: four rows of 4-bit-range counters.
+
+    Each key increments one counter per row, and the estimate is the
+    smallest of the four. Counters stop at :data:`MAX_COUNT`, and after
+    ``sample_size`` increments every counter is halved, so old popularity
+    fades. The row indices come from the key's Python ``hash`` by double
+    hashing, so estimates are valid within one process only.
+
+    Examples
+    --------
+    >>> sketch = FrequencySketch(width=64, sample_size=1000)
+    >>> for _ in range(3):
+    ...     sketch.increment(hash("p1"))
+    >>> sketch.estimate(hash("p1")) >= 3
+    True
+    """
+
+    def __init__(self, width: int, sample_size: int) -> None:
+        # Round up to a power of two so the index is a bit mask.
+        self.width = 1 << max(width - 1, 1).bit_length()
+        self.sample_size = max(sample_size, 1)
+        self.samples = 0
+        self._mask = self.width - 1
+        self._table = bytearray(4 * self.width)
+
+    def _indices(self, key_hash: int) -> tuple[int, int, int, int]:
+        low = key_hash & _MASK32
+        step = ((key_hash >> 32) & _MASK32) | 1
+        mask = self._mask
+        width = self.width
+        return (
+            low & mask,
+            width + ((low + step) & mask),
+            2 * width + ((low + 2 * step) & mask),
+            3 * width + ((low + 3 * step) & mask),
+        )
+
+    def increment(self, key_hash: int) -> None:
+        """Record one request of the key with hash ``key_hash``."""
+        # Unrolled: this runs on every cache lookup.
+        table = self._table
+        mask = self._mask
+        width = self.width
+        low = key_hash & _MASK32
+        step = ((key_hash >> 32) & _MASK32) | 1
+        index = low & mask
+        if table[index] < MAX_COUNT:
+            table[index] += 1
+        index = width + ((low + step) & mask)
+        if table[index] < MAX_COUNT:
+            table[index] += 1
+        index = 2 * width + ((low + 2 * step) & mask)
+        if table[index] < MAX_COUNT:
+            table[index] += 1
+        index = 3 * width + ((low + 3 * step) & mask)
+        if table[index] < MAX_COUNT:
+            table[index] += 1
+        self.samples += 1
+        if self.samples >= self.sample_size:
+            self.age()
+
+    def estimate(self, key_hash: int) -> int:
+        """Return the estimated request count of the key, at most :data:`MAX_COUNT`."""
+        table = self._table
+        a, b, c, d = self._indices(key_hash)
+        return min(table[a], table[b], table[c], table[d])
+
+    def age(self) -> None:
+        """Halve every counter and the sample count."""
+        self._table = self._table.translate(_HALVE)
+        self.samples //= 2
 
 
 class L1Cache:
-    """Thread-safe TTL and LRU cache of :class:`CachedPlayer` entries.
+    """Thread-safe TTL cache of :class:`CachedPlayer` entries, evicting by W-TinyLFU.
 
     Parameters
     ----------
     max_size:
-        Most entries kept; 0 disables the cache.
+        Maximum number of entries; 0 disables the cache.
     ttl_seconds:
         Wall-clock lifetime of an entry; 0 means entries never age out.
 
@@ -60,65 +171,166 @@ class L1Cache:
             )
         self.max_size = max_size
         self.ttl_seconds = ttl_seconds
-        self._entries: OrderedDict[str, tuple[float, CachedPlayer]] = OrderedDict()
+        self.window_size = min(max(int(max_size * WINDOW_SHARE), 1), max_size)
+        main_size = max_size - self.window_size
+        self.protected_size = int(main_size * PROTECTED_SHARE)
+        self._main_size = main_size
+        # Each segment maps a player id to (expiry time or 0, entry), least
+        # recently used first.
+        self._window: OrderedDict[str, tuple[float, CachedPlayer]] = OrderedDict()
+        self._probation: OrderedDict[str, tuple[float, CachedPlayer]] = OrderedDict()
+        self._protected: OrderedDict[str, tuple[float, CachedPlayer]] = OrderedDict()
+        self._sketch = FrequencySketch(
+            COUNTERS_PER_ENTRY * max_size, SAMPLES_PER_ENTRY * max_size
+        )
         self._lock = threading.Lock()
         self.generation = 0
         self.hits = 0
         self.misses = 0
         self.evictions = 0
+        self.rejections = 0
         self.invalidations = 0
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._window) + len(self._probation) + len(self._protected)
+
+    def __contains__(self, player_id: str) -> bool:
+        return (
+            player_id in self._protected
+            or player_id in self._window
+            or player_id in self._probation
+        )
 
     def get(self, player_id: str, count: bool = True) -> CachedPlayer | None:
-        """Return the live entry of a player and mark it recently used.
+        """Return the live entry of a player and record the request.
 
-        ``count=False`` leaves the hit and miss counters alone, for a second
-        lookup of the same request.
+        ``count=False`` leaves the hit and miss counters and the frequency
+        sketch alone, for a second lookup of the same request.
         """
+        now = time.monotonic()
         with self._lock:
-            item = self._entries.get(player_id)
-            if item is not None and item[0] and time.monotonic() > item[0]:
-                del self._entries[player_id]
-                item = None
+            # Fast path for the most common case, a hit in the protected
+            # segment. It skips the sketch: such an entry is not an eviction
+            # candidate, and its next hit after a demotion is recorded.
+            protected = self._protected
+            item = protected.get(player_id)
+            if item is not None and (not item[0] or now <= item[0]):
+                protected.move_to_end(player_id)
+                self.hits += count
+                return item[1]
+            if count:
+                self._sketch.increment(hash(player_id))
+            item = self._touch(player_id, now)
             if item is None:
                 self.misses += count
                 return None
-            self._entries.move_to_end(player_id)
             self.hits += count
             return item[1]
 
     def get_many(
-        self, player_ids: Sequence[str], count: bool = True
+        self, player_ids: Sequence[str], count: bool = True, update: bool = True
     ) -> list[CachedPlayer | None]:
-        """Return the live entries of several players under one lock."""
+        """Return the live entries of several players under one lock.
+
+        ``update=False`` reads without recording the requests in the sketch
+        or changing the eviction order, so a bulk job does not change which
+        players the cache keeps.
+        """
         now = time.monotonic()
-        entries = self._entries
         found: list[CachedPlayer | None] = []
+        append = found.append
         with self._lock:
-            for player_id in player_ids:
-                item = entries.get(player_id)
-                if item is not None and item[0] and now > item[0]:
-                    del entries[player_id]
-                    item = None
-                if item is None:
-                    found.append(None)
-                    continue
-                entries.move_to_end(player_id)
-                found.append(item[1])
+            if update:
+                self._get_many_updating(player_ids, count, now, append)
+            else:
+                found.extend(self._read_many(player_ids, now))
             if count:
                 hits = len(found) - found.count(None)
                 self.hits += hits
                 self.misses += len(found) - hits
         return found
 
+    def _read_many(
+        self, player_ids: Sequence[str], now: float
+    ) -> list[CachedPlayer | None]:
+        """Look entries up without any bookkeeping; the caller holds the lock."""
+        from_protected = self._protected.get
+        from_window = self._window.get
+        from_probation = self._probation.get
+        found: list[CachedPlayer | None] = []
+        append = found.append
+        for player_id in player_ids:
+            # A stored item is a non-empty tuple, so `or` moves on only when
+            # a segment lacks the player.
+            item = (
+                from_protected(player_id)
+                or from_window(player_id)
+                or from_probation(player_id)
+            )
+            if item is None or (item[0] and now > item[0]):
+                append(None)
+            else:
+                append(item[1])
+        return found
+
+    def _get_many_updating(
+        self,
+        player_ids: Sequence[str],
+        count: bool,
+        now: float,
+        append: Callable[[CachedPlayer | None], None],
+    ) -> None:
+        protected = self._protected
+        touch = self._touch
+        increment = self._sketch.increment if count else None
+        for player_id in player_ids:
+            item = protected.get(player_id)
+            if item is not None and (not item[0] or now <= item[0]):
+                protected.move_to_end(player_id)
+                append(item[1])
+                continue
+            if increment is not None:
+                increment(hash(player_id))
+            item = touch(player_id, now)
+            append(None if item is None else item[1])
+
+    def _touch(self, player_id: str, now: float) -> tuple[float, CachedPlayer] | None:
+        """Find a live entry and mark it used; the caller holds the lock."""
+        protected = self._protected
+        item = protected.pop(player_id, None)
+        if item is not None:
+            # Only an expired entry reaches here: the callers serve live
+            # protected entries themselves.
+            return None
+        item = self._window.get(player_id)
+        if item is not None:
+            if item[0] and now > item[0]:
+                del self._window[player_id]
+                return None
+            self._window.move_to_end(player_id)
+            return item
+        item = self._probation.get(player_id)
+        if item is None:
+            return None
+        del self._probation[player_id]
+        if item[0] and now > item[0]:
+            return None
+        # A second use after admission: promote, and demote the protected
+        # segment's least recently used entry back to probation.
+        protected[player_id] = item
+        if len(protected) > self.protected_size:
+            demoted, demoted_item = protected.popitem(last=False)
+            self._probation[demoted] = demoted_item
+        return item
+
     def put(
         self, player_id: str, entry: CachedPlayer, generation: int | None = None
     ) -> bool:
         """Insert an entry; skip it when an invalidation followed ``generation``.
 
-        Returns True when the entry was inserted.
+        Returns True when the entry was inserted. An inserted entry may still
+        be turned away later by the admission policy, when the window passes
+        it on to a full main area.
         """
         if self.max_size == 0:
             return False
@@ -126,11 +338,7 @@ class L1Cache:
         with self._lock:
             if generation is not None and generation != self.generation:
                 return False
-            self._entries[player_id] = (expires_at, entry)
-            self._entries.move_to_end(player_id)
-            while len(self._entries) > self.max_size:
-                self._entries.popitem(last=False)
-                self.evictions += 1
+            self._insert(player_id, (expires_at, entry))
         return True
 
     def put_many(
@@ -140,31 +348,63 @@ class L1Cache:
         if self.max_size == 0 or not entries:
             return 0
         expires_at = time.monotonic() + self.ttl_seconds if self.ttl_seconds else 0.0
-        # Entries beyond the capacity would be evicted by the later ones.
-        kept = entries[-self.max_size :]
         with self._lock:
             if generation is not None and generation != self.generation:
                 return 0
-            for player_id, entry in kept:
-                self._entries[player_id] = (expires_at, entry)
-                self._entries.move_to_end(player_id)
-            overflow = len(self._entries) - self.max_size
-            for _ in range(max(overflow, 0)):
-                self._entries.popitem(last=False)
-            self.evictions += max(overflow, 0)
-        return len(kept)
+            for player_id, entry in entries:
+                self._insert(player_id, (expires_at, entry))
+        return len(entries)
+
+    def _insert(self, player_id: str, item: tuple[float, CachedPlayer]) -> None:
+        """Insert or replace an entry; the caller holds the lock."""
+        for segment in (self._protected, self._probation):
+            if player_id in segment:
+                segment[player_id] = item
+                segment.move_to_end(player_id)
+                return
+        window = self._window
+        window[player_id] = item
+        window.move_to_end(player_id)
+        if len(window) > self.window_size:
+            candidate, candidate_item = window.popitem(last=False)
+            self._admit(candidate, candidate_item)
+
+    def _admit(self, candidate: str, item: tuple[float, CachedPlayer]) -> None:
+        """Move an entry from the window to the main area, or evict it."""
+        probation = self._probation
+        if len(probation) + len(self._protected) < self._main_size:
+            probation[candidate] = item
+            return
+        # The victim is probation's least recently used entry, or protected's
+        # when probation is empty (possible only with a tiny main area).
+        victims = probation if probation else self._protected
+        if not victims:
+            self.evictions += 1
+            return
+        victim = next(iter(victims))
+        estimate = self._sketch.estimate
+        self.evictions += 1
+        if estimate(hash(candidate)) > estimate(hash(victim)):
+            del victims[victim]
+            probation[candidate] = item
+        else:
+            self.rejections += 1
 
     def invalidate(self, player_ids: Iterable[str] | None) -> None:
         """Drop the entries of ``player_ids``, or every entry when None."""
+        segments = (self._window, self._probation, self._protected)
         with self._lock:
             self.generation += 1
             if player_ids is None:
-                self.invalidations += len(self._entries)
-                self._entries.clear()
+                for segment in segments:
+                    self.invalidations += len(segment)
+                    segment.clear()
                 return
             for player_id in player_ids:
-                if self._entries.pop(player_id, None) is not None:
-                    self.invalidations += 1
+                for segment in segments:
+                    if segment.pop(player_id, None) is not None:
+                        self.invalidations += 1
+                        break
 
     def hit_rate(self) -> float:
         """Return hits divided by lookups, 0 before the first lookup."""

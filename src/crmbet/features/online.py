@@ -188,6 +188,19 @@ class MemoryOnlineStore:
                 found[i] = True
         return StoredPlayers(matrix, found)
 
+    def read_player(self, player_id: str) -> tuple[np.ndarray, None, float] | None:
+        """Return ``(state, None, NaN)`` for a known player, or None.
+
+        The embedded store keeps no feature vectors, so the vector and its
+        as-of time are missing and the caller computes the features.
+        """
+        row = self._states.get(player_id)
+        if row is None:
+            return None
+        state = row.copy()
+        state.setflags(write=False)
+        return state, None, float("nan")
+
     def get_state(self, player_id: str) -> dict[str, float] | None:
         """Return one player's state, or None for an unknown player."""
         row = self._states.get(player_id)

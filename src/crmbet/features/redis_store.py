@@ -13,21 +13,27 @@ state schema version, so a new layout never reads an old one):
 - ``{ns}:v1:meta``: a hash with the store watermark;
 - ``{ns}:v1:invalidate``: the pub/sub channel that announces changed players.
 
-Reads are one ``MGET`` (plus the watermark) per batch, writes one pipeline
-per chunk of players. The client is redis-py with the hiredis parser over
-RESP2; the fixed-size values let a whole batch be decoded with one
-``numpy.frombuffer``.
+A read is one ``GET`` for one player, or one pipeline of ``MGET``s of
+:data:`READ_CHUNK` keys for a batch, plus the watermark unless the
+invalidation subscription is live. Writes are one pipeline per chunk of
+players. The client is redis-py with the hiredis
+parser over RESP2. Reads go through one dedicated connection and commands
+packed by hiredis, which skips the connection pool's per-command checks
+and redis-py's per-argument encoding. The fixed-size values let a whole
+batch be decoded with one ``numpy.frombuffer``.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
+import hiredis
 import numpy as np
 import orjson
 import polars as pl
@@ -69,6 +75,9 @@ ROW_LENGTH = 2 + N_FIELDS + N_FEATURES
 VECTOR_LAYOUT = float(3000 + N_FEATURES)
 VECTOR_LENGTH = 3 + N_FEATURES
 WRITE_CHUNK = 2000
+#: Keys per MGET of a pipelined read; Redis answers one chunk while the
+#: client builds the next command or parses the previous reply.
+READ_CHUNK = 1000
 MARK_SEPARATOR = "\x1f"
 
 # Raises the stored watermark only when the new one is newer, atomically.
@@ -80,6 +89,21 @@ if tonumber(ARGV[1]) > current then
 end
 return tostring(current)
 """
+
+
+def _mget(prefix: str, player_ids: Sequence[str]) -> Iterator[tuple[bytes | str, ...]]:
+    """Yield ``MGET`` commands for the keys ``prefix + id``, in chunks."""
+    for start in range(0, len(player_ids), READ_CHUNK):
+        chunk = player_ids[start : start + READ_CHUNK]
+        yield (b"MGET", *[prefix + pid for pid in chunk])
+
+
+def _layout_error(prefix: str, layout: float) -> ValueError:
+    return ValueError(
+        f"Redis values under {prefix}* do not have the layout {layout:.0f}; "
+        "another crmbet version wrote them, so use another namespace or "
+        "re-materialise the store"
+    )
 
 
 class RedisOnlineStore:
@@ -137,6 +161,11 @@ class RedisOnlineStore:
             retry_on_timeout=False,
         )
         self._raise_watermark = self._writer.register_script(_RAISE_WATERMARK)
+        # The request path's connection, outside the pool; it connects on
+        # first use and again after any failed call.
+        pool = self._client.connection_pool
+        self._reader = pool.connection_class(**pool.connection_kwargs)
+        self._read_lock = threading.Lock()
         self._watermark = 0.0
         self._listeners: list[InvalidationListener | Callable[[None], None]] = []
         self._listener_thread: threading.Thread | None = None
@@ -162,6 +191,39 @@ class RedisOnlineStore:
                 "server in CRMBET_REDIS_URL is running and reachable"
             ) from error
         self.last_error = None
+
+    def _execute(self, commands: Iterable[tuple[bytes | str, ...]]) -> list[Any]:
+        """Send ``commands`` on the read connection and return their replies.
+
+        Each command is packed by hiredis (str arguments become UTF-8) and
+        sent as soon as ``commands`` yields it, before any reply is read, so
+        Redis works on one command while this thread builds the next. The
+        caller wraps the call in :meth:`_guard`. Any failure drops the
+        connection, so a reply left unread cannot answer a later command.
+        """
+        pending = iter(commands)
+        packed: list[bytes] = []
+        with self._read_lock:
+            connection = self._reader
+            try:
+                for command in pending:
+                    packed.append(hiredis.pack_command(command))
+                    connection.send_packed_command(packed[-1:], check_health=False)
+                return [connection.read_response() for _ in packed]
+            except redis.ConnectionError:
+                # The server may have closed an idle connection or restarted.
+                # Reads are idempotent, so retry once on a new connection.
+                connection.disconnect()
+            except BaseException:
+                connection.disconnect()
+                raise
+            try:
+                packed.extend(hiredis.pack_command(command) for command in pending)
+                connection.send_packed_command(packed, check_health=False)
+                return [connection.read_response() for _ in packed]
+            except BaseException:
+                connection.disconnect()
+                raise
 
     def state_key(self, player_id: str) -> str:
         """Return the Redis key of one player's state."""
@@ -209,25 +271,12 @@ class RedisOnlineStore:
     # -- reads ------------------------------------------------------------
 
     def read_players(self, player_ids: Sequence[str]) -> StoredPlayers:
-        """Read states and stored feature vectors with one MGET."""
-        n = len(player_ids)
-        prefix = self._state_prefix.encode()
-        keys = [prefix + pid.encode() for pid in player_ids]
-        with self._guard("read player states"):
-            if self.subscribed.is_set():
-                # The subscription delivers every new watermark with the
-                # change announcements, so only the states are read.
-                values = (
-                    [self._client.get(keys[0])] if n == 1 else self._client.mget(keys)
-                )
-                watermark = None
-            else:
-                pipe = self._client.pipeline(transaction=False)
-                pipe.mget(keys)
-                pipe.hget(self._meta_key, "watermark")
-                values, watermark = pipe.execute()
-        if watermark is not None:
-            self._watermark = max(self._watermark, float(watermark))
+        """Read states and stored feature vectors with pipelined MGETs."""
+        if not player_ids:
+            values: list[bytes | None] = []
+        else:
+            replies = self._read_values(_mget(self._state_prefix, player_ids))
+            values = [*chain.from_iterable(replies)]
         rows, found = self._decode(values, ROW_LENGTH, LAYOUT, self._state_prefix)
         return StoredPlayers(
             states=rows[:, 2 : 2 + N_FIELDS],
@@ -236,17 +285,51 @@ class RedisOnlineStore:
             vector_as_of=rows[:, 1],
         )
 
+    def read_player(
+        self, player_id: str
+    ) -> tuple[np.ndarray, np.ndarray, float] | None:
+        """Read one player's state and stored feature vector with one ``GET``.
+
+        Returns ``(state, vector, vector_as_of)`` as read-only views of the
+        stored value, or None for an unknown player.
+        """
+        (value,) = self._read_values([(b"GET", self._state_prefix + player_id)])
+        if value is None:
+            return None
+        row = np.frombuffer(value, np.float64)
+        if row.size != ROW_LENGTH or row[0] != LAYOUT:
+            raise _layout_error(self._state_prefix, LAYOUT)
+        return row[2 : 2 + N_FIELDS], row[2 + N_FIELDS :], float(row[1])
+
+    def _read_values(self, commands: Iterable[tuple[bytes | str, ...]]) -> list[Any]:
+        """Run read commands and return their replies.
+
+        Unless the subscription is live, the watermark is read in the same
+        round trip.
+        """
+        with self._guard("read player states"):
+            if self.subscribed.is_set():
+                # The subscription delivers every new watermark with the
+                # change announcements, so only the values are read.
+                replies = self._execute(commands)
+                watermark = None
+            else:
+                *replies, watermark = self._execute(
+                    chain(commands, [(b"HGET", self._meta_key, b"watermark")])
+                )
+        if watermark is not None:
+            self._watermark = max(self._watermark, float(watermark))
+        return replies
+
     def read_vectors(self, player_ids: Sequence[str]) -> StoredVectors:
         """Read only the stored feature vectors, a quarter of the state values' size.
 
         A batch whose as-of time equals the vectors' needs nothing else; the
         feature store reads the states of the other players.
         """
-        # Bytes keys skip redis-py's per-argument str encoding.
-        prefix = self._vector_prefix.encode()
-        keys = [prefix + pid.encode() for pid in player_ids]
         with self._guard("read feature vectors"):
-            values = self._client.mget(keys)
+            replies = self._execute(_mget(self._vector_prefix, player_ids))
+        values = [*chain.from_iterable(replies)]
         rows, found = self._decode(
             values, VECTOR_LENGTH, VECTOR_LAYOUT, self._vector_prefix
         )
@@ -258,22 +341,25 @@ class RedisOnlineStore:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Decode fixed-size packed values with one frombuffer call."""
         n = len(values)
-        found = np.fromiter((v is not None for v in values), dtype=bool, count=n)
+        missing = values.count(None)
+        if missing == n:
+            return np.full((n, length), np.nan), np.zeros(n, dtype=bool)
+        if missing:
+            found = np.array([v is not None for v in values], dtype=bool)
+            data = b"".join([v for v in values if v is not None])
+        else:
+            found = np.ones(n, dtype=bool)
+            data = b"".join(values)  # type: ignore[arg-type]
+        decoded = np.frombuffer(data, np.float64)
+        if decoded.size != (n - missing) * length:
+            raise _layout_error(prefix, layout)
+        decoded = decoded.reshape(-1, length)
+        if np.any(decoded[:, 0] != layout):
+            raise _layout_error(prefix, layout)
+        if not missing:
+            return decoded, found
         rows = np.full((n, length), np.nan)
-        if not found.any():
-            return rows, found
-        decoded = np.frombuffer(
-            b"".join(v for v in values if v is not None), np.float64
-        )
-        if decoded.size != int(found.sum()) * length or np.any(
-            decoded[::length] != layout
-        ):
-            raise ValueError(
-                f"Redis values under {prefix}* do not have the layout {layout:.0f}; "
-                "another crmbet version wrote them, so use another namespace or "
-                "re-materialise the store"
-            )
-        rows[found] = decoded.reshape(-1, length)
+        rows[found] = decoded
         return rows, found
 
     def get_state(self, player_id: str) -> dict[str, float] | None:
@@ -473,5 +559,7 @@ class RedisOnlineStore:
         if self._listener_thread is not None:
             self._listener_thread.join(timeout=2.0)
             self._listener_thread = None
+        with self._read_lock:
+            self._reader.disconnect()
         self._client.close()
         self._writer.close()

@@ -51,6 +51,13 @@ _DAY = 86400.0
 Status = Literal["fresh", "expired", "unknown", "unavailable"]
 Tier = Literal["l1", "l2", "none"]
 
+# Codes of the batch path's per-player tier and status arrays, turned into
+# the response's lists of names at the end by indexing these object arrays.
+_NONE, _L1, _L2 = 0, 1, 2
+_TIER_NAMES = np.array(["none", "l1", "l2"], dtype=object)
+_UNKNOWN, _FRESH, _EXPIRED, _UNAVAILABLE = 0, 1, 2, 3
+_STATUS_NAMES = np.array(["unknown", "fresh", "expired", "unavailable"], dtype=object)
+
 
 @dataclass(frozen=True, slots=True)
 class FeatureView:
@@ -240,6 +247,7 @@ class EnterpriseFeatureStore:
             tuple[FeatureView, tuple[str, ...], np.ndarray | None],
         ] = {}
         self._latencies = _Latencies()
+        self._l1_latencies = self._latencies.samples["l1"]
         self._counts = {
             "l2_hits": 0,
             "l2_unknown": 0,
@@ -286,7 +294,7 @@ class EnterpriseFeatureStore:
         started = time.perf_counter_ns()
         looked_up = isinstance(request.player_ids, str)
         if looked_up:
-            served = self._serve_one_from_l1(request, request.as_of, started)
+            served = self._serve_one(request, started)
             if served is not None:
                 return served
         view, names, columns = self._resolve(request)
@@ -303,41 +311,31 @@ class EnterpriseFeatureStore:
         n = len(ids)
         vectors = np.full((n, len(FEATURE_NAMES)), np.nan)
         last_ts = np.full(n, np.nan)
-        tiers: list[Tier] = ["none"] * n
-        status: list[Status] = ["unknown"] * n
+        tier_codes = np.zeros(n, dtype=np.int8)
+        status_codes = np.zeros(n, dtype=np.int8)
 
         # L1 first; an entry computed at another as-of time is recomputed
         # from its cached state without a trip to the online store.
-        misses: list[int] = []
-        stale: list[int] = []
-        stale_states: list[np.ndarray] = []
-        for i, entry in enumerate(self.l1.get_many(ids, count=not looked_up)):
-            if entry is None:
-                misses.append(i)
-                continue
-            tiers[i] = "l1"
-            last_ts[i] = entry.last_ts
-            if entry.as_of == as_of:
-                vectors[i] = entry.vector
-            else:
-                stale.append(i)
-                stale_states.append(entry.state)
-        if stale:
-            vectors[stale] = compute_matrix(np.vstack(stale_states), as_of)
-            # NOTE: the recomputed vectors are not cached; a request at
-            # another as-of time should not evict the watermark vectors.
+        fill_l1 = n <= self.l1_fill_max_players
+        cached = self.l1.get_many(ids, count=not looked_up, update=fill_l1)
+        misses = [i for i, entry in enumerate(cached) if entry is None]
+        if len(misses) < n:
+            self._take_cached(cached, as_of, vectors, last_ts, tier_codes)
         if misses:
-            self._read_misses(ids, misses, as_of, vectors, last_ts, tiers, status)
+            self._read_misses(
+                ids, misses, as_of, vectors, last_ts, tier_codes, status_codes
+            )
 
-        for i in range(n):
-            if tiers[i] != "none":
-                status[i] = "fresh"
-        self._apply_ttl(view, as_of, last_ts, status, request.include_expired, vectors)
+        status_codes[tier_codes != _NONE] = _FRESH
+        self._apply_ttl(
+            view, as_of, last_ts, status_codes, request.include_expired, vectors
+        )
+        tiers: list[Tier] = _TIER_NAMES[tier_codes].tolist()
         response = FeatureResponse(
             player_ids=ids,
             feature_names=names,
             values=vectors if columns is None else vectors[:, columns],
-            status=status,
+            status=_STATUS_NAMES[status_codes].tolist(),
             tier=tiers,
             last_event_ts=last_ts,
             as_of=as_of,
@@ -345,6 +343,30 @@ class EnterpriseFeatureStore:
         )
         self._record(started, n, tiers)
         return response
+
+    @staticmethod
+    def _take_cached(
+        cached: list[CachedPlayer | None],
+        as_of: float,
+        vectors: np.ndarray,
+        last_ts: np.ndarray,
+        tier_codes: np.ndarray,
+    ) -> None:
+        """Copy the L1 entries into the batch arrays, recomputing other as-of times."""
+        rows = [i for i, entry in enumerate(cached) if entry is not None]
+        entries: list[CachedPlayer] = [cached[i] for i in rows]  # type: ignore[misc]
+        tier_codes[rows] = _L1
+        last_ts[rows] = [entry.last_ts for entry in entries]
+        current = [j for j, entry in enumerate(entries) if entry.as_of == as_of]
+        if current:
+            vectors[[rows[j] for j in current]] = [entries[j].vector for j in current]
+        if len(current) < len(rows):
+            stale = [j for j, entry in enumerate(entries) if entry.as_of != as_of]
+            vectors[[rows[j] for j in stale]] = compute_matrix(
+                np.vstack([entries[j].state for j in stale]), as_of
+            )
+            # NOTE: the recomputed vectors are not cached; a request at
+            # another as-of time should not evict the watermark vectors.
 
     def _resolve(
         self, request: FeatureRequest
@@ -377,33 +399,142 @@ class EnterpriseFeatureStore:
         self._columns[key] = resolved
         return resolved
 
-    def _serve_one_from_l1(
-        self, request: FeatureRequest, as_of: float | None, started: int
+    def _serve_one(
+        self, request: FeatureRequest, started: int
     ) -> FeatureResponse | None:
-        """Serve a one-player request from L1, skipping the arrays of the batch path."""
-        view, names, columns = self._resolve(request)
-        entry = self.l1.get(request.player_ids)  # type: ignore[arg-type]
+        """Serve a one-player request from L1 or one online-store read.
+
+        This path builds no per-request arrays on an L1 hit. It returns None
+        when the batch path must serve the request: the L1 entry is at
+        another as-of time or expired, the backend has no one-player read,
+        or the store waits out the retry interval after a failure.
+        """
+        resolved = self._columns.get((request.view, request.features))
+        if resolved is None:
+            resolved = self._resolve(request)
+        player_id: str = request.player_ids  # type: ignore[assignment]
+        entry = self.l1.get(player_id)
         if entry is None:
+            return self._serve_one_from_l2(request, player_id, resolved, started)
+        as_of = self.backend.watermark if request.as_of is None else request.as_of
+        if entry.as_of != as_of:
             return None
-        when = self.backend.watermark if as_of is None else as_of
-        if entry.as_of != when:
-            return None
+        view, names, columns = resolved
         ttl = view.ttl_seconds
-        if ttl is not None and when - entry.last_ts > ttl:
+        if ttl is not None and as_of - entry.last_ts > ttl:
             return None
-        vector = entry.vector if columns is None else entry.vector[columns]
+        values = entry.values
+        last_event_ts = entry.last_event_ts
+        if values is None or columns is not None:
+            vector = entry.vector if columns is None else entry.vector[columns]
+            values = vector.reshape(1, -1)
+        if last_event_ts is None:
+            last_event_ts = np.array([entry.last_ts])
         response = FeatureResponse(
-            player_ids=(request.player_ids,),  # type: ignore[arg-type]
-            feature_names=names,
-            values=vector.reshape(1, -1),
-            status=["fresh"],
-            tier=["l1"],
-            last_event_ts=np.array([entry.last_ts]),
-            as_of=when,
-            degraded=self._degraded,
+            (player_id,),
+            names,
+            values,
+            ["fresh"],
+            ["l1"],
+            last_event_ts,
+            as_of,
+            self._degraded,
         )
         self._counts["requests"] += 1
-        self._latencies.samples["l1"].append(time.perf_counter_ns() - started)
+        self._l1_latencies.append(time.perf_counter_ns() - started)
+        return response
+
+    def _serve_one_from_l2(
+        self,
+        request: FeatureRequest,
+        player_id: str,
+        resolved: tuple[FeatureView, tuple[str, ...], np.ndarray | None],
+        started: int,
+    ) -> FeatureResponse | None:
+        """Serve an L1 miss with the backend's one-player read, then cache it."""
+        read_player = getattr(self.backend, "read_player", None)
+        if read_player is None or time.monotonic() < self._retry_at:
+            return None
+        view, names, columns = resolved
+        generation = self.l1.generation
+        try:
+            stored = read_player(player_id)
+        except OnlineStoreUnavailableError as error:
+            self._enter_degraded(error)
+            self._counts["unavailable"] += 1
+            return self._one_without_value(request, names, "unavailable", started)
+        if self._degraded:
+            self._leave_degraded()
+        if stored is None:
+            self._counts["l2_unknown"] += 1
+            return self._one_without_value(request, names, "unknown", started)
+
+        state, vector, vector_as_of = stored
+        as_of = (
+            float(request.as_of)
+            if request.as_of is not None
+            else self.backend.watermark
+        )
+        if vector is None or vector_as_of != as_of:
+            vector = compute_matrix(state.reshape(1, -1), as_of)[0]
+            vector.setflags(write=False)
+        last_ts = float(state[LAST_TS])
+        last_event_ts = np.array([last_ts])
+        # Read-only: responses share both arrays with the cache.
+        last_event_ts.setflags(write=False)
+        row = vector.reshape(1, -1)
+        self._counts["l2_hits"] += 1
+        self.l1.put(
+            player_id,
+            CachedPlayer(state, vector, as_of, last_ts, row, last_event_ts),
+            generation,
+        )
+
+        status: Status = "fresh"
+        values = row if columns is None else vector[columns].reshape(1, -1)
+        ttl = view.ttl_seconds
+        if ttl is not None and as_of - last_ts > ttl:
+            status = "expired"
+            self._counts["expired"] += 1
+            if not request.include_expired:
+                values = np.full((1, len(names)), np.nan)
+        response = FeatureResponse(
+            (player_id,),
+            names,
+            values,
+            [status],
+            ["l2"],
+            last_event_ts,
+            as_of,
+            self._degraded,
+        )
+        self._record(started, 1, response.tier)
+        return response
+
+    def _one_without_value(
+        self,
+        request: FeatureRequest,
+        names: tuple[str, ...],
+        status: Status,
+        started: int,
+    ) -> FeatureResponse:
+        """Build the response for one unknown or unavailable player."""
+        as_of = (
+            float(request.as_of)
+            if request.as_of is not None
+            else self.backend.watermark
+        )
+        response = FeatureResponse(
+            (request.player_ids,),  # type: ignore[arg-type]
+            names,
+            np.full((1, len(names)), np.nan),
+            [status],
+            ["none"],
+            np.full(1, np.nan),
+            as_of,
+            self._degraded,
+        )
+        self._record(started, 1, response.tier)
         return response
 
     def _read_misses(
@@ -413,12 +544,12 @@ class EnterpriseFeatureStore:
         as_of: float,
         vectors: np.ndarray,
         last_ts: np.ndarray,
-        tiers: list[Tier],
-        status: list[Status],
+        tier_codes: np.ndarray,
+        status_codes: np.ndarray,
     ) -> None:
         # Within the retry interval after a failure, do not wait on Redis.
         if time.monotonic() < self._retry_at:
-            self._mark_unavailable(misses, status)
+            self._mark_unavailable(misses, status_codes)
             return
 
         # Large batches read the vector-only values first, then the states of
@@ -428,20 +559,17 @@ class EnterpriseFeatureStore:
         try:
             if not fill_l1 and hasattr(self.backend, "read_vectors"):
                 misses = self._read_stored_vectors(
-                    ids, misses, as_of, vectors, last_ts, tiers
+                    ids, misses, as_of, vectors, last_ts, tier_codes
                 )
             miss_ids = [ids[i] for i in misses]
             stored = self.backend.read_players(miss_ids) if misses else None
         except OnlineStoreUnavailableError as error:
             self._enter_degraded(error)
-            self._mark_unavailable([i for i in misses if tiers[i] == "none"], status)
+            unread = [i for i in misses if tier_codes[i] == _NONE]
+            self._mark_unavailable(unread, status_codes)
             return
         if self._degraded:
-            self._degraded = False
-            logger.info(
-                "online store %s is reachable again; leaving degraded mode",
-                self.backend.backend,
-            )
+            self._leave_degraded()
         if stored is None:
             return
 
@@ -459,8 +587,7 @@ class EnterpriseFeatureStore:
         targets = np.asarray(misses, dtype=np.intp)[hit_rows]
         vectors[targets] = computed
         last_ts[targets] = states[:, LAST_TS]
-        for i in targets.tolist():
-            tiers[i] = "l2"
+        tier_codes[targets] = _L2
         if fill_l1:
             found_ids = [miss_ids[row] for row in hit_rows.tolist()]
             self._fill_l1(found_ids, states, computed, as_of, generation)
@@ -473,10 +600,21 @@ class EnterpriseFeatureStore:
         as_of: float,
         generation: int,
     ) -> None:
+        # One-row views for the one-player path; both arrays are read-only
+        # because responses share them with the cache.
+        last_ts = states[:, LAST_TS].copy()
+        last_ts.setflags(write=False)
         entries = [
             (
                 player,
-                CachedPlayer(states[j], computed[j], as_of, float(states[j, LAST_TS])),
+                CachedPlayer(
+                    states[j],
+                    computed[j],
+                    as_of,
+                    float(last_ts[j]),
+                    computed[j : j + 1],
+                    last_ts[j : j + 1],
+                ),
             )
             for j, player in enumerate(player_ids)
         ]
@@ -489,7 +627,7 @@ class EnterpriseFeatureStore:
         as_of: float,
         vectors: np.ndarray,
         last_ts: np.ndarray,
-        tiers: list[Tier],
+        tier_codes: np.ndarray,
     ) -> list[int]:
         """Serve the misses whose stored vector is as of ``as_of``; return the rest."""
         got = self.backend.read_vectors([ids[i] for i in misses])  # type: ignore[attr-defined]
@@ -498,8 +636,7 @@ class EnterpriseFeatureStore:
         targets = np.asarray(misses, dtype=np.intp)[served]
         vectors[targets] = got.vectors[served]
         last_ts[targets] = got.last_ts[served]
-        for i in targets.tolist():
-            tiers[i] = "l2"
+        tier_codes[targets] = _L2
         self._counts["l2_hits"] += len(served)
         return [misses[k] for k in np.flatnonzero(~usable).tolist()]
 
@@ -524,9 +661,15 @@ class EnterpriseFeatureStore:
             logger.warning("online store unreachable, serving L1 only: %s", error)
         self._degraded = True
 
-    def _mark_unavailable(self, rows: list[int], status: list[Status]) -> None:
-        for i in rows:
-            status[i] = "unavailable"
+    def _leave_degraded(self) -> None:
+        self._degraded = False
+        logger.info(
+            "online store %s is reachable again; leaving degraded mode",
+            self.backend.backend,
+        )
+
+    def _mark_unavailable(self, rows: list[int], status_codes: np.ndarray) -> None:
+        status_codes[rows] = _UNAVAILABLE
         self._counts["unavailable"] += len(rows)
 
     def _apply_ttl(
@@ -534,7 +677,7 @@ class EnterpriseFeatureStore:
         view: FeatureView,
         as_of: float,
         last_ts: np.ndarray,
-        status: list[Status],
+        status_codes: np.ndarray,
         include_expired: bool,
         vectors: np.ndarray,
     ) -> None:
@@ -542,8 +685,7 @@ class EnterpriseFeatureStore:
             return
         with np.errstate(invalid="ignore"):
             expired = np.flatnonzero(as_of - last_ts > view.ttl_seconds)
-        for i in expired:
-            status[i] = "expired"
+        status_codes[expired] = _EXPIRED
         if len(expired) and not include_expired:
             vectors[expired] = np.nan
         self._counts["expired"] += len(expired)

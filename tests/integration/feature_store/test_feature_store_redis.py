@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -14,7 +16,13 @@ from crmbet.features import compute_features, fold
 from crmbet.features.materialize import materialize, materialize_batches
 from crmbet.features.redis_store import RedisOnlineStore
 from crmbet.features.state import STATE_SCHEMA_VERSION
-from crmbet.features.store import FEATURE_NAMES, EnterpriseFeatureStore, FeatureRequest
+from crmbet.features.store import (
+    DEFAULT_VIEWS,
+    FEATURE_NAMES,
+    EnterpriseFeatureStore,
+    FeatureRequest,
+    FeatureView,
+)
 
 WaitUntil = Callable[..., bool]
 
@@ -212,3 +220,74 @@ def test_large_batch_reads_vectors_only(
     expected = offline.select(FEATURE_NAMES).to_numpy()
     np.testing.assert_allclose(batch.values, expected, rtol=1e-9, atol=1e-12)
     assert single.status == ["unknown"]
+
+
+def test_single_reads_match_batch(
+    bustabit_events: pl.DataFrame, redis_store: RedisOnlineStore
+) -> None:
+    events = bustabit_events.head(3000)
+    materialize(events, redis_store)
+    ids = fold(events)["player_id"].to_list()[:20]
+    view = FeatureView("short", ("avg_stake", "recency_days"), ttl_seconds=86400.0)
+    views = {"all": DEFAULT_VIEWS["all"], "short": view}
+    batch = EnterpriseFeatureStore(redis_store, views=views, l1_cache_size=0)
+    single = EnterpriseFeatureStore(redis_store, views=views)
+
+    for request in (
+        FeatureRequest(ids),
+        FeatureRequest(ids, view="short"),
+        FeatureRequest(ids, view="short", include_expired=True),
+        FeatureRequest(ids, as_of=redis_store.watermark + 86400.0),
+    ):
+        expected = batch.get_features_sync(request)
+        for i, player in enumerate(ids):
+            one = replace(request, player_ids=player)
+            got = single.get_features_sync(one)
+            single.l1.invalidate(None)
+            assert got.tier == ["l2"]
+            assert got.status == [expected.status[i]]
+            assert got.last_event_ts[0] == expected.last_event_ts[i]
+            np.testing.assert_array_equal(got.values[0], expected.values[i])
+
+
+def test_single_read_fills_l1(
+    bustabit_events: pl.DataFrame, redis_store: RedisOnlineStore
+) -> None:
+    materialize(bustabit_events.head(200), redis_store)
+    player = bustabit_events["player_id"][0]
+    store = EnterpriseFeatureStore(redis_store)
+
+    first = store.get_features_sync(FeatureRequest(player))
+    second = store.get_features_sync(FeatureRequest(player))
+    unknown = store.get_features_sync(FeatureRequest("nobody"))
+
+    assert first.tier == ["l2"]
+    assert second.tier == ["l1"]
+    np.testing.assert_array_equal(first.values, second.values)
+    assert not first.values.flags.writeable
+    assert unknown.status == ["unknown"]
+    assert unknown.tier == ["none"]
+    assert np.isnan(unknown.values).all()
+    stats = store.get_performance_stats()
+    assert stats["l2"]["hits"] == 1
+    assert stats["l2"]["unknown"] == 1
+
+
+def test_read_survives_dropped_connection(
+    bustabit_events: pl.DataFrame, redis_store: RedisOnlineStore
+) -> None:
+    events = bustabit_events.head(200)
+    materialize(events, redis_store)
+    player = events["player_id"][0]
+    before = redis_store.read_player(player)
+    assert before is not None
+    # As if the server had closed the idle connection.
+    redis_store._reader._sock.shutdown(socket.SHUT_RDWR)
+
+    after = redis_store.read_player(player)
+    batch = redis_store.read_players([player, "nobody"])
+
+    assert after is not None
+    np.testing.assert_array_equal(after[0], before[0])
+    assert batch.found.tolist() == [True, False]
+    assert redis_store.last_error is None
