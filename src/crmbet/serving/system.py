@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -193,6 +192,8 @@ class ModelServingSystem:
         self._loaded: dict[str, ServingModel] = {}
         self._variants: dict[str, ServingModel] = {}
         self._batchers: dict[str, MicroBatcher[Any, dict[str, Any]]] = {}
+        self._request_counters: dict[tuple[str, str, str | None, str], Any] = {}
+        self._predict_latency = metrics.model_latency_seconds.labels("predict")
         self.router = TrafficRouter(None)
         self.started_at: float | None = None
         self.last_refresh_error: str | None = None
@@ -437,26 +438,45 @@ class ModelServingSystem:
             )
         return self._batchers[key]
 
+    @staticmethod
     def _row(
-        self, model: ServingModel, *sources: Mapping[str, float | None] | None
+        model: ServingModel,
+        values: list[float | None],
+        stored: Mapping[str, float | None] | None,
     ) -> tuple[np.ndarray, list[str]]:
-        # Plain lists, then one array: per-element NumPy writes cost more at one row.
-        values = [math.nan] * len(model.needed)
-        for source in sources:
-            for name, value in (source or {}).items():
-                position = model.position.get(name)
-                if (
-                    position is not None
-                    and value is not None
-                    and math.isnan(values[position])
-                ):
-                    values[position] = value
+        """Return a player's row of :attr:`ServingModel.needed` features and
+        the model features it lacks.
+
+        ``values`` holds the requested value of each needed feature. A
+        requested value wins over a stored one, and None or NaN marks a
+        missing value. The row is built as a list, then one array, because
+        per-element NumPy writes cost more at one row.
+        """
+        if stored is not None:
+            values = [
+                stored.get(name) if value is None or value != value else value
+                for name, value in zip(model.needed, values, strict=True)
+            ]
+        # model.needed starts with the model's features, in their order.
         imputed = [
-            n
-            for n in model.model.feature_names
-            if math.isnan(values[model.position[n]])
+            name
+            for name, value in zip(model.model.feature_names, values, strict=False)
+            if value is None or value != value
         ]
         return np.array(values, dtype=np.float64), imputed
+
+    def _requests_counter(
+        self, endpoint: str, variant: str, version: str | None, status: str
+    ) -> Any:
+        """Return the labelled request counter, looked up once per label set."""
+        key = (endpoint, variant, version, status)
+        counter = self._request_counters.get(key)
+        if counter is None:
+            counter = metrics.model_requests_total.labels(
+                endpoint, variant, str(version), status
+            )
+            self._request_counters[key] = counter
+        return counter
 
     async def predict(self, request: PredictionRequest) -> dict[str, Any]:
         """Predict one player; the result names the variant and model version."""
@@ -466,18 +486,17 @@ class ModelServingSystem:
         stats = self.router.variant_stats(variant)
         try:
             model = self._require(variant)
-            request_features = request.features or {}
+            requested = request.features or {}
+            values = [requested.get(name) for name in model.needed]
             stored = None
-            if not request_features or any(
-                request_features.get(name) is None for name in model.needed
-            ):
+            if not requested or None in values:
                 stored = (await self.feature_source.get_features([player])).get(player)
-            row, imputed = self._row(model, request_features, stored)
+            row, imputed = self._row(model, values, stored)
             answer = await self._batcher(model).submit((player, row, imputed))
         except Exception:
             stats.errors += 1
-            metrics.model_requests_total.labels(
-                "predict", variant, str(stats.model_version), "error"
+            self._requests_counter(
+                "predict", variant, stats.model_version, "error"
             ).inc()
             raise
         latency = time.perf_counter() - start
@@ -485,7 +504,7 @@ class ModelServingSystem:
             answer,
             model_name=self.model_name,
             variant=variant,
-            feature_source=SOURCES[bool(request_features) + 2 * (stored is not None)],
+            feature_source=SOURCES[bool(requested) + 2 * (stored is not None)],
             latency_ms=latency * 1000.0,
         )
         stats.record(
@@ -494,10 +513,8 @@ class ModelServingSystem:
             answer["responsible_gambling_flag"],
             latency * 1000.0,
         )
-        metrics.model_requests_total.labels(
-            "predict", variant, str(model.version), "ok"
-        ).inc()
-        metrics.model_latency_seconds.labels("predict").observe(latency)
+        self._requests_counter("predict", variant, model.version, "ok").inc()
+        self._predict_latency.observe(latency)
         return answer
 
     async def predict_batch(
