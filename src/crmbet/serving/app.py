@@ -19,7 +19,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request, Security
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from crmbet import __version__
@@ -27,7 +27,12 @@ from crmbet.errors import ModelNotFoundError
 from crmbet.monitoring import metrics
 from crmbet.serving import inference_protocol
 from crmbet.serving.auth import AdminAuthenticator, ApiKeyChecker
-from crmbet.serving.bodies import parse_batch_body, parse_json_body
+from crmbet.serving.bodies import (
+    PredictionBody,
+    decode_prediction,
+    parse_batch_body,
+    parse_json_body,
+)
 from crmbet.serving.schemas import (
     BatchPredictionRequest,
     BatchPredictionResponse,
@@ -175,7 +180,7 @@ class PredictFastPath:
         )
         await send({"type": "http.response.body", "body": content})
 
-    def _accept(self, scope: Scope, body: bytes) -> PredictionRequest | None:
+    def _accept(self, scope: Scope, body: bytes) -> PredictionBody | None:
         if not self.system.ready:
             return None
         if self.api_keys.required:
@@ -184,10 +189,7 @@ class PredictFastPath:
                 self.api_keys.check(key)
             except HTTPException:
                 return None
-        try:
-            return PredictionRequest.model_validate_json(body)
-        except ValidationError:
-            return None
+        return decode_prediction(body)
 
 
 class ServingApp(FastAPI):

@@ -1,6 +1,6 @@
 """Decoding of JSON request bodies, with FastAPI-style 422 errors.
 
-The batch body is decoded by msgspec against typed structs, which runs in C
+The prediction bodies are decoded by msgspec against typed structs, which runs in C
 and returns plain lists that NumPy turns into one float array per feature.
 Any body msgspec rejects, or whose feature names are wrong, is parsed again
 with the pydantic model shown in /docs. The client then gets pydantic's
@@ -10,6 +10,7 @@ number sent as a string) is still served.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Annotated, Literal, TypeVar
 
@@ -20,11 +21,21 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
 from crmbet.features.definitions import FEATURES
-from crmbet.serving.schemas import MAX_PLAYER_ID_LENGTH, BatchPredictionRequest
+from crmbet.serving.schemas import (
+    MAX_PLAYER_ID_LENGTH,
+    BatchPredictionRequest,
+)
 
 Model = TypeVar("Model", bound=BaseModel)
 
 PlayerId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_PLAYER_ID_LENGTH)]
+
+
+class PredictionBody(msgspec.Struct, forbid_unknown_fields=True):
+    """msgspec mirror of :class:`PredictionRequest`, without its validators."""
+
+    player_id: PlayerId
+    features: dict[str, float | None] | None = None
 
 
 class BatchBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -37,7 +48,9 @@ class BatchBody(msgspec.Struct, forbid_unknown_fields=True):
     format: Literal["rows", "columns"] = "rows"
 
 
+_PREDICTION_DECODER = msgspec.json.Decoder(PredictionBody)
 _BATCH_DECODER = msgspec.json.Decoder(BatchBody)
+_FEATURE_NAMES = frozenset(FEATURES)
 
 
 @dataclass
@@ -61,7 +74,35 @@ def parse_json_body(model: type[Model], body: bytes) -> Model:
             if isinstance(item.get("input"), bytes):
                 # Invalid JSON comes back as raw bytes, which may not even be UTF-8.
                 item["input"] = item["input"][:200].decode("utf-8", errors="replace")
+            else:
+                item["input"] = _json_safe(item.get("input"))
         raise RequestValidationError(errors) from None
+
+
+def _json_safe(value: object) -> object:
+    """Return ``value`` with infinite and NaN floats as strings, which JSON lacks."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+def decode_prediction(body: bytes) -> PredictionBody | None:
+    """Decode a valid ``POST /v1/predict`` body, or return None.
+
+    None means the body needs :class:`PredictionRequest`, which either
+    accepts it in lax mode or raises the field-level errors.
+    """
+    try:
+        decoded = _PREDICTION_DECODER.decode(body)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    if decoded.features and not _FEATURE_NAMES.issuperset(decoded.features):
+        return None
+    return decoded
 
 
 def parse_batch_body(body: bytes, max_batch_size: int) -> BatchInput:

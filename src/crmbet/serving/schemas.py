@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -53,6 +54,14 @@ class PredictionRequest(BaseModel):
     def _known_features(cls, value: dict[str, float | None] | None) -> object:
         if value:
             _check_feature_names(list(value))
+            infinite = sorted(
+                name for name, x in value.items() if x is not None and math.isinf(x)
+            )
+            if infinite:
+                raise ValueError(
+                    f"feature(s) {infinite} are not finite; send finite numbers, "
+                    "or null for a missing value"
+                )
         return value
 
 

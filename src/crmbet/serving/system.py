@@ -23,6 +23,7 @@ from crmbet.events.pseudonym import Pseudonymizer
 from crmbet.models.registry import ModelRegistry
 from crmbet.monitoring import metrics
 from crmbet.serving.batcher import MicroBatcher
+from crmbet.serving.bodies import PredictionBody
 from crmbet.serving.engine import Scored, ServingModel, choose_engine
 from crmbet.serving.features import FeatureSource, FeatureStoreSource
 from crmbet.serving.routing import CHALLENGER, CHAMPION, Mode, TrafficRouter
@@ -478,7 +479,9 @@ class ModelServingSystem:
             self._request_counters[key] = counter
         return counter
 
-    async def predict(self, request: PredictionRequest) -> dict[str, Any]:
+    async def predict(
+        self, request: PredictionRequest | PredictionBody
+    ) -> dict[str, Any]:
         """Predict one player; the result names the variant and model version."""
         start = time.perf_counter()
         player = self._pseudonym(request.player_id)
