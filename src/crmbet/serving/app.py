@@ -148,7 +148,7 @@ class PredictFastPath:
 
     @staticmethod
     def matches(scope: Scope) -> bool:
-        """Whether ``scope`` is a ``POST /v1/predict`` request."""
+        """Return whether ``scope`` is a ``POST /v1/predict`` request."""
         return (
             scope["type"] == "http"
             and scope["path"] == "/v1/predict"

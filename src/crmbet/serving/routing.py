@@ -65,7 +65,7 @@ class VariantStats:
     ) -> None:
         """Count the predictions of one batch request (no latency samples).
 
-        ``segments`` holds each player's segment, or the count per segment.
+        ``segments`` contains each player's segment, or the count per segment.
         """
         self.requests += len(player_ids)
         self.flagged += int(np.count_nonzero(flags))

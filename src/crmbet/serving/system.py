@@ -42,8 +42,8 @@ class PseudonymCache:
     """The :class:`Pseudonymizer` mapping, remembering recent raw player ids.
 
     Players come back often, and a dict lookup costs far less than the
-    HMAC. The cache holds two generations of at most ``max_entries / 2``
-    ids each; when the newer one fills, the older one is dropped, so memory
+    HMAC. The cache contains two generations of at most ``max_entries / 2``
+    ids each. When the newer one fills, the older one is dropped, so memory
     stays bounded and the ids seen most recently stay cached. With
     ``max_entries=0`` every id is hashed.
     """
@@ -117,7 +117,7 @@ class _Part:
     ids: list[str]
     #: Feature source name of each player (object array).
     sources: np.ndarray
-    #: Which model features each player lacked (rows by model features).
+    #: Mask of the model features each player lacked (players by features).
     missing: np.ndarray
     variant: str
 
@@ -448,7 +448,7 @@ class ModelServingSystem:
         """Return a player's row of :attr:`ServingModel.needed` features and
         the model features it lacks.
 
-        ``values`` holds the requested value of each needed feature. A
+        ``values`` contains the requested value of each needed feature. A
         requested value wins over a stored one, and None or NaN marks a
         missing value. The row is built as a list, then one array, because
         per-element NumPy writes cost more at one row.
