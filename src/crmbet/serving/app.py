@@ -156,16 +156,19 @@ class PredictFastPath:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        body, complete = await _read_body(receive, self.max_body_bytes)
-        request = self._accept(scope, body) if complete else None
+        body, more_body = await _read_body(receive, self.max_body_bytes)
+        request = None
+        if not more_body and len(body) <= self.max_body_bytes:
+            request = self._accept(scope, body)
         if request is None:
-            await self.app(scope, _replay(body, complete, receive), send)
+            # Over the limit, BodyLimitMiddleware of the full app returns the 413.
+            await self.app(scope, _replay(body, more_body, receive), send)
             return
         try:
             answer = await self.system.predict(request)
         except ModelNotFoundError:
             # The champion went away since _accept; the full app returns the 503.
-            await self.app(scope, _replay(body, complete, receive), send)
+            await self.app(scope, _replay(body, more_body, receive), send)
             return
         content = orjson.dumps(answer)
         await send(
@@ -211,7 +214,10 @@ class ServingApp(FastAPI):
 
 
 async def _read_body(receive: Receive, max_bytes: int) -> tuple[bytes, bool]:
-    """Read the request body; stop early, with complete=False, past ``max_bytes``."""
+    """Read the request body, stopping early once it passes ``max_bytes``.
+
+    Returns the bytes read and whether more of the body is left unread.
+    """
     chunks = []
     size = 0
     while True:
@@ -219,20 +225,19 @@ async def _read_body(receive: Receive, max_bytes: int) -> tuple[bytes, bool]:
         chunk = message.get("body", b"")
         chunks.append(chunk)
         size += len(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks), True
-        if size > max_bytes:
-            return b"".join(chunks), False
+        more_body = message.get("more_body", False)
+        if not more_body or size > max_bytes:
+            return b"".join(chunks), more_body
 
 
-def _replay(body: bytes, complete: bool, receive: Receive) -> Receive:
+def _replay(body: bytes, more_body: bool, receive: Receive) -> Receive:
     sent = False
 
     async def replayed() -> Message:
         nonlocal sent
         if not sent:
             sent = True
-            return {"type": "http.request", "body": body, "more_body": not complete}
+            return {"type": "http.request", "body": body, "more_body": more_body}
         return await receive()
 
     return replayed
