@@ -8,8 +8,11 @@ carries the player's features, so no feature-store lookup is measured.
 
 Metrics: ``p99_ms_at_1000rps``, ``max_rps`` (peer ``mlflow models serve``),
 both also with a 2 ms micro-batch timeout instead of the default 0,
-``max_rps_without_microbatching``, ``batch_predictions_per_second`` and the
-in-process segment assignment time of the NumPy and ONNX Runtime paths.
+``max_rps_without_microbatching``, the batch endpoint's predictions per
+second (``batch_predictions_per_second`` with one list per feature,
+``..._rows_body`` with one row per player, ``..._new_ids`` with new player
+ids in every request, so no pseudonym comes from the server's cache) and
+the in-process segment assignment time of the NumPy and ONNX Runtime paths.
 """
 
 from __future__ import annotations
@@ -243,14 +246,25 @@ async def _open_loop(
     return latencies * 1000.0
 
 
-def _batch_rate(url: str, body: bytes, players: int, duration: float) -> float:
+def _batch_rate(
+    url: str, body: bytes, players: int, duration: float, fresh_ids: bool = False
+) -> float:
+    """Post ``body`` back to back; ``fresh_ids`` gives each request new player ids.
+
+    Fresh ids defeat the server's pseudonym cache: the ids' ``bench-`` prefix
+    is replaced by a request counter of the same length, so the body size
+    stays the same.
+    """
+    headers = {"Content-Type": "application/json"}
     with httpx.Client(timeout=60) as client:
-        client.post(url, content=body, headers={"Content-Type": "application/json"})
+        client.post(url, content=body, headers=headers).raise_for_status()
         done, start = 0, time.perf_counter()
         while time.perf_counter() - start < duration:
-            response = client.post(
-                url, content=body, headers={"Content-Type": "application/json"}
-            )
+            content = body
+            if fresh_ids:
+                prefix = f'"{done // players % 100_000:05d}-'.encode()
+                content = body.replace(b'"bench-', prefix)
+            response = client.post(url, content=content, headers=headers)
             response.raise_for_status()
             done += players
         return done / (time.perf_counter() - start)
@@ -319,17 +333,27 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
             {"player_id": "bench-player", "features": features}
         ).encode()
         rng = np.random.default_rng(0)
-        batch = json.dumps(
-            {
-                "player_ids": [f"bench-{i}" for i in range(batch_size)],
-                "features": {
-                    n: (v * rng.uniform(0.5, 1.5, batch_size)).tolist()
-                    for n, v in features.items()
-                },
-                "format": "columns",
-            }
-        ).encode()
-        records += _measure_crmbet(args, env, duration, single, batch, batch_size, tmp)
+        columns = {
+            n: (v * rng.uniform(0.5, 1.5, batch_size)).tolist()
+            for n, v in features.items()
+        }
+        player_ids = [f"bench-{i}" for i in range(batch_size)]
+        batches = {
+            "features": json.dumps(
+                {"player_ids": player_ids, "features": columns, "format": "columns"}
+            ).encode(),
+            "rows": json.dumps(
+                {
+                    "player_ids": player_ids,
+                    "feature_names": list(columns),
+                    "rows": [list(row) for row in zip(*columns.values(), strict=True)],
+                    "format": "columns",
+                }
+            ).encode(),
+        }
+        records += _measure_crmbet(
+            args, env, duration, single, batches, batch_size, tmp
+        )
         if not args.skip_peer:
             peer = _measure_mlflow(args, env, duration, version, features, tmp)
             own = next(r for r in records if r["metric"] == "max_rps")
@@ -363,7 +387,7 @@ def _measure_crmbet(
     env: dict[str, str],
     duration: float,
     single: bytes,
-    batch: bytes,
+    batches: dict[str, bytes],
     batch_size: int,
     tmp: Path,
 ) -> list[dict[str, object]]:
@@ -386,14 +410,8 @@ def _measure_crmbet(
                 f"p50 {np.nanpercentile(latencies, 50):.2f} ms",
             )
         )
-        rate = _batch_rate(f"{url}/v1/predict/batch", batch, batch_size, duration)
-        records.append(
-            _record(
-                "batch_predictions_per_second",
-                rate,
-                "predictions/s",
-                note=f"{batch_size} players per request, columns format",
-            )
+        records += _measure_batches(
+            f"{url}/v1/predict/batch", batches, batch_size, duration
         )
     port = _free_port()
     with _crmbet(env, args.workers, port, CRMBET_BATCH_TIMEOUT_MS="2"):
@@ -431,6 +449,39 @@ def _measure_crmbet(
         )
         records.append(
             _record("max_rps_without_microbatching", rps, "requests/s", note=note)
+        )
+    return records
+
+
+def _measure_batches(
+    url: str, batches: dict[str, bytes], batch_size: int, duration: float
+) -> list[dict[str, object]]:
+    runs = [
+        ("batch_predictions_per_second", "features", False, "one list per feature"),
+        (
+            "batch_predictions_per_second_rows_body",
+            "rows",
+            False,
+            "feature_names with one row per player",
+        ),
+        (
+            "batch_predictions_per_second_new_ids",
+            "features",
+            True,
+            "one list per feature, new player ids in every request",
+        ),
+    ]
+    records = []
+    for metric, layout, fresh_ids, body_note in runs:
+        rate = _batch_rate(url, batches[layout], batch_size, duration, fresh_ids)
+        records.append(
+            _record(
+                metric,
+                rate,
+                "predictions/s",
+                note=f"{batch_size} players per request, {body_note}, "
+                "columns response format",
+            )
         )
     return records
 

@@ -16,11 +16,10 @@ from typing import Any, TypeVar
 
 import orjson
 from fastapi import Depends, FastAPI, HTTPException, Request, Security
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from crmbet import __version__
@@ -28,6 +27,12 @@ from crmbet.errors import ModelNotFoundError
 from crmbet.monitoring import metrics
 from crmbet.serving import inference_protocol
 from crmbet.serving.auth import AdminAuthenticator, ApiKeyChecker
+from crmbet.serving.bodies import (
+    PredictionBody,
+    decode_prediction,
+    parse_batch_body,
+    parse_json_body,
+)
 from crmbet.serving.schemas import (
     BatchPredictionRequest,
     BatchPredictionResponse,
@@ -120,36 +125,52 @@ class BodyLimitMiddleware:
 
 
 class PredictFastPath:
-    """Serves valid ``POST /v1/predict`` requests below FastAPI's routing.
+    """Serves valid ``POST /v1/predict`` requests before FastAPI's middleware.
 
-    Single predictions are the hot path, and FastAPI's request object,
+    Single predictions are the hot path, and FastAPI's middleware, routing,
     dependency resolution and exception layers cost more than the model
     call. Any request this path cannot serve (bad body, missing API key,
-    no model) goes on to the FastAPI route with its body replayed, so
-    errors look the same on both paths.
+    no model, a body over the limit) goes on to the full application with
+    its body replayed, so errors look the same on both paths.
     """
 
     def __init__(
-        self, app: ASGIApp, system: ModelServingSystem, api_keys: ApiKeyChecker
+        self,
+        app: ASGIApp,
+        system: ModelServingSystem,
+        api_keys: ApiKeyChecker,
+        max_body_bytes: int,
     ) -> None:
         self.app = app
         self.system = system
         self.api_keys = api_keys
+        self.max_body_bytes = max_body_bytes
+
+    @staticmethod
+    def matches(scope: Scope) -> bool:
+        """Return whether ``scope`` is a ``POST /v1/predict`` request."""
+        return (
+            scope["type"] == "http"
+            and scope["path"] == "/v1/predict"
+            and scope["method"] == "POST"
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or scope["path"] != "/v1/predict"
-            or scope["method"] != "POST"
-        ):
-            await self.app(scope, receive, send)
-            return
-        body = await _read_body(receive)
-        request = self._accept(scope, body)
+        body, more_body = await _read_body(receive, self.max_body_bytes)
+        request = None
+        if not more_body and len(body) <= self.max_body_bytes:
+            request = self._accept(scope, body)
         if request is None:
-            await self.app(scope, _replay(body, receive), send)
+            # Over the limit, BodyLimitMiddleware of the full app returns the 413.
+            await self.app(scope, _replay(body, more_body, receive), send)
             return
-        content = orjson.dumps(await self.system.predict(request))
+        try:
+            answer = await self.system.predict(request)
+        except ModelNotFoundError:
+            # The champion went away since _accept; the full app returns the 503.
+            await self.app(scope, _replay(body, more_body, receive), send)
+            return
+        content = orjson.dumps(answer)
         await send(
             {
                 "type": "http.response.start",
@@ -162,7 +183,7 @@ class PredictFastPath:
         )
         await send({"type": "http.response.body", "body": content})
 
-    def _accept(self, scope: Scope, body: bytes) -> PredictionRequest | None:
+    def _accept(self, scope: Scope, body: bytes) -> PredictionBody | None:
         if not self.system.ready:
             return None
         if self.api_keys.required:
@@ -171,46 +192,55 @@ class PredictFastPath:
                 self.api_keys.check(key)
             except HTTPException:
                 return None
-        try:
-            return PredictionRequest.model_validate_json(body)
-        except ValidationError:
-            return None
+        return decode_prediction(body)
 
 
-async def _read_body(receive: Receive) -> bytes:
+class ServingApp(FastAPI):
+    """The FastAPI application, with :class:`PredictFastPath` in front of it."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.fast_path: PredictFastPath | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.fast_path is not None and PredictFastPath.matches(scope):
+            await self.fast_path(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve a request with the full FastAPI stack."""
+        await super().__call__(scope, receive, send)
+
+
+async def _read_body(receive: Receive, max_bytes: int) -> tuple[bytes, bool]:
+    """Read the request body, stopping early once it passes ``max_bytes``.
+
+    Returns the bytes read and whether more of the body is left unread.
+    """
     chunks = []
+    size = 0
     while True:
         message = await receive()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+        chunk = message.get("body", b"")
+        chunks.append(chunk)
+        size += len(chunk)
+        more_body = message.get("more_body", False)
+        if not more_body or size > max_bytes:
+            return b"".join(chunks), more_body
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
+def _replay(body: bytes, more_body: bool, receive: Receive) -> Receive:
     sent = False
 
     async def replayed() -> Message:
         nonlocal sent
         if not sent:
             sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
+            return {"type": "http.request", "body": body, "more_body": more_body}
         return await receive()
 
     return replayed
-
-
-def _parse(model: type[Model], body: bytes) -> Model:
-    try:
-        return model.model_validate_json(body)
-    except ValidationError as error:
-        errors = error.errors(include_url=False)
-        for item in errors:
-            item["loc"] = ("body", *item["loc"])
-            item.pop("ctx", None)
-            if isinstance(item.get("input"), bytes):
-                # Invalid JSON comes back as raw bytes, which may not even be UTF-8.
-                item["input"] = item["input"][:200].decode("utf-8", errors="replace")
-        raise RequestValidationError(errors) from None
 
 
 def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -237,7 +267,7 @@ def create_app(
         yield
         await system.stop()
 
-    app = FastAPI(
+    app = ServingApp(
         title="crmbet model serving",
         version=__version__,
         description="Player segments, risk scores and campaign recommendations.",
@@ -245,9 +275,10 @@ def create_app(
         default_response_class=OrjsonResponse,
     )
     app.state.system = system
-    # The middleware added last runs first, so the body limit also covers the fast path.
-    app.add_middleware(PredictFastPath, system=system, api_keys=api_keys)
     app.add_middleware(BodyLimitMiddleware, max_bytes=serving.max_body_bytes)
+    app.fast_path = PredictFastPath(
+        app.handle, system, api_keys, serving.max_body_bytes
+    )
     _add_error_handlers(app)
 
     bearer = HTTPBearer(
@@ -323,7 +354,7 @@ def _add_prediction_routes(
         the segment of the training medians, with ``feature_source`` set to
         ``cold_start`` and every model feature in ``imputed_features``.
         """
-        body = _parse(PredictionRequest, await request.body())
+        body = parse_json_body(PredictionRequest, await request.body())
         return OrjsonResponse(await system.predict(body))
 
     @app.post(
@@ -341,33 +372,16 @@ def _add_prediction_routes(
         },
     )
     async def predict_batch(request: Request) -> Response:
-        """Predict many players given in columns, in one vectorised pass."""
-        body = _parse(BatchPredictionRequest, await request.body())
-        if len(body.player_ids) > serving.max_batch_size:
-            raise HTTPException(
-                413,
-                detail=(
-                    f"batch of {len(body.player_ids)} players exceeds the limit of "
-                    f"{serving.max_batch_size}; split it or raise CRMBET_MAX_BATCH_SIZE"
-                ),
-            )
-        size = len(body.player_ids)
-        errors = [
-            {
-                "type": "value_error",
-                "loc": ("body", "features", name),
-                "msg": f"has {len(values)} values but player_ids has {size}; "
-                "give one value "
-                "(or null) per player",
-                "input": len(values),
-            }
-            for name, values in (body.features or {}).items()
-            if len(values) != size
-        ]
-        if errors:
-            raise RequestValidationError(errors)
+        """Predict many players in one vectorised pass.
+
+        Features come as one list per feature (``features``) or as one row
+        per player (``feature_names`` with ``rows``). Players without
+        features get them from the feature store, or the cold-start
+        prediction when the store does not know them.
+        """
+        batch = parse_batch_body(await request.body(), serving.max_batch_size)
         answer = await system.predict_batch(
-            body.player_ids, body.features, as_columns=body.format == "columns"
+            batch.player_ids, batch.columns, as_columns=batch.as_columns
         )
         return OrjsonResponse(answer)
 

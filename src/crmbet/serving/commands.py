@@ -68,12 +68,15 @@ def serve(
         os.environ[f"CRMBET_{key.upper()}"] = (
             str(value).lower() if isinstance(value, bool) else str(value)
         )
+    loop, http = _event_loop_and_parser()
     logger.info(
-        "serving on %s://%s:%d with %d worker(s), admin auth %s",
+        "serving on %s://%s:%d with %d worker(s) (%s, %s), admin auth %s",
         "https" if serving.tls_enabled else "http",
         serving.host,
         serving.port,
         serving.workers,
+        loop,
+        http,
         "on" if serving.auth_enabled else "off",
     )
     uvicorn.run(
@@ -84,9 +87,26 @@ def serve(
         workers=serving.workers,
         ssl_certfile=str(serving.tls_cert_path) if serving.tls_cert_path else None,
         ssl_keyfile=str(serving.tls_key_path) if serving.tls_key_path else None,
+        loop=loop,
+        http=http,
         log_level="warning",
+        # One log line per request costs more than a prediction under load.
         access_log=False,
     )
+
+
+def _event_loop_and_parser() -> tuple[str, str]:
+    """Return uvloop and httptools where installed, else asyncio and h11.
+
+    uvicorn's "auto" picks the same, but naming them makes the choice
+    visible in the startup log. Both are written in C and cost less per
+    request than the pure-Python pair.
+    """
+    from importlib.util import find_spec
+
+    loop = "uvloop" if find_spec("uvloop") is not None else "asyncio"
+    http = "httptools" if find_spec("httptools") is not None else "h11"
+    return loop, http
 
 
 def _system() -> Any:

@@ -150,7 +150,8 @@ class ServingModel:
         self.version = model.version
         self.needed = list(dict.fromkeys([*model.feature_names, *RISK_FEATURES]))
         self.position = {name: i for i, name in enumerate(self.needed)}
-        self._model_columns = [self.position[name] for name in model.feature_names]
+        #: Columns of the model's features in a row of :attr:`needed` features.
+        self.model_columns = [self.position[name] for name in model.feature_names]
         self._risk_columns = {name: self.position[name] for name in RISK_FEATURES}
         self._segment_names = [profile.name for profile in model.profiles]
         self._campaigns = [[asdict(c) for c in p.campaigns] for p in model.profiles]
@@ -173,7 +174,7 @@ class ServingModel:
 
     def score(self, rows: np.ndarray) -> Scored:
         """Assign segments and score risk for a matrix of :attr:`needed` features."""
-        labels, confidence = self.engine.assign(rows[:, self._model_columns])
+        labels, confidence = self.engine.assign(rows[:, self.model_columns])
         risk = score_risk({name: rows[:, i] for name, i in self._risk_columns.items()})
         return Scored(labels, confidence, risk)
 

@@ -17,6 +17,7 @@ from fastapi import FastAPI, HTTPException, Request, Response
 
 from crmbet import __version__
 from crmbet.errors import ModelNotFoundError
+from crmbet.serving.bodies import parse_json_body
 from crmbet.serving.routing import CHAMPION
 from crmbet.serving.schemas import InferRequest, inline_schema
 from crmbet.serving.system import ModelServingSystem
@@ -199,9 +200,7 @@ def add_routes(app: FastAPI, system: ModelServingSystem, key: Any) -> None:
         head, binary = _split_binary(
             await request.body(), request.headers.get("inference-header-content-length")
         )
-        from crmbet.serving.app import _parse
-
-        body = _parse(InferRequest, head)
+        body = parse_json_body(InferRequest, head)
         columns = _input_columns(body, binary, model.needed)
         size = next(iter(columns.values())).size
         rows = np.full((size, len(model.needed)), np.nan)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import Counter, deque
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -57,9 +58,15 @@ class VariantStats:
             self.players.add(player_id)
 
     def record_batch(
-        self, player_ids: list[str], segments: list[str], flags: np.ndarray
+        self,
+        player_ids: list[str],
+        segments: Iterable[str] | Mapping[str, int],
+        flags: np.ndarray,
     ) -> None:
-        """Count the predictions of one batch request (no latency samples)."""
+        """Count the predictions of one batch request (no latency samples).
+
+        ``segments`` contains each player's segment, or the count per segment.
+        """
         self.requests += len(player_ids)
         self.flagged += int(np.count_nonzero(flags))
         self.segments.update(segments)

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from crmbet.features.definitions import FEATURES
 
@@ -12,7 +20,12 @@ from crmbet.features.definitions import FEATURES
 MAX_PLAYER_ID_LENGTH = 256
 
 
+_FEATURE_NAMES = frozenset(FEATURES)
+
+
 def _check_feature_names(names: list[str]) -> None:
+    if _FEATURE_NAMES.issuperset(names):
+        return
     unknown = sorted(name for name in names if name not in FEATURES)
     if unknown:
         raise ValueError(
@@ -41,11 +54,25 @@ class PredictionRequest(BaseModel):
     def _known_features(cls, value: dict[str, float | None] | None) -> object:
         if value:
             _check_feature_names(list(value))
+            infinite = sorted(
+                name for name, x in value.items() if x is not None and math.isinf(x)
+            )
+            if infinite:
+                raise ValueError(
+                    f"feature(s) {infinite} are not finite; send finite numbers, "
+                    "or null for a missing value"
+                )
         return value
 
 
 class BatchPredictionRequest(BaseModel):
-    """Many players in columns: one id per player, one value list per feature."""
+    """Many players, with their features in one of two layouts.
+
+    ``features`` maps each feature name to one value per player.
+    ``feature_names`` with ``rows`` gives one row of values per player, in
+    the order of ``feature_names``. Both layouts may be left out, and then
+    every player's features come from the feature store.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -56,6 +83,16 @@ class BatchPredictionRequest(BaseModel):
         default=None,
         description="Feature name to one value per player (null for missing), in the "
         "order of player_ids.",
+    )
+    feature_names: list[str] | None = Field(
+        default=None,
+        description="Names of the values in each of rows; give with rows, "
+        "instead of features.",
+    )
+    rows: list[list[float | None]] | None = Field(
+        default=None,
+        description="One row per player, in the order of player_ids, with one value "
+        "(null for missing) per name of feature_names.",
     )
     format: Literal["rows", "columns"] = Field(
         default="rows",
@@ -69,6 +106,28 @@ class BatchPredictionRequest(BaseModel):
         if value:
             _check_feature_names(list(value))
         return value
+
+    @field_validator("feature_names")
+    @classmethod
+    def _known_unique_names(cls, value: list[str] | None) -> object:
+        if value:
+            _check_feature_names(value)
+            repeated = sorted({name for name in value if value.count(name) > 1})
+            if repeated:
+                raise ValueError(f"feature(s) {repeated} appear more than once")
+        return value
+
+    @model_validator(mode="after")
+    def _one_layout(self) -> BatchPredictionRequest:
+        if self.features is not None and (
+            self.feature_names is not None or self.rows is not None
+        ):
+            raise ValueError(
+                "give features, or feature_names with rows, but not both layouts"
+            )
+        if (self.feature_names is None) != (self.rows is None):
+            raise ValueError("feature_names and rows must be given together")
+        return self
 
 
 class PredictionResponse(BaseModel):

@@ -82,6 +82,12 @@ class ServingSettings(BaseSettings):
         ge=0,
         description="Maximum wait of a single request for others to join, in ms.",
     )
+    pseudonym_cache_size: int = Field(
+        default=65_536,
+        ge=0,
+        description="Most raw player ids whose pseudonyms are kept in memory "
+        "(0 turns the cache off).",
+    )
     registry_poll_seconds: float = Field(
         default=30.0,
         ge=0,

@@ -9,23 +9,22 @@ model, so every worker and every restart routes a player the same way.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
-import math
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from crmbet.config import Settings, get_settings
 from crmbet.errors import CrmbetError, ModelNotFoundError
-from crmbet.events.pseudonym import PSEUDONYM_HEX_CHARS, Pseudonymizer
+from crmbet.events.pseudonym import Pseudonymizer
 from crmbet.models.registry import ModelRegistry
 from crmbet.monitoring import metrics
 from crmbet.serving.batcher import MicroBatcher
-from crmbet.serving.engine import ServingModel, choose_engine
+from crmbet.serving.bodies import PredictionBody
+from crmbet.serving.engine import Scored, ServingModel, choose_engine
 from crmbet.serving.features import FeatureSource, FeatureStoreSource
 from crmbet.serving.routing import CHALLENGER, CHAMPION, Mode, TrafficRouter
 from crmbet.serving.schemas import PredictionRequest
@@ -39,31 +38,63 @@ MODE_TAG = "crmbet.routing.mode"
 TRAFFIC_TAG = "crmbet.routing.traffic"
 
 
-class FastPseudonymizer:
-    """The :class:`Pseudonymizer` mapping, copying one keyed HMAC state per id.
+class PseudonymCache:
+    """The :class:`Pseudonymizer` mapping, remembering recent raw player ids.
 
-    Copying a keyed state skips the key set-up that ``hmac.new`` repeats for
-    every id, which is most of the cost of pseudonymising a large batch. The
-    constructor checks that both give the same pseudonym, so the two cannot
-    drift apart.
+    Players come back often, and a dict lookup costs far less than the
+    HMAC. The cache contains two generations of at most ``max_entries / 2``
+    ids each. When the newer one fills, the older one is dropped, so memory
+    stays bounded and the ids seen most recently stay cached. With
+    ``max_entries=0`` every id is hashed.
     """
 
-    def __init__(self, key: bytes, reference: Pseudonymizer) -> None:
-        self._keyed = hmac.new(key, digestmod=hashlib.sha256)
-        probe = "crmbet-pseudonym-self-check"
-        if self(probe) != reference.pseudonymize(probe):
-            raise RuntimeError(
-                "the fast pseudonymizer disagrees with crmbet.events.Pseudonymizer; "
-                "update FastPseudonymizer to the pseudonym format"
-            )
+    def __init__(self, pseudonymizer: Pseudonymizer, max_entries: int) -> None:
+        self._pseudonymizer = pseudonymizer
+        self._generation_size = max_entries // 2
+        self._recent: dict[str, str] = {}
+        self._older: dict[str, str] = {}
 
     def __repr__(self) -> str:
-        return "FastPseudonymizer(key=<hidden>)"
+        return f"PseudonymCache(entries={len(self)}, key=<hidden>)"
+
+    def __len__(self) -> int:
+        return len(self._recent) + len(self._older)
 
     def __call__(self, raw_id: str) -> str:
-        state = self._keyed.copy()
-        state.update(raw_id.encode())
-        return "p_" + state.hexdigest()[:PSEUDONYM_HEX_CHARS]
+        pseudonym = self._recent.get(raw_id) or self._older.get(raw_id)
+        if pseudonym is None:
+            pseudonym = self._pseudonymizer.pseudonymize(raw_id)
+            self._remember([raw_id], [pseudonym])
+        return pseudonym
+
+    def many(self, raw_ids: Sequence[str]) -> list[str]:
+        """Return the pseudonym of each raw player id, in order."""
+        pseudonyms: list[str | None] = list(map(self._recent.get, raw_ids))
+        if None not in pseudonyms:
+            return pseudonyms  # type: ignore[return-value]
+        older = self._older.get
+        missing = []
+        for index, pseudonym in enumerate(pseudonyms):
+            if pseudonym is None:
+                pseudonym = pseudonyms[index] = older(raw_ids[index])
+                if pseudonym is None:
+                    missing.append(index)
+        if missing:
+            unknown = [raw_ids[index] for index in missing]
+            computed = self._pseudonymizer.pseudonymize_many(unknown)
+            for index, pseudonym in zip(missing, computed, strict=True):
+                pseudonyms[index] = pseudonym
+            self._remember(unknown, computed)
+        return pseudonyms  # type: ignore[return-value]
+
+    def _remember(self, raw_ids: list[str], pseudonyms: list[str]) -> None:
+        size = self._generation_size
+        if size == 0:
+            return
+        if len(self._recent) + len(raw_ids) > size:
+            self._older, self._recent = self._recent, {}
+        # A batch larger than a generation keeps its last ids only.
+        self._recent.update(zip(raw_ids[-size:], pseudonyms[-size:], strict=True))
 
 
 class RoutingError(CrmbetError, ValueError):
@@ -72,10 +103,49 @@ class RoutingError(CrmbetError, ValueError):
 
 #: Feature source names, indexed by ``from_request + 2 * from_store``.
 SOURCES = ("cold_start", "request", "online_store", "request+online_store")
+_SOURCE_NAMES = np.array(SOURCES, dtype=object)
 
 
-def _sources(requested: np.ndarray, known: np.ndarray) -> list[str]:
-    return np.array(SOURCES)[requested.astype(int) + 2 * known.astype(int)].tolist()
+@dataclass
+class _Part:
+    """The players of a batch that one variant scored."""
+
+    #: Positions of the players in the batch; None when the part is the whole batch.
+    index: np.ndarray | None
+    model: ServingModel
+    scored: Scored
+    ids: list[str]
+    #: Feature source name of each player (object array).
+    sources: np.ndarray
+    #: Mask of the model features each player lacked (players by features).
+    missing: np.ndarray
+    variant: str
+
+
+def _imputed_names(model: ServingModel, missing: np.ndarray) -> list[list[str]]:
+    """Return the names of the missing model features of each row.
+
+    Rows with the same missing features share one list, because a batch
+    usually has only a few such patterns.
+    """
+    names = model.model.feature_names
+    if missing.shape[1] > 62:
+        # Too many features for an int64 bit pattern.
+        return [
+            [name for name, gap in zip(names, row, strict=True) if gap]
+            for row in missing
+        ]
+    keys = (missing.astype(np.int64) << np.arange(missing.shape[1])).sum(axis=1)
+    patterns: dict[int, list[str]] = {}
+    imputed = []
+    for key in keys.tolist():
+        pattern = patterns.get(key)
+        if pattern is None:
+            pattern = patterns[key] = [
+                name for bit, name in enumerate(names) if key >> bit & 1
+            ]
+        imputed.append(pattern)
+    return imputed
 
 
 class ModelServingSystem:
@@ -117,12 +187,14 @@ class ModelServingSystem:
             else self.serving.batch_timeout_ms
         )
         self._pseudonymizer = pseudonymizer_from(self.settings)
-        self._pseudonym = FastPseudonymizer(
-            self.settings.pseudonym_key_bytes(), self._pseudonymizer
+        self._pseudonym = PseudonymCache(
+            self._pseudonymizer, self.serving.pseudonym_cache_size
         )
         self._loaded: dict[str, ServingModel] = {}
         self._variants: dict[str, ServingModel] = {}
         self._batchers: dict[str, MicroBatcher[Any, dict[str, Any]]] = {}
+        self._request_counters: dict[tuple[str, str, str | None, str], Any] = {}
+        self._predict_latency = metrics.model_latency_seconds.labels("predict")
         self.router = TrafficRouter(None)
         self.started_at: float | None = None
         self.last_refresh_error: str | None = None
@@ -367,28 +439,49 @@ class ModelServingSystem:
             )
         return self._batchers[key]
 
+    @staticmethod
     def _row(
-        self, model: ServingModel, *sources: Mapping[str, float | None] | None
+        model: ServingModel,
+        values: list[float | None],
+        stored: Mapping[str, float | None] | None,
     ) -> tuple[np.ndarray, list[str]]:
-        # Plain lists, then one array: per-element NumPy writes cost more at one row.
-        values = [math.nan] * len(model.needed)
-        for source in sources:
-            for name, value in (source or {}).items():
-                position = model.position.get(name)
-                if (
-                    position is not None
-                    and value is not None
-                    and math.isnan(values[position])
-                ):
-                    values[position] = value
+        """Return a player's row of :attr:`ServingModel.needed` features and
+        the model features it lacks.
+
+        ``values`` contains the requested value of each needed feature. A
+        requested value wins over a stored one, and None or NaN marks a
+        missing value. The row is built as a list, then one array, because
+        per-element NumPy writes cost more at one row.
+        """
+        if stored is not None:
+            values = [
+                stored.get(name) if value is None or value != value else value
+                for name, value in zip(model.needed, values, strict=True)
+            ]
+        # model.needed starts with the model's features, in their order.
         imputed = [
-            n
-            for n in model.model.feature_names
-            if math.isnan(values[model.position[n]])
+            name
+            for name, value in zip(model.model.feature_names, values, strict=False)
+            if value is None or value != value
         ]
         return np.array(values, dtype=np.float64), imputed
 
-    async def predict(self, request: PredictionRequest) -> dict[str, Any]:
+    def _requests_counter(
+        self, endpoint: str, variant: str, version: str | None, status: str
+    ) -> Any:
+        """Return the labelled request counter, looked up once per label set."""
+        key = (endpoint, variant, version, status)
+        counter = self._request_counters.get(key)
+        if counter is None:
+            counter = metrics.model_requests_total.labels(
+                endpoint, variant, str(version), status
+            )
+            self._request_counters[key] = counter
+        return counter
+
+    async def predict(
+        self, request: PredictionRequest | PredictionBody
+    ) -> dict[str, Any]:
         """Predict one player; the result names the variant and model version."""
         start = time.perf_counter()
         player = self._pseudonym(request.player_id)
@@ -396,18 +489,17 @@ class ModelServingSystem:
         stats = self.router.variant_stats(variant)
         try:
             model = self._require(variant)
-            request_features = request.features or {}
+            requested = request.features or {}
+            values = [requested.get(name) for name in model.needed]
             stored = None
-            if not request_features or any(
-                request_features.get(name) is None for name in model.needed
-            ):
+            if not requested or None in values:
                 stored = (await self.feature_source.get_features([player])).get(player)
-            row, imputed = self._row(model, request_features, stored)
+            row, imputed = self._row(model, values, stored)
             answer = await self._batcher(model).submit((player, row, imputed))
         except Exception:
             stats.errors += 1
-            metrics.model_requests_total.labels(
-                "predict", variant, str(stats.model_version), "error"
+            self._requests_counter(
+                "predict", variant, stats.model_version, "error"
             ).inc()
             raise
         latency = time.perf_counter() - start
@@ -415,7 +507,7 @@ class ModelServingSystem:
             answer,
             model_name=self.model_name,
             variant=variant,
-            feature_source=SOURCES[bool(request_features) + 2 * (stored is not None)],
+            feature_source=SOURCES[bool(requested) + 2 * (stored is not None)],
             latency_ms=latency * 1000.0,
         )
         stats.record(
@@ -424,47 +516,55 @@ class ModelServingSystem:
             answer["responsible_gambling_flag"],
             latency * 1000.0,
         )
-        metrics.model_requests_total.labels(
-            "predict", variant, str(model.version), "ok"
-        ).inc()
-        metrics.model_latency_seconds.labels("predict").observe(latency)
+        self._requests_counter("predict", variant, model.version, "ok").inc()
+        self._predict_latency.observe(latency)
         return answer
 
     async def predict_batch(
         self,
         player_ids: Sequence[str],
-        features: Mapping[str, Sequence[float | None]] | None = None,
+        features: Mapping[str, Sequence[float | None] | np.ndarray] | None = None,
         *,
         as_columns: bool = False,
     ) -> dict[str, Any]:
-        """Predict many players given in columns (see ``BatchPredictionRequest``)."""
+        """Predict many players given in columns (see ``BatchPredictionRequest``).
+
+        Feature values may be lists (None for missing) or float arrays (NaN
+        for missing), one value per player in the order of ``player_ids``.
+        """
         start = time.perf_counter()
         size = len(player_ids)
-        for name, values in (features or {}).items():
-            if len(values) != size:
-                raise ValueError(
-                    f"features[{name!r}] has {len(values)} values but player_ids has "
-                    f"{size}; give one value (or null) per player"
-                )
-        players = [self._pseudonym(p) for p in player_ids]
-        variants = (
-            np.array([self.router.route(p) for p in players])
-            if self.router.traffic
-            else np.full(size, CHAMPION)
-        )
         columns = {
-            name: np.array(values, dtype=np.float64)
+            name: np.asarray(
+                values if isinstance(values, np.ndarray) else list(values),
+                dtype=np.float64,
+            )
             for name, values in (features or {}).items()
         }
+        for name, values in columns.items():
+            if values.shape != (size,):
+                raise ValueError(
+                    f"features[{name!r}] has {values.size} values but player_ids has "
+                    f"{size}; give one value (or null) per player"
+                )
+        players = self._pseudonym.many(player_ids)
         parts = []
-        for variant in (CHAMPION, CHALLENGER):
-            index = np.flatnonzero(variants == variant)
-            if index.size:
-                parts.append(await self._predict_part(variant, players, index, columns))
-        order = np.concatenate([part[0] for part in parts])
+        if self.router.traffic:
+            variants = np.array([self.router.route(p) for p in players])
+            for variant in (CHAMPION, CHALLENGER):
+                index = np.flatnonzero(variants == variant)
+                if index.size:
+                    parts.append(
+                        await self._predict_part(variant, players, index, columns)
+                    )
+        else:
+            parts.append(await self._predict_part(CHAMPION, players, None, columns))
         latency = time.perf_counter() - start
         metrics.model_latency_seconds.labels("predict_batch").observe(latency)
-        body = self._assemble(parts, order, size, as_columns)
+        if as_columns:
+            body = self._assemble_columns(parts, size)
+        else:
+            body = self._assemble_rows(parts, size)
         body["latency_ms"] = latency * 1000.0
         return body
 
@@ -472,34 +572,33 @@ class ModelServingSystem:
         self,
         variant: str,
         players: list[str],
-        index: np.ndarray,
+        index: np.ndarray | None,
         columns: Mapping[str, np.ndarray],
-    ) -> tuple[
-        np.ndarray, ServingModel, Any, list[str], list[str], list[list[str]], str
-    ]:
+    ) -> _Part:
+        """Score the players at ``index`` (every player when None) with ``variant``."""
         model = self._require(variant)
-        ids = [players[i] for i in index]
-        rows = np.full((index.size, len(model.needed)), np.nan)
+        ids = players if index is None else [players[i] for i in index]
+        rows = np.full((len(ids), len(model.needed)), np.nan)
         for name, values in columns.items():
-            if name in model.position:
-                rows[:, model.position[name]] = values[index]
+            position = model.position.get(name)
+            if position is not None:
+                rows[:, position] = values if index is None else values[index]
         requested = ~np.isnan(rows).all(axis=1)
         known = await self._fill_from_store(model, ids, rows)
-
-        model_columns = [model.position[n] for n in model.model.feature_names]
-        missing = np.isnan(rows[:, model_columns])
-        names = np.array(model.model.feature_names)
-        imputed = [names[row].tolist() if row.any() else [] for row in missing]
+        missing = np.isnan(rows[:, model.model_columns])
         scored = model.score(rows)
 
-        segments = np.array(model.segment_names, dtype=object)[scored.labels]
+        counts = np.bincount(scored.labels, minlength=len(model.segment_names))
         self.router.variant_stats(variant).record_batch(
-            ids, segments.tolist(), scored.risk.harm_flag
+            ids,
+            dict(zip(model.segment_names, counts.tolist(), strict=True)),
+            scored.risk.harm_flag,
         )
         metrics.model_requests_total.labels(
             "predict_batch", variant, str(model.version), "ok"
-        ).inc(index.size)
-        return index, model, scored, ids, _sources(requested, known), imputed, variant
+        ).inc(len(ids))
+        sources = _SOURCE_NAMES[requested.astype(np.intp) + 2 * known.astype(np.intp)]
+        return _Part(index, model, scored, ids, sources, missing, variant)
 
     async def _fill_from_store(
         self, model: ServingModel, ids: list[str], rows: np.ndarray
@@ -522,41 +621,38 @@ class ModelServingSystem:
             rows[i] = np.where(np.isnan(rows[i]), fill, rows[i])
         return known
 
-    def _assemble(
-        self, parts: list[Any], order: np.ndarray, size: int, as_columns: bool
-    ) -> dict[str, Any]:
-        versions = [part[1].version for part in parts]
-        if as_columns:
-            return self._assemble_columns(parts, order, versions)
+    def _assemble_rows(self, parts: list[_Part], size: int) -> dict[str, Any]:
         answers: list[Any] = [None] * size
-        for index, model, scored, ids, sources, imputed, variant in parts:
-            rows = model.answers(scored, ids, imputed)
+        for part in parts:
+            positions = range(size) if part.index is None else part.index.tolist()
+            imputed = _imputed_names(part.model, part.missing)
+            rows = part.model.answers(part.scored, part.ids, imputed)
             for position, answer, source in zip(
-                index.tolist(), rows, sources, strict=True
+                positions, rows, part.sources.tolist(), strict=True
             ):
                 answer["model_name"] = self.model_name
-                answer["variant"] = variant
+                answer["variant"] = part.variant
                 answer["feature_source"] = source
                 answer["latency_ms"] = 0.0
                 answers[position] = answer
         return {
             "model_name": self.model_name,
-            "model_versions": versions,
+            "model_versions": [part.model.version for part in parts],
             "count": size,
             "predictions": answers,
         }
 
-    def _assemble_columns(
-        self, parts: list[Any], order: np.ndarray, versions: list[str | None]
-    ) -> dict[str, Any]:
-        inverse = np.argsort(order)
+    def _assemble_columns(self, parts: list[_Part], size: int) -> dict[str, Any]:
+        # Numeric columns stay NumPy arrays: orjson encodes them without
+        # building a Python object per value.
         merged: dict[str, list[Any]] = {}
         segments: dict[str, dict[str, Any]] = {}
-        for _, model, scored, ids, sources, _, variant in parts:
+        for part in parts:
+            model, scored, count = part.model, part.scored, len(part.ids)
             risk = scored.risk
-            part = {
-                "player_id": ids,
-                "model_version": [model.version] * len(ids),
+            part_columns = {
+                "player_id": np.array(part.ids, dtype=object),
+                "model_version": np.full(count, model.version, dtype=object),
                 "cluster_id": scored.labels,
                 "segment": np.array(model.segment_names, dtype=object)[scored.labels],
                 "confidence": scored.confidence,
@@ -564,28 +660,31 @@ class ModelServingSystem:
                 "responsible_gambling_flag": risk.harm_flag,
                 "churn_risk": risk.churn_risk,
                 "bonus_abuse_risk": risk.bonus_abuse_risk,
-                "feature_source": sources,
-                "variant": [variant] * len(ids),
+                "feature_source": part.sources,
+                "variant": np.full(count, part.variant, dtype=object),
             }
-            for key, values in part.items():
-                merged.setdefault(key, []).append(
-                    np.asarray(values, dtype=object)
-                    if isinstance(values, list)
-                    else values
-                )
+            for key, values in part_columns.items():
+                merged.setdefault(key, []).append(values)
             for cluster_id, profile in enumerate(model.model.profiles):
                 segments[f"{model.version}:{cluster_id}"] = {
                     "segment": profile.name,
                     "campaign_recommendations": model.campaigns(cluster_id),
                 }
+        if len(parts) == 1 and parts[0].index is None:
+            joined = {key: values[0] for key, values in merged.items()}
+        else:
+            inverse = np.argsort(np.concatenate([part.index for part in parts]))
+            joined = {
+                key: np.concatenate(values)[inverse] for key, values in merged.items()
+            }
         columns = {
-            key: np.concatenate(values)[inverse].tolist()
-            for key, values in merged.items()
+            key: values.tolist() if values.dtype == object else values
+            for key, values in joined.items()
         }
         return {
             "model_name": self.model_name,
-            "model_versions": versions,
-            "count": len(inverse),
+            "model_versions": [part.model.version for part in parts],
+            "count": size,
             "columns": columns,
             "segments": segments,
         }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import httpx
 import numpy as np
 import polars as pl
@@ -148,6 +150,23 @@ def test_large_body_is_413(secured: LiveServer) -> None:
     ids = [f"player-{i:08d}" for i in range(5000)]
     response = httpx.post(
         f"{secured.url}/v1/predict/batch", headers=HEADERS, json={"player_ids": ids}
+    )
+    assert response.status_code == 413
+    assert "CRMBET_MAX_BODY_BYTES" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_large_single_body_is_413(secured: LiveServer, chunked: bool) -> None:
+    body = b'{"player_id": "p", "features": {"bet_count": 1' + b" " * 70_000 + b"}}"
+
+    def chunks() -> Iterator[bytes]:
+        for start in range(0, len(body), 8192):
+            yield body[start : start + 8192]
+
+    response = httpx.post(
+        f"{secured.url}/v1/predict",
+        headers={**HEADERS, "Content-Type": "application/json"},
+        content=chunks() if chunked else body,
     )
     assert response.status_code == 413
     assert "CRMBET_MAX_BODY_BYTES" in response.json()["detail"]
