@@ -28,9 +28,9 @@ class StreamConfig:
     max_batch_size:
         Maximum number of records read into one micro-batch.
     adaptive_batch_size, min_batch_size:
-        Ask Kafka for batches that double while the consumer lags and halve
+        Request batches from Kafka that double while the consumer lags and halve
         while it keeps up, between ``min_batch_size`` and ``max_batch_size``
-        records; when off, every batch asks for ``max_batch_size``.
+        records. When off, every batch requests ``max_batch_size``.
     enable_online_learning:
         Update a challenger's centroids from the stream and watch for drift.
     dedupe_window:

@@ -275,14 +275,14 @@ class EmbeddedStateStore:
 
 # The commit script checks every expected offset before it writes anything,
 # so a fenced commit changes nothing. KEYS: offsets hash, segments hash, m
-# dedupe lists. ARGV: m, then m triples (field, expected, next), per
-# partition the batch's ids as one JSON list and how many trailing lists to
-# keep, the state key prefix, the player ids as one JSON list, the states
-# concatenated in that order, the length of one state, and the changed
-# segments as one flat JSON list of player id, segment pairs. The script
-# builds the state keys itself, so the client sends a few large arguments
-# instead of one per player: encoding 50,000 keys cost the client about
-# 40 ms per commit.
+# dedupe lists. ARGV starts with m and m triples (field, expected, next).
+# Per partition follow the batch's ids as one JSON list and how many
+# trailing lists to keep. Then come the state key prefix, the player ids as
+# one JSON list, their states concatenated in that order, the length of one
+# state, and the changed segments as one flat JSON list of player id and
+# segment pairs. The script builds the state keys itself, so the client
+# sends a few large arguments instead of one per player: encoding 50,000
+# keys cost the client about 40 ms per commit.
 _COMMIT_SCRIPT = """
 local m = tonumber(ARGV[1])
 local pos = 2
@@ -329,12 +329,12 @@ end
 return {1, '', ''}
 """
 
-# The read script returns, for the player ids in ARGV[2] (one JSON list),
-# a string with '1' for each player that has a stored state and '0' for
-# each that has none, the found states concatenated in that order, and the
-# players' segments as a JSON list with false for a player without one.
-# KEYS: segments hash. ARGV[1]: the state key prefix. One script call
-# replaces an MGET and an HMGET with one key or field argument per player.
+# The read script takes the segments hash as its key, the state key prefix
+# and the player ids as one JSON list. It returns three strings: a mask with
+# '1' for each player that has a stored state and '0' for each that has
+# none, the found states concatenated in that order, and the players'
+# segments as a JSON list with false for a player without one. It replaces
+# an MGET and an HMGET with one key or field argument per player.
 _READ_SCRIPT = """
 local players = cjson.decode(ARGV[2])
 local prefix = ARGV[1]

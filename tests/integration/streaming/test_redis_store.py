@@ -66,9 +66,9 @@ def test_window_trims_whole_commits(store, states):
 def test_states_and_segments_read_together(store, states):
     store.commit(_commit(states.head(3), None, 3, ["a"]), window=10)
     known = states["player_id"].head(3).to_list()
-    asked = ["unknown-1", known[2], "p", known[0], "unknown-2"]
+    requested = ["unknown-1", known[2], "p", known[0], "unknown-2"]
 
-    matrix, segments = store.get_states_and_segments(asked)
+    matrix, segments = store.get_states_and_segments(requested)
 
     assert matrix.player_ids == [known[2], known[0]]
     expected = StateMatrix.from_frame(
