@@ -9,7 +9,7 @@ from polars.testing import assert_frame_equal
 
 from crmbet.events.adapters import ingest_frame
 from crmbet.features.state import fold
-from crmbet.streaming.processor import BatchProcessor
+from crmbet.streaming.processor import BatchProcessor, _PseudonymCache
 from crmbet.streaming.records import RecordBatch
 from crmbet.streaming.stores import EmbeddedStateStore
 
@@ -101,3 +101,50 @@ def test_invalid_records_become_dead_letters(processor):
     assert result.dead_letters[0].reason == "invalid_amount"
     assert result.n_events == 2
     assert result.commit is not None and result.commit.offsets == {0: 3}
+
+
+def test_pseudonyms_match_pseudonymizer(pseudonymizer):
+    cache = _PseudonymCache(pseudonymizer)
+    raw = ["alice", "bob", "alice", "ünïcode", "", "1234", "bob"]
+    assert cache.pseudonymize(raw) == [pseudonymizer.pseudonymize(r) for r in raw]
+    # A second batch hits the cache and must give the same pseudonyms.
+    assert cache.pseudonymize(raw[::-1]) == [
+        pseudonymizer.pseudonymize(r) for r in raw[::-1]
+    ]
+
+
+def test_pseudonym_column_keeps_row_order(pseudonymizer):
+    frame = pl.DataFrame({"player_id": ["b", "a", "b", "c"], "amount": [1, 2, 3, 4]})
+    out = _PseudonymCache(pseudonymizer).column(frame)
+    expected = [pseudonymizer.pseudonymize(r) for r in ["b", "a", "b", "c"]]
+    assert out["player_id"].to_list() == expected
+    assert out["amount"].to_list() == [1, 2, 3, 4]
+
+
+def test_pseudonyms_without_key_use_pseudonymize():
+    class Upper:
+        def pseudonymize(self, raw_id: str) -> str:
+            return raw_id.upper()
+
+    cache = _PseudonymCache(Upper())  # type: ignore[arg-type]
+    assert cache.pseudonymize(["a", "b", "a"]) == ["A", "B", "A"]
+
+
+def test_mixed_partitions_skip_and_offsets(pseudonymizer):
+    processor = BatchProcessor(
+        EmbeddedStateStore(), pseudonymizer, group_id="g", topic="tx"
+    )
+    processor.assign([0, 1])
+    processor.positions[1] = 10
+    rows = RAW.to_dicts()[:6]
+    batch = _batch(rows, [5, 9, 10, 6, 11, 0], partitions=[0, 1, 1, 0, 1, 2])
+
+    result = processor.process(batch)
+
+    # Partition 1 skips offset 9 (before its position 10); partition 2 is
+    # not owned.
+    assert result.n_skipped == 2
+    assert result.n_events == 4
+    assert result.commit is not None
+    assert result.commit.offsets == {0: 7, 1: 12}
+    assert result.commit.expected == {0: None, 1: 10}

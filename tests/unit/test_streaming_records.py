@@ -73,3 +73,30 @@ def test_dedupe_window_forgets_oldest():
     assert not window.add("c")
     assert window.ids() == ["b", "c", "d"]
     assert window.intersection({"b", "x"}) == {"b"}
+
+
+@pytest.mark.parametrize("size", [1, 3, 5, 8])
+def test_dedupe_extend_matches_add(size):
+    batches = [["a", "b"], ["c", "a", "d"], [], ["e", "f", "g", "h", "i"], ["b"]]
+    one_by_one = DedupeWindow(size)
+    at_once = DedupeWindow(size)
+    for ids in batches:
+        for event_id in ids:
+            one_by_one.add(event_id)
+        at_once.extend(ids)
+        assert at_once.ids() == one_by_one.ids()
+    assert len(at_once) <= size
+
+
+def test_decode_empty_value_is_dead_letter():
+    batch = RecordBatch(
+        topic="tx",
+        values=[b'{"event_id": "a"}', b"", None],
+        partitions=[0, 0, 0],
+        offsets=[0, 1, 2],
+    )
+    frame, index, dead = decode(batch)
+    assert frame.height == 1
+    assert index == [0]
+    assert [letter.offset for letter in dead] == [1, 2]
+    assert {letter.reason for letter in dead} == {"invalid_json"}

@@ -27,6 +27,10 @@ class StreamConfig:
         Maximum time in milliseconds a record waits for its micro-batch to fill.
     max_batch_size:
         Maximum number of records read into one micro-batch.
+    adaptive_batch_size, min_batch_size:
+        Request batches from Kafka that double while the consumer lags and halve
+        while it keeps up, between ``min_batch_size`` and ``max_batch_size``
+        records. When off, every batch requests ``max_batch_size``.
     enable_online_learning:
         Update a challenger's centroids from the stream and watch for drift.
     dedupe_window:
@@ -55,6 +59,8 @@ class StreamConfig:
     alert_topic: str = "crmbet.stream-alerts"
     max_latency_ms: int = 50
     max_batch_size: int = 20_000
+    adaptive_batch_size: bool = True
+    min_batch_size: int = 100
     enable_online_learning: bool = True
     dedupe_window: int = 100_000
     session_timeout_ms: int = 10_000
@@ -73,6 +79,7 @@ class StreamConfig:
         positive = {
             "max_latency_ms": self.max_latency_ms,
             "max_batch_size": self.max_batch_size,
+            "min_batch_size": self.min_batch_size,
             "dedupe_window": self.dedupe_window,
             "session_timeout_ms": self.session_timeout_ms,
             "max_poll_interval_ms": self.max_poll_interval_ms,

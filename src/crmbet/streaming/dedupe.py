@@ -9,6 +9,7 @@ restart or a rebalance keeps it.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 
 
@@ -27,8 +28,7 @@ class DedupeWindow:
     def __init__(self, size: int, ids: Iterable[str] = ()) -> None:
         self.size = size
         self._ids: dict[str, None] = {}
-        for event_id in ids:
-            self.add(event_id)
+        self.extend(ids)
 
     def __contains__(self, event_id: object) -> bool:
         return event_id in self._ids
@@ -45,6 +45,23 @@ class DedupeWindow:
             # dicts keep insertion order, so the first key is the oldest id.
             del self._ids[next(iter(self._ids))]
         return True
+
+    def extend(self, event_ids: Iterable[str]) -> None:
+        """Remember many ids at once, dropping the oldest beyond ``size``.
+
+        An id already in the window keeps its old position, as with :meth:`add`.
+        """
+        self._ids.update(dict.fromkeys(event_ids))
+        overflow = len(self._ids) - self.size
+        if overflow <= 0:
+            return
+        if overflow > self.size:
+            # Rebuilding is cheaper than deleting most of the keys one by one.
+            self._ids = dict.fromkeys(list(self._ids)[overflow:])
+            return
+        oldest = list(itertools.islice(self._ids, overflow))
+        for event_id in oldest:
+            del self._ids[event_id]
 
     def intersection(self, event_ids: set[str]) -> set[str]:
         """Return the ids among ``event_ids`` that are in the window."""

@@ -141,6 +141,39 @@ def produce_records(
     return sent
 
 
+class AdaptiveBatchSize:
+    """Micro-batch size: grows while the consumer lags, shrinks while it keeps up.
+
+    ``consume(num_messages=n, timeout=max_latency)`` returns as soon as
+    ``n`` records are there, else when the timeout expires. A full batch
+    means records are waiting, so the size doubles (throughput). A batch
+    under half full means the call waited for the timeout, so the size
+    halves and the next call returns sooner (freshness). No record waits
+    longer than ``max_latency_ms`` for its batch either way.
+
+    Examples
+    --------
+    >>> size = AdaptiveBatchSize(maximum=1_000, minimum=100)
+    >>> size.update(100), size.update(200), size.update(10)
+    (200, 400, 200)
+    """
+
+    def __init__(self, maximum: int, minimum: int = 100) -> None:
+        if maximum < 1:
+            raise ValueError(f"maximum={maximum} is invalid; pass at least 1")
+        self.maximum = maximum
+        self.minimum = max(1, min(minimum, maximum))
+        self.size = self.minimum
+
+    def update(self, received: int) -> int:
+        """Record how many records the last call returned; return the next size."""
+        if received >= self.size:
+            self.size = min(self.size * 2, self.maximum)
+        elif received < self.size // 2:
+            self.size = max(self.size // 2, self.minimum)
+        return self.size
+
+
 class KafkaSource:
     """A subscribed consumer that yields micro-batches and reports rebalances.
 
@@ -177,6 +210,13 @@ class KafkaSource:
         )
         self.assigned: list[int] = []
         self._lock = threading.Lock()
+        self.batch_size = AdaptiveBatchSize(
+            config.max_batch_size,
+            config.min_batch_size
+            if config.adaptive_batch_size
+            else config.max_batch_size,
+        )
+        metrics.BATCH_SIZE.set(self.batch_size.size)
 
     def _error(self, error: KafkaError) -> None:
         code = error.code()
@@ -216,9 +256,10 @@ class KafkaSource:
     def poll_batch(self) -> RecordBatch | None:
         """Return the next micro-batch, or None when nothing arrived in time."""
         messages = self.consumer.consume(
-            num_messages=self.config.max_batch_size,
+            num_messages=self.batch_size.size,
             timeout=self.config.max_latency_ms / 1000.0,
         )
+        metrics.BATCH_SIZE.set(self.batch_size.update(len(messages)))
         if not messages:
             return None
         batch = RecordBatch(

@@ -11,13 +11,19 @@ population.
 :class:`ChallengerPublisher` registers the result now and then under the
 registry alias ``challenger``. It never moves the ``champion`` alias:
 promotion is a separate, deliberate step.
+
+:class:`BackgroundLearner` runs both, and the drift checks, on a thread, so
+the consumer loop polls the next batch while the last one is learned.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import queue
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -183,3 +189,74 @@ class ChallengerPublisher:
             learner.shift(),
         )
         return version
+
+
+class BackgroundLearner:
+    """Runs online learning and drift checks on a thread, off the commit path.
+
+    The consumer loop hands over the features and confidences of each
+    committed batch and goes on polling. A bounded queue limits how far
+    learning may fall behind: when ``max_pending`` batches wait, the next
+    :meth:`submit` blocks until one is done, so no batch is skipped and
+    memory stays bounded.
+
+    Parameters
+    ----------
+    learn:
+        Called on the thread with each batch's features and confidences;
+        returns the drift alarms it raised.
+    max_pending:
+        Batches that may wait for the thread.
+    """
+
+    def __init__(
+        self,
+        learn: Callable[[np.ndarray, np.ndarray | None], list],
+        max_pending: int = 4,
+    ) -> None:
+        if max_pending < 1:
+            raise ValueError(f"max_pending={max_pending} is invalid; pass at least 1")
+        self._learn = learn
+        self._queue: queue.Queue[tuple[np.ndarray, np.ndarray | None] | None] = (
+            queue.Queue(max_pending)
+        )
+        self._alarms: deque = deque()
+        self._thread = threading.Thread(
+            target=self._run, name="crmbet-stream-learning", daemon=True
+        )
+        self._thread.start()
+
+    def submit(self, features: np.ndarray, confidence: np.ndarray | None) -> None:
+        """Queue one batch; blocks while ``max_pending`` batches wait."""
+        if not self._thread.is_alive():
+            raise RuntimeError("the learning thread is closed; create a new one")
+        self._queue.put((features, confidence))
+
+    def take_alarms(self) -> list:
+        """Return and forget the drift alarms raised since the last call."""
+        alarms = []
+        while self._alarms:
+            alarms.append(self._alarms.popleft())
+        return alarms
+
+    def wait(self) -> None:
+        """Block until every queued batch is learned."""
+        self._queue.join()
+
+    def close(self) -> None:
+        """Learn the queued batches and stop the thread."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                self._alarms.extend(self._learn(*item))
+            except Exception:  # noqa: BLE001 - learning must not stop the stream
+                logger.exception("online learning of a micro-batch failed")
+            finally:
+                self._queue.task_done()

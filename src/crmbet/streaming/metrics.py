@@ -22,6 +22,10 @@ FRESHNESS = Histogram(
     "Time from a record's producer timestamp to its state being stored.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
 )
+BATCH_SIZE = Gauge(
+    "stream_batch_size",
+    "Records the consumer asks for in its next micro-batch (adaptive size).",
+)
 CONSUMER_LAG = Gauge(
     "stream_consumer_lag",
     "Records between the consumer position and the high watermark, per partition.",

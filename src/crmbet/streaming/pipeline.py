@@ -25,7 +25,11 @@ from crmbet.events.pseudonym import Pseudonymizer
 from crmbet.streaming import metrics
 from crmbet.streaming.config import StreamConfig
 from crmbet.streaming.drift import DriftAlarm, StreamDriftMonitor
-from crmbet.streaming.learning import ChallengerPublisher, OnlineCentroids
+from crmbet.streaming.learning import (
+    BackgroundLearner,
+    ChallengerPublisher,
+    OnlineCentroids,
+)
 from crmbet.streaming.processor import BatchProcessor, BatchResult
 from crmbet.streaming.records import RecordBatch
 from crmbet.streaming.replay import ReplaySource
@@ -110,6 +114,8 @@ class StreamingMLPipeline:
         self.learner: OnlineCentroids | None = None
         self.publisher: ChallengerPublisher | None = None
         self.drift: StreamDriftMonitor | None = None
+        # Set while run() or replay() is running with online learning on.
+        self._learning: BackgroundLearner | None = None
         if config.enable_online_learning and self.predictor is not None:
             self._start_learning(self.predictor)
 
@@ -209,6 +215,7 @@ class StreamingMLPipeline:
             )
         source = KafkaSource(config, self.processor.assign, self.processor.revoke)
         self._source = source
+        self._start_learning_thread()
         self._running = True
         self._last_poll = self._last_batch = time.monotonic()
         watchdog = threading.Thread(
@@ -253,6 +260,7 @@ class StreamingMLPipeline:
         if self.sink is None:
             self.sink = LocalSink(self.settings.home / "stream")
         stored = self.processor.assign([0])[0] or 0
+        self._start_learning_thread()
         self._running = True
         self._last_poll = self._last_batch = time.monotonic()
         logger.info("replaying %s from record %d", path, stored)
@@ -265,6 +273,7 @@ class StreamingMLPipeline:
                 self._last_poll = self._last_batch = time.monotonic()
         finally:
             self._running = False
+            self._stop_learning_thread()
             self.sink.flush()
             self.store.close()
         logger.info("replayed %d records from %s", self.records_processed - start, path)
@@ -285,6 +294,9 @@ class StreamingMLPipeline:
         try:
             sink.send_dead_letters(result.dead_letters)
             sink.send_segment_changes(result.segment_changes)
+            if self._learning is not None:
+                # Alarms of earlier batches, raised on the learning thread.
+                sink.send_alarms(self._learning.take_alarms())
             sink.flush()
         except (TimeoutError, RuntimeError) as error:
             # Nothing is committed, so seeking back reads the batch again.
@@ -334,27 +346,54 @@ class StreamingMLPipeline:
         if isinstance(self.store, EmbeddedStateStore):
             self.store.maybe_snapshot(self.config.snapshot_interval_s)
 
+    def _start_learning_thread(self) -> None:
+        if self.learner is not None and self._learning is None:
+            self._learning = BackgroundLearner(self._learn_batch)
+
+    def _stop_learning_thread(self) -> None:
+        """Learn the queued batches, stop the thread and send its last alarms."""
+        learning, self._learning = self._learning, None
+        if learning is None:
+            return
+        learning.close()
+        alarms = learning.take_alarms()
+        if alarms and self.sink is not None:
+            self.sink.send_alarms(alarms)
+
     def _learn(self, result: BatchResult) -> None:
         if self.learner is None or result.features is None:
             return
-        self.learner.partial_fit(result.features)
-        alarms: list[DriftAlarm] = []
-        if self.drift is not None:
-            signals = {"confidence": result.confidence}
-            names = self.learner.model.feature_names[:DRIFT_FEATURES]
-            for i, name in enumerate(names):
-                signals[name] = result.features[:, i]
-            alarms = self.drift.update(signals)
+        if self._learning is not None:
+            self._learning.submit(result.features, result.confidence)
+            return
+        alarms = self._learn_batch(result.features, result.confidence)
         if alarms and self.sink is not None:
             self.sink.send_alarms(alarms)
+
+    def _learn_batch(
+        self, features: np.ndarray, confidence: np.ndarray | None
+    ) -> list[DriftAlarm]:
+        """Update the centroids and drift detectors; return the new alarms."""
+        learner = self.learner
+        assert learner is not None  # checked by _learn
+        learner.partial_fit(features)
+        alarms: list[DriftAlarm] = []
+        if self.drift is not None and confidence is not None:
+            signals = {"confidence": confidence}
+            names = learner.model.feature_names[:DRIFT_FEATURES]
+            for i, name in enumerate(names):
+                signals[name] = features[:, i]
+            alarms = self.drift.update(signals)
         if self.publisher is not None:
             try:
-                self.publisher.maybe_publish(self.learner)
+                self.publisher.maybe_publish(learner)
             except Exception as error:  # noqa: BLE001 - the stream must go on
                 logger.error("registering the online challenger failed: %s", error)
+        return alarms
 
     def _close(self, source: object) -> None:
         try:
+            self._stop_learning_thread()
             if self.sink is not None:
                 self.sink.flush()
         finally:

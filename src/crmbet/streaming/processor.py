@@ -8,6 +8,8 @@ The Kafka loop and the file replay both drive it, so they share every step.
 
 from __future__ import annotations
 
+import functools
+import hmac
 import logging
 import time
 from dataclasses import dataclass, field
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
-from crmbet.events.pseudonym import Pseudonymizer
+from crmbet.events.pseudonym import PSEUDONYM_HEX_CHARS, Pseudonymizer
 from crmbet.events.validation import normalize
 from crmbet.features.definitions import compute_columns
 from crmbet.streaming import metrics
@@ -60,9 +62,16 @@ class SegmentChange:
             "new_segment": self.new_segment,
             "cluster_id": self.cluster_id,
             "model_version": self.model_version,
-            "event_time": datetime.fromtimestamp(self.event_time, UTC).isoformat(),
-            "changed_at": datetime.fromtimestamp(self.changed_at, UTC).isoformat(),
+            "event_time": _isoformat(self.event_time),
+            "changed_at": _isoformat(self.changed_at),
         }
+
+
+@functools.lru_cache(maxsize=4096)
+def _isoformat(seconds: float) -> str:
+    # Cached because every change of a batch has the same changed_at, and
+    # datetime.fromtimestamp costs microseconds per call.
+    return datetime.fromtimestamp(seconds, UTC).isoformat()
 
 
 @dataclass
@@ -82,20 +91,48 @@ class BatchResult:
 
 
 class _PseudonymCache:
+    """Pseudonyms of the raw ids of a batch, each distinct id hashed once.
+
+    ``hmac.digest`` computes the pseudonymizer's HMAC-SHA256 several times
+    faster than ``hmac.new(...).hexdigest()``, and the cache skips ids seen
+    in recent batches. A test checks the result against
+    :meth:`Pseudonymizer.pseudonymize` byte for byte.
+    """
+
     def __init__(self, pseudonymizer: Pseudonymizer) -> None:
         self._pseudonymizer = pseudonymizer
+        # NOTE: the key is read from the pseudonymizer's private attribute;
+        # without one, each new id goes through pseudonymize().
+        key = getattr(pseudonymizer, "_key", None)
+        self._key: bytes | None = key if isinstance(key, bytes) else None
         self._cache: dict[str, str] = {}
 
+    def pseudonymize(self, raw_ids: list[str]) -> list[str]:
+        """Return the pseudonym of each id, hashing only ids not in the cache."""
+        cache = self._cache
+        if len(cache) > PSEUDONYM_CACHE_SIZE:
+            cache.clear()
+        missing = [raw_id for raw_id in raw_ids if raw_id not in cache]
+        if self._key is not None:
+            key = self._key
+            for raw_id in missing:
+                digest = hmac.digest(key, raw_id.encode(), "sha256")
+                cache[raw_id] = "p_" + digest.hex()[:PSEUDONYM_HEX_CHARS]
+        else:
+            for raw_id in missing:
+                cache[raw_id] = self._pseudonymizer.pseudonymize(raw_id)
+        return [cache[raw_id] for raw_id in raw_ids]
+
     def column(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """Replace the ``player_id`` column with pseudonyms."""
         if frame.height == 0:
             return frame
-        if len(self._cache) > PSEUDONYM_CACHE_SIZE:
-            self._cache.clear()
-        cache = self._cache
-        raw = frame["player_id"].to_list()
-        for raw_id in set(raw).difference(cache):
-            cache[raw_id] = self._pseudonymizer.pseudonymize(raw_id)
-        return frame.with_columns(pl.Series("player_id", [cache[r] for r in raw]))
+        raw = frame["player_id"]
+        distinct = raw.unique()
+        pseudonyms = pl.Series(self.pseudonymize(distinct.to_list()), dtype=pl.String)
+        return frame.with_columns(
+            raw.replace_strict(distinct, pseudonyms, return_dtype=pl.String)
+        )
 
 
 class BatchProcessor:
@@ -198,13 +235,16 @@ class BatchProcessor:
             # NumPy fold and merge: the Polars ones cost milliseconds of query
             # planning per call, more than the work on a small batch.
             batch_states = fold_events(events)
-            stored = self.store.get_state_matrix(batch_states.player_ids)
+            # States and segments come back in one round trip.
+            stored, segments = self.store.get_states_and_segments(
+                batch_states.player_ids
+            )
             merged = merge_states(stored, batch_states)
             last_ts = float(merged.column("last_ts").max())
             self.watermark = max(self.watermark, last_ts)
             commit.states = merged
             if self.predictor is not None:
-                self._assign_segments(merged, commit, result)
+                self._assign_segments(merged, segments, commit, result)
         result.commit = commit
         return result
 
@@ -224,27 +264,32 @@ class BatchProcessor:
             self.positions[partition] = offset
             window = self.windows.get(partition)
             if window is not None:
-                for event_id in commit.new_ids.get(partition, []):
-                    window.add(event_id)
+                window.extend(commit.new_ids.get(partition, []))
 
     def _owned_positions(self, batch: RecordBatch) -> list[int]:
-        keep = []
-        for i, (partition, offset) in enumerate(
-            zip(batch.partitions, batch.offsets, strict=True)
-        ):
+        """Return the indexes of records of owned partitions at or past the position."""
+        partitions = np.asarray(batch.partitions, dtype=np.int64)
+        offsets = np.asarray(batch.offsets, dtype=np.int64)
+        keep = np.zeros(len(partitions), dtype=bool)
+        for partition in np.unique(partitions).tolist():
             if partition not in self.positions:
                 continue
+            in_partition = partitions == partition
             stored = self.positions[partition]
-            if stored is None or offset >= stored:
-                keep.append(i)
-        return keep
+            if stored is not None:
+                in_partition &= offsets >= stored
+            keep |= in_partition
+        if keep.all():
+            return list(range(len(partitions)))
+        return np.flatnonzero(keep).tolist()
 
     def _next_offsets(self, batch: RecordBatch) -> dict[int, int]:
-        offsets: dict[int, int] = {}
-        for partition, offset in zip(batch.partitions, batch.offsets, strict=True):
-            if offset + 1 > offsets.get(partition, -1):
-                offsets[partition] = offset + 1
-        return offsets
+        partitions = np.asarray(batch.partitions, dtype=np.int64)
+        offsets = np.asarray(batch.offsets, dtype=np.int64)
+        return {
+            partition: int(offsets[partitions == partition].max()) + 1
+            for partition in np.unique(partitions).tolist()
+        }
 
     def _dedupe(
         self, events: pl.DataFrame, positions: list[int], batch: RecordBatch
@@ -276,7 +321,11 @@ class BatchProcessor:
         return events, new_ids, duplicates
 
     def _assign_segments(
-        self, merged: StateMatrix, commit: Commit, result: BatchResult
+        self,
+        merged: StateMatrix,
+        stored: dict[str, str],
+        commit: Commit,
+        result: BatchResult,
     ) -> None:
         from crmbet.models.risk import RISK_FEATURES
 
@@ -299,7 +348,6 @@ class BatchProcessor:
         result.confidence = prediction.confidence
 
         names = prediction.segments
-        stored = self.store.get_segments(players)
         now = time.time()
         last_ts = merged.column("last_ts").tolist()
         for i, player_id in enumerate(players):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 import pytest
 
 from crmbet.features.state import fold
+from crmbet.streaming.state_matrix import StateMatrix
 from crmbet.streaming.stores import Commit, RedisStateStore, StaleOffsetError
 
 pytestmark = pytest.mark.integration
@@ -59,3 +61,46 @@ def test_window_trims_whole_commits(store, states):
     store.commit(_commit(states.head(1), 3, 5, ["d", "e"]), window=4)
     store.commit(_commit(states.head(1), 5, 7, ["f", "g"]), window=4)
     assert store.load_dedupe_ids("g", "tx", 0) == ["d", "e", "f", "g"]
+
+
+def test_states_and_segments_read_together(store, states):
+    store.commit(_commit(states.head(3), None, 3, ["a"]), window=10)
+    known = states["player_id"].head(3).to_list()
+    requested = ["unknown-1", known[2], "p", known[0], "unknown-2"]
+
+    matrix, segments = store.get_states_and_segments(requested)
+
+    assert matrix.player_ids == [known[2], known[0]]
+    expected = StateMatrix.from_frame(
+        states.filter(pl.col("player_id").is_in(known)).sort("player_id")
+    )
+    rows = {player: i for i, player in enumerate(expected.player_ids)}
+    for i, player in enumerate(matrix.player_ids):
+        assert np.array_equal(
+            matrix.values[i], expected.values[rows[player]], equal_nan=True
+        )
+    assert segments == {"p": "Regular"}
+
+
+def test_states_and_segments_of_nobody(store):
+    matrix, segments = store.get_states_and_segments([])
+    assert len(matrix) == 0
+    assert segments == {}
+    matrix, segments = store.get_states_and_segments(["nobody"])
+    assert len(matrix) == 0
+    assert segments == {}
+
+
+def test_commit_keeps_unusual_player_ids(store, states):
+    odd = ["p\nnew line", 'p "quoted" ü', "p:colon", "p\\back"]
+    renamed = states.head(4).with_columns(pl.Series("player_id", odd))
+    commit = _commit(renamed, None, 4, ["a"])
+    commit.segments = {odd[0]: "Night Owl", odd[1]: "Regular"}
+    store.commit(commit, window=10)
+
+    matrix, segments = store.get_states_and_segments(odd)
+
+    assert matrix.player_ids == odd
+    assert segments == {odd[0]: "Night Owl", odd[1]: "Regular"}
+    stored = store.states_frame().sort("player_id")
+    assert stored.equals(renamed.sort("player_id"))
