@@ -121,13 +121,18 @@ def test_pseudonym_column_keeps_row_order(pseudonymizer):
     assert out["amount"].to_list() == [1, 2, 3, 4]
 
 
-def test_pseudonyms_without_key_use_pseudonymize():
-    class Upper:
-        def pseudonymize(self, raw_id: str) -> str:
-            return raw_id.upper()
+def test_pseudonym_cache_hashes_each_new_id_once(pseudonymizer):
+    hashed: list[str] = []
 
-    cache = _PseudonymCache(Upper())  # type: ignore[arg-type]
-    assert cache.pseudonymize(["a", "b", "a"]) == ["A", "B", "A"]
+    class Counting:
+        def pseudonymize_many(self, raw_ids: list[str]) -> list[str]:
+            hashed.extend(raw_ids)
+            return pseudonymizer.pseudonymize_many(raw_ids)
+
+    cache = _PseudonymCache(Counting())  # type: ignore[arg-type]
+    cache.pseudonymize(["a", "b", "a"])
+    cache.pseudonymize(["b", "c", "c"])
+    assert hashed == ["a", "b", "c"]
 
 
 def test_mixed_partitions_skip_and_offsets(pseudonymizer):

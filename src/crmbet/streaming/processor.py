@@ -9,7 +9,6 @@ The Kafka loop and the file replay both drive it, so they share every step.
 from __future__ import annotations
 
 import functools
-import hmac
 import logging
 import time
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
-from crmbet.events.pseudonym import PSEUDONYM_HEX_CHARS, Pseudonymizer
+from crmbet.events.pseudonym import Pseudonymizer
 from crmbet.events.validation import normalize
 from crmbet.features.definitions import compute_columns
 from crmbet.streaming import metrics
@@ -93,18 +92,12 @@ class BatchResult:
 class _PseudonymCache:
     """Pseudonyms of the raw ids of a batch, each distinct id hashed once.
 
-    ``hmac.digest`` computes the pseudonymizer's HMAC-SHA256 several times
-    faster than ``hmac.new(...).hexdigest()``, and the cache skips ids seen
-    in recent batches. A test checks the result against
-    :meth:`Pseudonymizer.pseudonymize` byte for byte.
+    The cache skips ids seen in recent batches; new ids go through
+    :meth:`Pseudonymizer.pseudonymize_many` in one call.
     """
 
     def __init__(self, pseudonymizer: Pseudonymizer) -> None:
         self._pseudonymizer = pseudonymizer
-        # NOTE: the key is read from the pseudonymizer's private attribute;
-        # without one, each new id goes through pseudonymize().
-        key = getattr(pseudonymizer, "_key", None)
-        self._key: bytes | None = key if isinstance(key, bytes) else None
         self._cache: dict[str, str] = {}
 
     def pseudonymize(self, raw_ids: list[str]) -> list[str]:
@@ -112,15 +105,13 @@ class _PseudonymCache:
         cache = self._cache
         if len(cache) > PSEUDONYM_CACHE_SIZE:
             cache.clear()
-        missing = [raw_id for raw_id in raw_ids if raw_id not in cache]
-        if self._key is not None:
-            key = self._key
-            for raw_id in missing:
-                digest = hmac.digest(key, raw_id.encode(), "sha256")
-                cache[raw_id] = "p_" + digest.hex()[:PSEUDONYM_HEX_CHARS]
-        else:
-            for raw_id in missing:
-                cache[raw_id] = self._pseudonymizer.pseudonymize(raw_id)
+        missing = list({raw_id: None for raw_id in raw_ids if raw_id not in cache})
+        if missing:
+            cache.update(
+                zip(
+                    missing, self._pseudonymizer.pseudonymize_many(missing), strict=True
+                )
+            )
         return [cache[raw_id] for raw_id in raw_ids]
 
     def column(self, frame: pl.DataFrame) -> pl.DataFrame:
