@@ -10,10 +10,11 @@ server, and its ``get_online_features`` is timed on requests drawn from the
 same stream.
 
 Metrics: ``l1_hit_p99_us``, ``l2_p99_us`` (peer: Feast), ``batch_10k_ms``,
-``l1_hit_rate``. The parameters also report ``l1_hit_rate_ceiling``, the
-share of scored requests for players requested earlier in the stream: the
-first request of a player misses every cache, so no eviction policy can
-exceed it.
+``l1_hit_rate``. A warm-up of ``--warmup-requests`` from the same stream
+fills the L1 first, and only the requests after it are scored. The
+parameters also report ``l1_hit_rate_ceiling``, the share of scored
+requests for players requested earlier in the stream: the first request of
+a player misses every cache, so no eviction policy can exceed it.
 """
 
 from __future__ import annotations
@@ -60,6 +61,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=200_000,
         help="Single-player requests in the Zipf stream.",
+    )
+    parser.add_argument(
+        "--warmup-requests",
+        type=int,
+        default=None,
+        help="Requests that fill the L1 before scoring starts, from the same "
+        "stream (default: four times --requests), so that the hit rate is the "
+        "steady state's rather than that of a cache still filling.",
     )
     parser.add_argument(
         "--zipf",
@@ -257,17 +266,17 @@ def _measure(args: argparse.Namespace, port: int, folder: Path) -> list[dict[str
 
     l1_size = max(int(args.players * args.l1_fraction), 1)
     store = EnterpriseFeatureStore(backend, l1_cache_size=l1_size, l1_ttl_seconds=3600)
-    ids = [
-        f"player-{i:07d}"
-        for i in _zipf_stream(args.players, args.requests, args.zipf, args.seed)
-    ]
-    latencies, tiers = asyncio.run(_replay(store, ids))
-    # The first fifth of the stream fills the L1 cache and is not scored.
-    scored = slice(len(ids) // 5, None)
-    ceiling = _hit_rate_ceiling(ids, len(ids) // 5)
-    tier_array = np.asarray(tiers[scored])
-    hit_latency = latencies[scored][tier_array == "l1"]
-    miss_latency = latencies[scored][tier_array == "l2"]
+    warmup = 4 * args.requests if args.warmup_requests is None else args.warmup_requests
+    stream = _zipf_stream(args.players, warmup + args.requests, args.zipf, args.seed)
+    ids = [f"player-{i:07d}" for i in stream]
+    # The warm-up runs the same requests through the same store and cache
+    # policy; only the requests after it are scored.
+    asyncio.run(_replay(store, ids[:warmup]))
+    latencies, tiers = asyncio.run(_replay(store, ids[warmup:]))
+    ceiling = _hit_rate_ceiling(ids, warmup)
+    tier_array = np.asarray(tiers)
+    hit_latency = latencies[tier_array == "l1"]
+    miss_latency = latencies[tier_array == "l2"]
 
     rng = np.random.default_rng(args.seed + 1)
     batch_ms = []
@@ -279,10 +288,11 @@ def _measure(args: argparse.Namespace, port: int, folder: Path) -> list[dict[str
         batch_ms.append((time.perf_counter() - begin) * 1000)
     backend.close()
 
-    feast = _run_feast(args, states, ids[len(ids) // 5 :], port, folder)
+    feast = _run_feast(args, states, ids[warmup:], port, folder)
     params = {
         "players": args.players,
         "requests": args.requests,
+        "warmup_requests": warmup,
         "zipf": args.zipf,
         "l1_size": l1_size,
         "features": len(FEATURE_NAMES),
