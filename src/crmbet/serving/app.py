@@ -33,6 +33,7 @@ from crmbet.serving.bodies import (
     parse_batch_body,
     parse_json_body,
 )
+from crmbet.serving.docs_pages import add_offline_docs
 from crmbet.serving.schemas import (
     BatchPredictionRequest,
     BatchPredictionResponse,
@@ -273,7 +274,10 @@ def create_app(
         description="Player segments, risk scores and campaign recommendations.",
         lifespan=lifespan,
         default_response_class=OrjsonResponse,
+        docs_url=None,
+        redoc_url=None,
     )
+    add_offline_docs(app)
     app.state.system = system
     app.add_middleware(BodyLimitMiddleware, max_bytes=serving.max_body_bytes)
     app.fast_path = PredictFastPath(

@@ -260,7 +260,19 @@ def test_metrics_exposition(secured: LiveServer) -> None:
 
 
 def test_docs_page(secured: LiveServer) -> None:
-    assert httpx.get(f"{secured.url}/docs").status_code == 200
+    page = httpx.get(f"{secured.url}/docs")
+    assert page.status_code == 200
+    # The page loads Swagger UI from this server, not from a CDN.
+    assert "/docs/assets/swagger-ui-bundle.js" in page.text
+    assert "cdn." not in page.text
+    script = httpx.get(f"{secured.url}/docs/assets/swagger-ui-bundle.js")
+    assert script.status_code == 200
+    assert "SwaggerUIBundle" in script.text
+    redoc = httpx.get(f"{secured.url}/redoc")
+    assert "/docs/assets/redoc.standalone.js" in redoc.text
+    assert (
+        httpx.get(f"{secured.url}/docs/assets/redoc.standalone.js").status_code == 200
+    )
     schema = httpx.get(f"{secured.url}/openapi.json").json()
     assert "/v1/predict" in schema["paths"]
     assert "/v2/models/{name}/infer" in schema["paths"]
