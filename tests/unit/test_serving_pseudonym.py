@@ -62,3 +62,12 @@ def test_key_hidden_in_repr() -> None:
     cache = PseudonymCache(Pseudonymizer(b"secret-key"), 10)
     assert "secret" not in repr(cache)
     assert "secret" not in repr(Pseudonymizer(b"secret-key"))
+
+
+def test_pickled_pseudonymizer_gives_the_same_pseudonyms() -> None:
+    # Dask ships the pseudonymizer to its workers by pickling it.
+    import pickle
+
+    original = Pseudonymizer(b"k" * 80)
+    copy = pickle.loads(pickle.dumps(original))
+    assert copy.pseudonymize("alice") == original.pseudonymize("alice")

@@ -38,6 +38,7 @@ class Pseudonymizer:
         # HMAC(K, m) = H((K ^ opad) || H((K ^ ipad) || m)) (RFC 2104). The two
         # keyed SHA-256 states are computed once and copied per id, which
         # costs about half of hmac.new or a copy of a keyed hmac object.
+        self._key = key
         if len(key) > _SHA256_BLOCK_BYTES:
             key = hashlib.sha256(key).digest()
         padded = key.ljust(_SHA256_BLOCK_BYTES, b"\0")
@@ -46,6 +47,11 @@ class Pseudonymizer:
 
     def __repr__(self) -> str:
         return "Pseudonymizer(key=<hidden>)"
+
+    def __reduce__(self) -> tuple[type[Pseudonymizer], tuple[bytes]]:
+        # hashlib states cannot be pickled; Dask workers rebuild them from
+        # the key.
+        return (Pseudonymizer, (self._key,))
 
     def pseudonymize(self, raw_id: str) -> str:
         """Return the pseudonym of one raw player identifier."""
