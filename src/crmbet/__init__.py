@@ -16,15 +16,15 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-# Polars allocates with jemalloc, which by default keeps freed pages for 10 s
-# before returning them. A batch job frees and reallocates gigabytes within
-# that time, so its peak resident memory counted the freed pages too: on
-# 10 million events the main job peaked at 3.97 GiB with the default and at
-# 3.64 GiB with this setting. jemalloc reads it when Polars is first
-# imported, so it takes effect only if crmbet is imported before Polars, and
-# a value already in the environment wins.
+# Polars allocates with jemalloc, which keeps freed pages for seconds before
+# returning them. A batch job frees and reallocates gigabytes within that
+# time, so its peak resident memory counted the freed pages too: the main job
+# on 10 million events peaked at 4.98 GiB with a 10 s decay and at 3.76 GiB
+# with this setting, in the same time (benchmarks/run.py training). jemalloc
+# reads it when Polars is first imported, so it takes effect only if crmbet
+# is imported before Polars, and a value already in the environment wins.
 os.environ.setdefault(
-    "_RJEM_MALLOC_CONF", "background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0"
+    "_RJEM_MALLOC_CONF", "background_thread:true,dirty_decay_ms:200,muzzy_decay_ms:0"
 )
 
 _EXPORTS = {

@@ -238,29 +238,39 @@ def fold(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     # The string player id stays out of the sorted copy: the categorical
     # column carries it as a 4-byte code.
     player = pl.col("player_id").cast(pl.Categorical)
-    ordered = frame.select(
-        "event_id",
-        # Enums hold one byte per row where strings hold 16 or more.
-        pl.col("event_type").cast(pl.Enum(EVENT_TYPES)),
-        "amount",
-        "payout",
-        "bonus_amount",
-        pl.col("product").cast(pl.Enum(PRODUCTS)),
-        "multiplier",
-        (pl.col("ts").dt.epoch("us").cast(pl.Float64) / 1e6).alias("__t"),
-        pl.col("ts").dt.hour().alias("__hour"),
-        (pl.col("ts").dt.weekday() - 1).alias("__wday"),
-        player.alias("__name"),
-        player.to_physical().alias("__player"),
-    ).sort("__player", "__t", "event_id")
+    ordered = (
+        frame.select(
+            "event_id",
+            # Enums hold one byte per row where strings hold 16 or more.
+            pl.col("event_type").cast(pl.Enum(EVENT_TYPES)),
+            "amount",
+            "payout",
+            "bonus_amount",
+            pl.col("product").cast(pl.Enum(PRODUCTS)),
+            "multiplier",
+            (pl.col("ts").dt.epoch("us").cast(pl.Float64) / 1e6).alias("__t"),
+            pl.col("ts").dt.hour().alias("__hour"),
+            (pl.col("ts").dt.weekday() - 1).alias("__wday"),
+            player.alias("__name"),
+            player.to_physical().alias("__player"),
+        )
+        .sort("__player", "__t", "event_id")
+        .collect()
+    )
     # An event delivered twice (a file ingested twice, a producer retry) has
     # the same id, player and time, so after the sort its copies are
-    # adjacent, and the filter keeps the first.
-    repeat = [
-        pl.col(name) == pl.col(name).shift(1)
-        for name in ("__t", "event_id", "__player")
-    ]
-    ordered = ordered.filter(~pl.all_horizontal(repeat).fill_null(False))
+    # adjacent, and the filter keeps the first. The filter copies every
+    # column, so it runs only when there is a copy to drop.
+    repeat = ordered.select(
+        pl.all_horizontal(
+            [
+                pl.col(name) == pl.col(name).shift(1)
+                for name in ("__t", "event_id", "__player")
+            ]
+        ).fill_null(False)
+    ).to_series()
+    if repeat.any():
+        ordered = ordered.filter(~repeat)
     bet_stake = pl.col("amount").filter(is_bet)
     bet_time = pl.col("__t").filter(is_bet)
     bet_lost = (pl.col("payout") < pl.col("amount")).filter(is_bet)
@@ -350,7 +360,8 @@ def fold(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
         ]
 
     states = (
-        ordered.set_sorted("__player")
+        ordered.lazy()
+        .set_sorted("__player")
         .group_by("__player", maintain_order=True)
         .agg(
             pl.col("__name").first().cast(pl.String).alias("player_id"),
