@@ -112,13 +112,39 @@ def test_flagged_player_gets_no_promotion(predictor: SegmentPredictor) -> None:
     assert "safer-gambling-check-in" in ids
 
 
+QUIET_MARKERS = {
+    "loss_chasing_rate": 0.0,
+    "late_night_share": 0.1,
+    "deposit_frequency_trend": 1.0,
+}
+
+
 def test_unflagged_player_keeps_segment_campaigns(predictor: SegmentPredictor) -> None:
-    prediction = predictor.predict_features({"bet_count": 20.0, "avg_stake": 100.0})
+    features = {"bet_count": 20.0, "avg_stake": 100.0, **QUIET_MARKERS}
+    prediction = predictor.predict_features(features)
     profile = predictor.model.profiles[prediction.cluster_id]
     assert [c["id"] for c in prediction.campaign_recommendations] == [
         c.id for c in profile.campaigns
     ]
     assert prediction.recommendation_note == ""
+
+
+def test_missing_marker_features_withhold_promotions(
+    predictor: SegmentPredictor,
+) -> None:
+    # The harm markers of a player sending only two features cannot be read.
+    prediction = predictor.predict_features({"avg_stake": 250.0, "bets_per_day": 6.0})
+    assert prediction.responsible_gambling_flag
+    assert prediction.responsible_gambling_reasons == ["harm_markers_unknown"]
+    assert not any(c["promotion"] for c in prediction.campaign_recommendations)
+    assert "late_night_share" in prediction.recommendation_note
+
+
+def test_strong_markers_count_without_a_bet_count(predictor: SegmentPredictor) -> None:
+    features = {**QUIET_MARKERS, "loss_chasing_rate": 0.9, "avg_stake": 500.0}
+    prediction = predictor.predict_features(features)
+    assert prediction.responsible_gambling_reasons == ["loss_chasing"]
+    assert not any(c["promotion"] for c in prediction.campaign_recommendations)
 
 
 def test_batch_never_offers_promotions_to_flagged(

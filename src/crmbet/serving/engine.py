@@ -18,7 +18,7 @@ import numpy as np
 
 from crmbet.models.bundle import SegmentModel
 from crmbet.models.profiles import SAFER_GAMBLING_CAMPAIGNS
-from crmbet.models.risk import RISK_FEATURES, RiskScores, score_risk
+from crmbet.models.risk import RISK_FEATURES, RiskScores, score_risk, withheld_note
 
 logger = logging.getLogger(__name__)
 
@@ -216,15 +216,7 @@ class ServingModel:
             }
             for key, values in zip(marker_keys, markers, strict=True):
                 risk_row[key] = values[index]
-            reasons = (
-                [
-                    n
-                    for n, values in zip(marker_names, markers, strict=True)
-                    if values[index] >= 1
-                ]
-                if flagged
-                else []
-            )
+            reasons = risk.reasons(index) if flagged else []
             answers.append(
                 {
                     "player_id": player,
@@ -239,17 +231,9 @@ class ServingModel:
                     "risk": risk_row,
                     "responsible_gambling_flag": flagged,
                     "responsible_gambling_reasons": reasons,
-                    "recommendation_note": _withheld_note(reasons) if flagged else "",
+                    "recommendation_note": withheld_note(reasons) if flagged else "",
                     "imputed_features": imputed[index] if imputed is not None else [],
                     "model_version": self.version,
                 }
             )
         return answers
-
-
-def _withheld_note(reasons: Sequence[str]) -> str:
-    # Same wording as the predictor's, so every interface explains a removal alike.
-    return (
-        "bonus and promotion offers withheld: responsible-gambling markers "
-        f"{', '.join(reasons) or 'combined harm score'} are strong for this player"
-    )

@@ -22,7 +22,7 @@ from crmbet.features.definitions import FEATURES, compute_features
 from crmbet.features.state import fold
 from crmbet.models.bundle import SegmentModel
 from crmbet.models.profiles import SAFER_GAMBLING_CAMPAIGNS, Campaign
-from crmbet.models.risk import RISK_FEATURES, RiskScores, score_risk
+from crmbet.models.risk import RISK_FEATURES, RiskScores, score_risk, withheld_note
 
 logger = logging.getLogger(__name__)
 
@@ -132,11 +132,7 @@ def recommend(
         return [asdict(c) for c in campaigns], ""
     kept = [asdict(c) for c in campaigns if not c.promotion]
     kept += [asdict(c) for c in SAFER_GAMBLING_CAMPAIGNS]
-    note = (
-        "bonus and promotion offers withheld: responsible-gambling markers "
-        f"{', '.join(reasons) or 'combined harm score'} are strong for this player"
-    )
-    return kept, note
+    return kept, withheld_note(list(reasons))
 
 
 def _build_prediction(
@@ -263,8 +259,8 @@ class SegmentPredictor:
                 name: np.array([float(features[name])])
                 for name in RISK_FEATURES
                 if features.get(name) is not None
-            }
-            | {"bet_count": np.array([float(features.get("bet_count") or 0.0)])}
+            },
+            size=1,
         )
         latency = (time.perf_counter() - start) * 1000.0
         prediction = _build_prediction(
@@ -338,6 +334,7 @@ class SegmentPredictor:
             bonus_abuse_risk=np.concatenate(
                 [part[2].bonus_abuse_risk for part in parts]
             ),
+            markers_unknown=np.concatenate([part[2].markers_unknown for part in parts]),
         )
         latency = (time.perf_counter() - start) * 1000.0
         return BatchPrediction(
@@ -354,10 +351,9 @@ class SegmentPredictor:
             matrix[:, position] = np.nan if column is None else column[rows]
         labels, confidence, _ = self.model.assign(matrix, overwrite=True)
         risk = score_risk(
-            {name: columns[name][rows] for name in RISK_FEATURES if name in columns}
+            {name: columns[name][rows] for name in RISK_FEATURES if name in columns},
+            size=count,
         )
-        if not risk.harm_score.size and count:
-            risk = score_risk({"bet_count": np.zeros(count)})
         return labels, confidence, risk
 
     def predict_events(

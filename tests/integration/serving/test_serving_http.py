@@ -89,7 +89,10 @@ def test_unknown_player_gets_cold_start(secured: LiveServer) -> None:
     body = response.json()
     assert body["feature_source"] == "cold_start"
     assert len(body["imputed_features"]) > 0
-    assert body["responsible_gambling_flag"] is False
+    # No harm marker can be read for an unknown player, so no promotion either.
+    assert body["responsible_gambling_flag"] is True
+    assert body["responsible_gambling_reasons"] == ["harm_markers_unknown"]
+    assert not any(c["promotion"] for c in body["campaign_recommendations"])
 
 
 def test_unknown_feature_is_422(secured: LiveServer) -> None:
