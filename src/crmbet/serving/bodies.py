@@ -25,6 +25,7 @@ from crmbet.serving.schemas import (
     MAX_PLAYER_ID_LENGTH,
     BatchPredictionRequest,
 )
+from crmbet.serving.value_checks import column_problems, value_problem
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -100,7 +101,13 @@ def decode_prediction(body: bytes) -> PredictionBody | None:
         decoded = _PREDICTION_DECODER.decode(body)
     except (msgspec.ValidationError, msgspec.DecodeError):
         return None
-    if decoded.features and not _FEATURE_NAMES.issuperset(decoded.features):
+    features = decoded.features
+    if features and not _FEATURE_NAMES.issuperset(features):
+        return None
+    if features and any(
+        value is not None and value_problem(name, value) is not None
+        for name, value in features.items()
+    ):
         return None
     return decoded
 
@@ -169,18 +176,17 @@ def _feature_columns(
     columns = {
         name: np.array(values, dtype=np.float64) for name, values in features.items()
     }
-    errors = []
-    for name, values in columns.items():
-        for row in np.flatnonzero(np.isinf(values))[:10].tolist():
-            errors.append(
-                _error(
-                    ("features", name, row),
-                    _not_finite(name, row, values[row]),
-                    repr(float(values[row])),
-                )
-            )
+    errors = [
+        _error(
+            ("features", name, row),
+            f"{problem} (player_ids[{row}])",
+            _json_safe(float(values[row])),
+        )
+        for name, values in columns.items()
+        for row, problem in column_problems(name, values)
+    ]
     if errors:
-        raise RequestValidationError(errors)
+        raise RequestValidationError(errors[:10])
     return columns
 
 
@@ -217,26 +223,18 @@ def _row_columns(
         return {}
     # None becomes NaN, which marks a missing value.
     matrix = np.array(rows, dtype=np.float64)
-    infinite = np.argwhere(np.isinf(matrix))[:10].tolist()
-    if infinite:
-        raise RequestValidationError(
-            [
-                _error(
-                    ("rows", row, column),
-                    _not_finite(names[column], row, matrix[row, column]),
-                    repr(float(matrix[row, column])),
-                )
-                for row, column in infinite
-            ]
+    errors = [
+        _error(
+            ("rows", row, column),
+            f"{problem} (player_ids[{row}])",
+            _json_safe(float(matrix[row, column])),
         )
+        for column, name in enumerate(names)
+        for row, problem in column_problems(name, matrix[:, column])
+    ]
+    if errors:
+        raise RequestValidationError(errors[:10])
     return {name: matrix[:, column] for column, name in enumerate(names)}
-
-
-def _not_finite(name: str, row: int, value: float) -> str:
-    return (
-        f"{name}={value} for player_ids[{row}] is not finite; "
-        "send a finite number, or null for a missing value"
-    )
 
 
 def _error(

@@ -21,6 +21,7 @@ from crmbet.serving.bodies import parse_json_body
 from crmbet.serving.routing import CHAMPION
 from crmbet.serving.schemas import InferRequest, inline_schema
 from crmbet.serving.system import ModelServingSystem
+from crmbet.serving.value_checks import column_problems
 
 OUTPUTS = {
     "cluster_id": "INT64",
@@ -131,7 +132,15 @@ def _input_columns(
                 )
             )
             continue
-        columns[tensor.name] = values.astype(np.float64)
+        values = values.astype(np.float64)
+        problems = column_problems(tensor.name, values)
+        if problems:
+            errors += [
+                (where + ("data", row), f"{problem} (row {row})")
+                for row, problem in problems
+            ]
+            continue
+        columns[tensor.name] = values
     sizes = {values.size for values in columns.values()}
     if len(sizes) > 1:
         errors.append(

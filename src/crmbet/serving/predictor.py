@@ -23,6 +23,7 @@ from crmbet.features.state import fold
 from crmbet.models.bundle import SegmentModel
 from crmbet.models.profiles import SAFER_GAMBLING_CAMPAIGNS, Campaign
 from crmbet.models.risk import RISK_FEATURES, RiskScores, score_risk, withheld_note
+from crmbet.serving.value_checks import value_problem
 
 logger = logging.getLogger(__name__)
 
@@ -173,11 +174,6 @@ def _build_prediction(
     )
 
 
-#: Features that can be negative; every other feature is a count, amount,
-#: share or duration and must be at least 0.
-SIGNED_FEATURES = frozenset({"net_loss", "net_loss_7d_per_day"})
-
-
 def check_feature_values(features: Mapping[str, float | None]) -> None:
     """Raise on unknown feature names and on impossible values."""
     unknown = [name for name in features if name not in FEATURES]
@@ -190,18 +186,9 @@ def check_feature_values(features: Mapping[str, float | None]) -> None:
             continue
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise ValueError(f"feature {name}={value!r} is not a number; send a float")
-        if value != value:
-            continue  # NaN marks a missing value, which is imputed
-        if value in (float("inf"), float("-inf")):
-            raise ValueError(
-                f"feature {name}={value!r} is not finite; send a finite number"
-            )
-        if value < 0 and name not in SIGNED_FEATURES:
-            raise ValueError(
-                f"feature {name}={value!r} is negative; it is a count, amount, "
-                "share or "
-                "duration, so send 0 or more"
-            )
+        problem = value_problem(name, float(value))
+        if problem is not None:
+            raise ValueError(f"feature {problem}")
 
 
 class SegmentPredictor:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -15,6 +14,7 @@ from pydantic import (
 )
 
 from crmbet.features.definitions import FEATURES
+from crmbet.serving.value_checks import value_problem
 
 #: Longest accepted raw player id, in characters.
 MAX_PLAYER_ID_LENGTH = 256
@@ -49,19 +49,29 @@ class PredictionRequest(BaseModel):
         default=None, description="Feature name to value; null values count as missing."
     )
 
+    @field_validator("features", mode="before")
+    @classmethod
+    def _no_booleans(cls, value: object) -> object:
+        if isinstance(value, dict):
+            flags = sorted(name for name, x in value.items() if isinstance(x, bool))
+            if flags:
+                raise ValueError(
+                    f"feature(s) {flags[:10]} are true or false; send numbers"
+                )
+        return value
+
     @field_validator("features")
     @classmethod
     def _known_features(cls, value: dict[str, float | None] | None) -> object:
         if value:
             _check_feature_names(list(value))
-            infinite = sorted(
-                name for name, x in value.items() if x is not None and math.isinf(x)
-            )
-            if infinite:
-                raise ValueError(
-                    f"feature(s) {infinite} are not finite; send finite numbers, "
-                    "or null for a missing value"
-                )
+            problems = [
+                problem
+                for name, x in value.items()
+                if x is not None and (problem := value_problem(name, x)) is not None
+            ]
+            if problems:
+                raise ValueError("; ".join(problems[:10]))
         return value
 
 

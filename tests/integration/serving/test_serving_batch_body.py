@@ -131,7 +131,58 @@ def test_infinite_row_value_is_422(secured: LiveServer) -> None:
     )
     error = _detail(response)[0]
     assert error["loc"] == ["body", "rows", 1, 1]
-    assert error["msg"].startswith("bet_count=-inf for player_ids[1]")
+    assert error["msg"].startswith("bet_count=-inf is not finite")
+    assert "player_ids[1]" in error["msg"]
+
+
+@pytest.mark.parametrize(
+    ("body", "location", "message"),
+    [
+        (
+            b'{"player_ids": ["a", "b"], "features": {"avg_stake": [1, -4]}}',
+            ["body", "features", "avg_stake", 1],
+            "avg_stake=-4.0 is negative",
+        ),
+        (
+            b'{"player_ids": ["a"], "feature_names": ["late_night_share"], '
+            b'"rows": [[5]]}',
+            ["body", "rows", 0, 0],
+            "late_night_share=5.0 is above 1",
+        ),
+    ],
+)
+def test_impossible_batch_values_are_422(
+    secured: LiveServer, body: bytes, location: list[object], message: str
+) -> None:
+    response = httpx.post(
+        f"{secured.url}/v1/predict/batch",
+        headers={**HEADERS, "Content-Type": "application/json"},
+        content=body,
+    )
+    assert response.status_code == 422
+    error = _detail(response)[0]
+    assert error["loc"] == location
+    assert error["msg"].startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("features", "message"),
+    [
+        ({"avg_stake": -5}, "avg_stake=-5.0 is negative"),
+        ({"late_night_share": 7}, "late_night_share=7.0 is above 1"),
+        ({"avg_stake": True}, "are true or false"),
+    ],
+)
+def test_impossible_single_values_are_422(
+    secured: LiveServer, features: dict[str, object], message: str
+) -> None:
+    response = httpx.post(
+        f"{secured.url}/v1/predict",
+        headers=HEADERS,
+        json={"player_id": "a", "features": features},
+    )
+    assert response.status_code == 422
+    assert message in _detail(response)[0]["msg"]
 
 
 def test_single_infinite_value_is_422(secured: LiveServer) -> None:

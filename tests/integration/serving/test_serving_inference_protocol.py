@@ -89,3 +89,26 @@ def test_infer_unknown_input_is_422(secured: LiveServer) -> None:
     )
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["body", "inputs", 0, "name"]
+
+
+def test_infer_impossible_value_is_422(secured: LiveServer) -> None:
+    import httpx
+
+    response = httpx.post(
+        f"{secured.url}/v2/models/{secured.system.model_name}/infer",
+        headers=HEADERS,
+        json={
+            "inputs": [
+                {
+                    "name": "avg_stake",
+                    "shape": [2],
+                    "datatype": "FP64",
+                    "data": [3.0, -1.0],
+                }
+            ]
+        },
+    )
+    assert response.status_code == 422
+    error = response.json()["detail"][0]
+    assert error["loc"] == ["body", "inputs", 0, "data", 1]
+    assert error["msg"].startswith("avg_stake=-1.0 is negative")
