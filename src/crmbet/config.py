@@ -32,6 +32,9 @@ logger = logging.getLogger(__name__)
 #: with it are only as private as this public string, so it is for
 #: development and tests only.
 DEVELOPMENT_PSEUDONYM_KEY = "crmbet-development-key-do-not-use-in-production"
+#: Shortest pseudonymisation key accepted with CRMBET_PROFILE=production: the
+#: key is what keeps raw player ids from being guessed back from pseudonyms.
+MIN_PRODUCTION_KEY_BYTES = 32
 
 
 class InsecureKeyWarning(UserWarning):
@@ -84,7 +87,15 @@ class Settings(BaseSettings):
     def pseudonym_key_bytes(self) -> bytes:
         """Return the pseudonymisation key, warning when it is the development key."""
         if self.pseudonym_key is not None and self.pseudonym_key.get_secret_value():
-            return self.pseudonym_key.get_secret_value().encode()
+            key = self.pseudonym_key.get_secret_value().encode()
+            if self.profile == "production" and len(key) < MIN_PRODUCTION_KEY_BYTES:
+                raise ValueError(
+                    f"CRMBET_PSEUDONYM_KEY has {len(key)} bytes but "
+                    "CRMBET_PROFILE=production needs at least "
+                    f"{MIN_PRODUCTION_KEY_BYTES}: set it to a random secret, for "
+                    "example the output of 'openssl rand -hex 32'."
+                )
+            return key
         if self.profile == "production":
             raise ValueError(
                 "CRMBET_PSEUDONYM_KEY is missing but CRMBET_PROFILE=production: "

@@ -185,6 +185,13 @@ def test_csv_adapter_strict_mode_raises(tmp_path: Path, pseudonymizer) -> None:
         ingest(path, pseudonymizer=pseudonymizer, strict=True)
 
 
+def test_overflowing_amount_is_a_dead_letter(tmp_path: Path, pseudonymizer) -> None:
+    path = tmp_path / "tx.csv"
+    _raw(amount="1e308").write_csv(path)
+    with pytest.raises(EventValidationError, match="amount='1e308' is above 1e\\+12"):
+        ingest(path, pseudonymizer=pseudonymizer, strict=True)
+
+
 def test_parquet_adapter_reports_bad_types(tmp_path: Path, pseudonymizer) -> None:
     path = tmp_path / "tx.parquet"
     pl.DataFrame(
@@ -330,6 +337,14 @@ def test_production_profile_requires_key(tmp_path: Path) -> None:
         warnings.simplefilter("error")
         with pytest.raises(ValueError, match="CRMBET_PSEUDONYM_KEY is missing"):
             settings.pseudonym_key_bytes()
+
+
+def test_production_profile_rejects_a_short_key(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, pseudonym_key="abc", profile="production")
+    with pytest.raises(ValueError, match="has 3 bytes .* at least 32"):
+        settings.pseudonym_key_bytes()
+    long_key = Settings(home=tmp_path, pseudonym_key="k" * 32, profile="production")
+    assert long_key.pseudonym_key_bytes() == b"k" * 32
 
 
 def test_key_is_not_in_repr(tmp_path: Path) -> None:

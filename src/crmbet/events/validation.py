@@ -42,6 +42,11 @@ DEAD_LETTER_SCHEMA: dict[str, pl.DataType] = {
     "source": pl.String(),
 }
 
+#: Largest amount accepted. Squared stakes are summed into the player state,
+#: so amounts near 1e154 and above overflow to infinity; 1e12 is far above
+#: any real stake in any currency.
+MAX_AMOUNT = 1e12
+
 
 @dataclass(frozen=True)
 class ColumnMapping:
@@ -303,6 +308,13 @@ def normalize(
                 _raw_repr(name),
                 "not finite",
                 "send a finite amount",
+            ),
+            _message(
+                value.is_finite() & (value > MAX_AMOUNT),
+                name,
+                _raw_repr(name),
+                f"above {MAX_AMOUNT:.0e}",
+                "check the unit, because sums and squares of such amounts overflow",
             ),
         ]
         if required:
