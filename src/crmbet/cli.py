@@ -422,6 +422,15 @@ def predict(
         Path | None, typer.Option(help="Write batch predictions (Parquet or CSV).")
     ] = None,
     model: Annotated[str, typer.Option(help="Registry alias or version.")] = "champion",
+    format: Annotated[
+        str, typer.Option(help="With --input: auto, csv, parquet, jsonl or bustabit.")
+    ] = "auto",
+    mapping: Annotated[
+        str | None,
+        typer.Option(
+            help="With --input: JSON object mapping canonical fields to source columns."
+        ),
+    ] = None,
     source_ids: Annotated[
         bool,
         typer.Option(
@@ -433,6 +442,8 @@ def predict(
     ] = False,
 ) -> None:
     """Predict one player (by id and/or features) or every player of a file."""
+    from crmbet.events.pseudonym import PSEUDONYM_PATTERN
+    from crmbet.events.validation import ColumnMapping
     from crmbet.models.registry import ModelRegistry
     from crmbet.serving.predictor import SegmentPredictor
     from crmbet.training import RecordingPseudonymizer, pseudonymizer_from, read_source
@@ -445,7 +456,18 @@ def predict(
             if source_ids
             else None
         )
-        events = read_source(input, settings=settings, pseudonymizer=recorder).events
+        column_mapping = (
+            ColumnMapping(columns=_json_object(mapping, "--mapping"))
+            if mapping
+            else None
+        )
+        events = read_source(
+            input,
+            settings=settings,
+            source_format=format,  # type: ignore[arg-type]
+            mapping=column_mapping,
+            pseudonymizer=recorder,
+        ).events
         batch = predictor.predict_events(events)
         table = batch.to_polars()
         if recorder is not None:
@@ -470,7 +492,12 @@ def predict(
         from crmbet.features.store import EnterpriseFeatureStore, FeatureRequest
 
         store = EnterpriseFeatureStore.from_settings(settings)
-        pseudonym = pseudonymizer_from(settings).pseudonymize(player)
+        # A pseudonym copied from crmbet's own output is looked up as it is.
+        pseudonym = (
+            player
+            if PSEUDONYM_PATTERN.fullmatch(player)
+            else pseudonymizer_from(settings).pseudonymize(player)
+        )
         response = store.get_features_sync(FeatureRequest(pseudonym))
         stored = response.row(0)
         store.close()

@@ -83,6 +83,17 @@ def test_demo_generate_train_predict_segments_report(
     assert body["feature_source"] == "online store"
     assert body["model_version"] == "2"
 
+    # The pseudonym printed in outputs finds the same player.
+    pseudonym = Pseudonymizer(settings.pseudonym_key_bytes()).pseudonymize(
+        "player-000001"
+    )
+    by_pseudonym = runner.invoke(
+        app, ["predict", "--player", pseudonym, "--model", "2"]
+    )
+    assert by_pseudonym.exit_code == 0, by_pseudonym.output
+    assert json.loads(by_pseudonym.output)["feature_source"] == "online store"
+    assert json.loads(by_pseudonym.output)["segment"] == body["segment"]
+
     out = tmp_path / "predictions.csv"
     batch = runner.invoke(app, ["predict", "--input", str(data), "--out", str(out)])
     assert batch.exit_code == 0, batch.output
@@ -92,7 +103,16 @@ def test_demo_generate_train_predict_segments_report(
     with_ids = tmp_path / "predictions.parquet"
     batch = runner.invoke(
         app,
-        ["predict", "--input", str(data), "--out", str(with_ids), "--source-ids"],
+        [
+            "predict",
+            "--input",
+            str(data),
+            "--format",
+            "parquet",
+            "--out",
+            str(with_ids),
+            "--source-ids",
+        ],
     )
     assert batch.exit_code == 0, batch.output
     table = pl.read_parquet(with_ids)

@@ -8,6 +8,7 @@ key cannot recover or test guesses of the raw identifier.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable
 
 import polars as pl
@@ -15,6 +16,9 @@ import polars as pl
 #: Hex characters kept from the digest: 80 bits, so a collision among a
 #: billion players has a probability of about 4e-7 (birthday bound).
 PSEUDONYM_HEX_CHARS = 20
+
+#: What every pseudonym looks like: ``p_`` and 20 lowercase hex characters.
+PSEUDONYM_PATTERN = re.compile(rf"p_[0-9a-f]{{{PSEUDONYM_HEX_CHARS}}}")
 
 #: Block size of SHA-256 in bytes, which HMAC pads the key to (RFC 2104).
 _SHA256_BLOCK_BYTES = 64
