@@ -373,3 +373,25 @@ def test_mapping_to_missing_column_is_an_error() -> None:
         EventValidationError, match="player_id='customr' is mapped to a column"
     ):
         normalize(_raw(), ColumnMapping(columns={"player_id": "customr"}))
+
+
+def test_csv_rows_of_the_wrong_width_are_dead_letters(
+    tmp_path: Path, pseudonymizer
+) -> None:
+    path = tmp_path / "tx.csv"
+    _raw().write_csv(path)
+    header, good = path.read_text().splitlines()
+    width = len(header.split(","))
+    rows = [
+        good.replace(",", ",", 1),
+        good + ",extra",
+        ",".join(good.split(",")[:3]),
+        good.replace(str(GOOD_ROW["event_id"]), "e-last", 1),
+    ]
+    path.write_text("\n".join([header, *rows]) + "\n")
+    result = ingest(path, pseudonymizer=pseudonymizer)
+    assert result.events.height == 2
+    assert sorted(result.dead_letters["row"].to_list()) == [2, 3]
+    messages = [m for ms in result.dead_letters["errors"].to_list() for m in ms]
+    assert f"row 2 has {width + 1} fields but the header has {width}" in messages[0]
+    assert "row 3 has 3 fields" in messages[1]

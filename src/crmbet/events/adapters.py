@@ -7,6 +7,7 @@ checks, the same dead-letter handling and the same pseudonymisation.
 
 from __future__ import annotations
 
+import csv
 import gzip
 import logging
 from collections.abc import Iterator
@@ -130,13 +131,62 @@ def _csv_batches(path: Path, batch_size: int, separator: str) -> Iterator[pl.Dat
     )
     offset = 0
     while True:
-        batch = reader.slice(offset, batch_size).collect()
+        try:
+            batch = reader.slice(offset, batch_size).collect()
+        except pl.exceptions.ComputeError as error:
+            # A row with more or fewer fields than the header stops Polars'
+            # reader. Read the rest row by row so that such rows become dead
+            # letters and the others are processed.
+            logger.warning(
+                "%s: the CSV reader stopped after row %d (%s); reading the rest "
+                "row by row",
+                path.name,
+                offset,
+                str(error).splitlines()[0],
+            )
+            yield from _csv_batches_row_by_row(path, batch_size, separator, offset)
+            return
         if batch.height == 0:
             return
         yield batch
         offset += batch.height
         if batch.height < batch_size:
             return
+
+
+def _csv_batches_row_by_row(
+    path: Path, batch_size: int, separator: str, skip: int
+) -> Iterator[pl.DataFrame]:
+    """Read CSV rows after the first ``skip``, marking rows of the wrong width."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt", newline="", encoding="utf-8", errors="replace") as handle:
+        reader = csv.reader(handle, delimiter=separator)
+        header = next(reader, [])
+        rows: list[dict[str, str | None]] = []
+        for number, values in enumerate(reader, start=1):
+            if number <= skip:
+                continue
+            if len(values) != len(header):
+                rows.append(
+                    {
+                        "__json_error": f"row {number} has {len(values)} fields "
+                        f"but the header has {len(header)}",
+                        "__json_line": separator.join(values)[:2000],
+                        "__record_fix": "check that row's quoting and separators",
+                    }
+                )
+            else:
+                rows.append(
+                    {
+                        name: None if value in ("", "NA") else value
+                        for name, value in zip(header, values, strict=True)
+                    }
+                )
+            if len(rows) >= batch_size:
+                yield pl.DataFrame(rows, infer_schema_length=None)
+                rows = []
+    if rows:
+        yield pl.DataFrame(rows, infer_schema_length=None)
 
 
 def _parquet_batches(path: Path, batch_size: int) -> Iterator[pl.DataFrame]:
@@ -185,21 +235,27 @@ def _split_json_errors(
         return batch, pl.DataFrame(schema=DEAD_LETTER_SCHEMA)
     numbered = batch.with_row_index("row", offset=offset + 1)
     broken = numbered.filter(pl.col("__json_error").is_not_null())
+    json_message = pl.format(
+        "record={} is not a JSON object; {}",
+        pl.col("__json_error"),
+        pl.lit("fix the producer to write one JSON object per line"),
+    )
+    message = (
+        pl.when(pl.col("__record_fix").is_not_null())
+        .then(pl.format("{}; {}", pl.col("__json_error"), pl.col("__record_fix")))
+        .otherwise(json_message)
+        if "__record_fix" in broken.columns
+        else json_message
+    )
     dead = broken.select(
         pl.col("row").cast(pl.Int64),
-        pl.concat_list(
-            pl.format(
-                "record={} is not a JSON object; {}",
-                pl.col("__json_error"),
-                pl.lit("fix the producer to write one JSON object per line"),
-            )
-        ).alias("errors"),
+        pl.concat_list(message).alias("errors"),
         pl.col("__json_line").alias("record"),
         pl.lit(source).alias("source"),
     )
     good = (
         numbered.filter(pl.col("__json_error").is_null())
-        .drop("__json_error", "__json_line", strict=False)
+        .drop("__json_error", "__json_line", "__record_fix", strict=False)
         .rename({"row": SOURCE_ROW_COLUMN})
     )
     return good, dead.cast(DEAD_LETTER_SCHEMA)
