@@ -148,7 +148,7 @@ def test_mapping_renames_columns_and_translates_types() -> None:
 def test_mapping_reports_missing_required_column() -> None:
     raw = pl.DataFrame({"event_id": ["1"], "player_id": ["a"], "ts": ["2024-01-01"]})
     with pytest.raises(
-        EventValidationError, match="event_type=.*missing from the input"
+        EventValidationError, match="event_type=None is missing: the input has no"
     ):
         normalize(raw)
 
@@ -395,3 +395,12 @@ def test_csv_rows_of_the_wrong_width_are_dead_letters(
     messages = [m for ms in result.dead_letters["errors"].to_list() for m in ms]
     assert f"row 2 has {width + 1} fields but the header has {width}" in messages[0]
     assert "row 3 has 3 fields" in messages[1]
+
+
+def test_missing_column_names_the_column_and_the_separator(tmp_path: Path) -> None:
+    raw = pl.DataFrame({"event_id;player_id;ts": ["1;a;2024-01-01T00:00:00Z"]})
+    with pytest.raises(EventValidationError) as caught:
+        normalize(raw)
+    message = str(caught.value)
+    assert "event_type=None is missing: the input has no column 'event_type'" in message
+    assert "separated by ';'" in message

@@ -199,15 +199,23 @@ def _apply_mapping(raw: pl.DataFrame, mapping: ColumnMapping) -> pl.DataFrame:
     missing_required = [name for name in REQUIRED_FIELDS if name not in frame.columns]
     if missing_required:
         sources = {name: mapping.source_column(name) for name in missing_required}
+        hint = ""
+        if len(raw.columns) == 1:
+            found = [mark for mark in ";|\t" if mark in raw.columns[0]]
+            if found:
+                hint = (
+                    f"; the header looks separated by {found[0]!r}, but crmbet "
+                    "reads commas (tabs in .tsv files)"
+                )
         raise EventValidationError(
             [
                 FieldError(
                     None,
                     name,
-                    source,
-                    "missing from the input columns",
+                    None,
+                    f"missing: the input has no column '{source}'",
                     f"add a column '{source}' or map '{name}' to an existing column "
-                    f"(available: {raw.columns})",
+                    f"(available: {raw.columns}){hint}",
                 )
                 for name, source in sources.items()
             ]
