@@ -448,6 +448,12 @@ def predict(
     from crmbet.serving.predictor import SegmentPredictor
     from crmbet.training import RecordingPseudonymizer, pseudonymizer_from, read_source
 
+    if out is not None and out.suffix not in (".csv", ".parquet"):
+        raise typer.BadParameter(
+            f"--out {out} has the suffix {out.suffix!r}; name a .csv or .parquet file"
+        )
+    if input is None and (source_ids or out is not None):
+        raise typer.BadParameter("--out and --source-ids need --input")
     settings = get_settings()
     predictor = SegmentPredictor.from_registry(ModelRegistry(settings), model)
     if input is not None:
@@ -481,6 +487,9 @@ def predict(
                 table.write_csv(out)
             else:
                 table.write_parquet(out)
+            if source_ids:
+                # The file identifies players, like the source data.
+                out.chmod(0o600)
             console.print(f"wrote {table.height:,} predictions to {out}")
         console.print(table.group_by("segment").len().sort("len", descending=True))
         return

@@ -176,6 +176,8 @@ def test_csv_adapter_sends_bad_rows_to_dead_letters(
         for line in (tmp_path / "dead.jsonl").read_bytes().splitlines()
     ]
     assert "amount='abc' is not a number" in written[0]["errors"][0]
+    # Dead letters hold raw player ids: only the owner may read them.
+    assert (tmp_path / "dead.jsonl").stat().st_mode & 0o777 == 0o600
 
 
 def test_csv_adapter_strict_mode_raises(tmp_path: Path, pseudonymizer) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import gzip
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
@@ -387,7 +388,10 @@ def write_dead_letters(dead_letters: pl.DataFrame, path: str | Path) -> Path:
     """Append dead letters to a JSON-lines file and return its path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("ab") as handle:
+    # Dead letters keep the raw record, raw player id included, so only the
+    # owner may read them.
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(descriptor, "ab") as handle:
         for row in dead_letters.iter_rows(named=True):
             handle.write(orjson.dumps(row) + b"\n")
     logger.warning("wrote %d dead letters to %s", dead_letters.height, path)

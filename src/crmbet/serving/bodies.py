@@ -80,10 +80,20 @@ def parse_json_body(model: type[Model], body: bytes) -> Model:
         raise RequestValidationError(errors) from None
 
 
+#: Longest string echoed back in a 422 error; a longer input is cut there.
+MAX_ECHOED_CHARS = 200
+
+
 def _json_safe(value: object) -> object:
-    """Return ``value`` with infinite and NaN floats as strings, which JSON lacks."""
+    """Return ``value`` fit for a 422 body: finite floats, strings cut short.
+
+    JSON has no infinite or NaN floats, so those become strings, and a long
+    string (a 1 MB player id, say) is cut to ``MAX_ECHOED_CHARS``.
+    """
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)
+    if isinstance(value, str) and len(value) > MAX_ECHOED_CHARS:
+        return value[:MAX_ECHOED_CHARS] + "..."
     if isinstance(value, dict):
         return {key: _json_safe(item) for key, item in value.items()}
     if isinstance(value, list | tuple):

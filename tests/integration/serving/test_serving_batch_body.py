@@ -272,3 +272,14 @@ def test_openapi_lists_rows_layout(secured: LiveServer) -> None:
         properties
     )
     assert "feature_names" in properties["rows"]["description"]
+
+
+def test_overlong_player_id_is_not_echoed_in_full(secured: LiveServer) -> None:
+    response = httpx.post(
+        f"{secured.url}/v1/predict",
+        headers=HEADERS,
+        json={"player_id": "x" * 20_000},
+    )
+    assert response.status_code == 422
+    assert len(response.content) < 2_000
+    assert _detail(response)[0]["loc"] == ["body", "player_id"]
