@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 
 # Polars allocates with jemalloc, which keeps freed pages for seconds before
 # returning them. A batch job frees and reallocates gigabytes within that
-# time, so its peak resident memory counted the freed pages too: the main job
+# time, so its peak resident memory counted the freed pages too. The main job
 # on 10 million events peaked at 4.98 GiB with a 10 s decay and at 3.76 GiB
 # with this setting, in the same time (benchmarks/run.py training). jemalloc
 # reads it when Polars is first imported, so it takes effect only if crmbet

@@ -1,9 +1,10 @@
 """Range checks on feature values, shared by every prediction interface.
 
 The Python predictor, the HTTP bodies and the Open Inference Protocol apply
-the same rules, so a value rejected in one is rejected in all: values must
-be finite, at least 0 unless the feature can be negative, and at most 1 for
-shares and rates. NaN (or null in JSON) marks a missing value and passes.
+the same rules, so a value rejected in one is rejected in all. Values must
+be finite and at least 0 unless the feature can be negative. Shares and
+rates must be at most 1. NaN (or null in JSON) marks a missing value and
+passes.
 """
 
 from __future__ import annotations
