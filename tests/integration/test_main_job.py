@@ -110,6 +110,27 @@ def test_predict_every_player(trained: tuple[TrainingResult, Settings]) -> None:
     assert table.height == 4_147
     assert table["segment"].n_unique() == 8
     assert (table["confidence"].is_between(0, 1)).all()
+    # The file a CRM receives carries the campaigns to offer and why a player
+    # gets no promotion.
+    promotions = {
+        c.id
+        for profile in result.model.profiles
+        for c in profile.campaigns
+        if c.promotion
+    }
+    flagged = table.filter(pl.col("responsible_gambling_flag"))
+    assert flagged.height > 0
+    assert (flagged["responsible_gambling_reasons"] != "").all()
+    for offered in flagged["campaigns"].to_list():
+        assert not promotions & set(offered.split(","))
+    unflagged = table.filter(~pl.col("responsible_gambling_flag"))
+    assert (unflagged["responsible_gambling_reasons"] == "").all()
+    expected = {
+        profile.name: ",".join(c.id for c in profile.campaigns)
+        for profile in result.model.profiles
+    }
+    first = unflagged.row(0, named=True)
+    assert first["campaigns"] == expected[first["segment"]]
 
 
 @pytest.mark.slow

@@ -22,7 +22,13 @@ from crmbet.features.definitions import FEATURES, compute_features
 from crmbet.features.state import fold
 from crmbet.models.bundle import SegmentModel
 from crmbet.models.profiles import SAFER_GAMBLING_CAMPAIGNS, Campaign
-from crmbet.models.risk import RISK_FEATURES, RiskScores, score_risk, withheld_note
+from crmbet.models.risk import (
+    MISSING_MARKERS_REASON,
+    RISK_FEATURES,
+    RiskScores,
+    score_risk,
+    withheld_note,
+)
 from crmbet.serving.value_checks import value_problem
 
 logger = logging.getLogger(__name__)
@@ -89,22 +95,61 @@ class BatchPrediction:
         return [names[label] for label in self.cluster_ids]
 
     def to_polars(self) -> pl.DataFrame:
-        """Return one row per player with segment, confidence and risk scores."""
-        names = np.array(
-            [profile.name for profile in self.model.profiles], dtype=object
+        """Return one row per player with segment, confidence, risk and campaigns.
+
+        ``campaigns`` lists the ids of the campaigns to offer, comma-separated,
+        without promotions for flagged players, and
+        ``responsible_gambling_reasons`` the reasons a player is flagged.
+        """
+        profiles = self.model.profiles
+        names = np.array([profile.name for profile in profiles], dtype=object)
+        offered = np.array(
+            [",".join(c.id for c in profile.campaigns) for profile in profiles],
+            dtype=object,
         )
+        safe = [c.id for c in SAFER_GAMBLING_CAMPAIGNS]
+        withheld = np.array(
+            [
+                ",".join([c.id for c in p.campaigns if not c.promotion] + safe)
+                for p in profiles
+            ],
+            dtype=object,
+        )
+        flagged = np.asarray(self.risk.harm_flag, dtype=bool)
         data: dict[str, object] = {
             "cluster_id": self.cluster_ids,
             "segment": names[self.cluster_ids].tolist(),
             "confidence": self.confidence,
             "harm_score": self.risk.harm_score,
-            "responsible_gambling_flag": self.risk.harm_flag,
+            "responsible_gambling_flag": flagged,
             "churn_risk": self.risk.churn_risk,
             "bonus_abuse_risk": self.risk.bonus_abuse_risk,
+            "campaigns": np.where(
+                flagged, withheld[self.cluster_ids], offered[self.cluster_ids]
+            ).tolist(),
         }
         if self.player_ids is not None:
             data = {"player_id": self.player_ids, **data}
-        return pl.DataFrame(data)
+        reasons = {
+            name: flagged & (np.asarray(values) >= 1.0)
+            for name, values in self.risk.markers.items()
+        }
+        if self.risk.markers_unknown is not None:
+            reasons[MISSING_MARKERS_REASON] = flagged & self.risk.markers_unknown
+        # Flagged by the mean of the markers with none at full intensity.
+        named = np.zeros_like(flagged)
+        for mask in reasons.values():
+            named |= mask
+        reasons["combined_harm_score"] = flagged & ~named
+        marks = pl.DataFrame(reasons)
+        joined = marks.select(
+            pl.concat_str(
+                [pl.when(pl.col(name)).then(pl.lit(name)) for name in reasons],
+                separator=",",
+                ignore_nulls=True,
+            ).alias("responsible_gambling_reasons")
+        )
+        return pl.concat([pl.DataFrame(data), joined], how="horizontal")
 
     def item(self, index: int) -> Prediction:
         """Return the full prediction of one player of the batch."""
