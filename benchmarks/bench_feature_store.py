@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -33,7 +31,6 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import redis
 
 from crmbet.events.adapters import bundled_bustabit_path, ingest
 from crmbet.events.pseudonym import Pseudonymizer
@@ -46,6 +43,7 @@ from crmbet.features.store import (
     FeatureRequest,
     compute_matrix,
 )
+from services import start_redis
 
 BENCHMARK = "feature-store"
 FEAST_PEER = Path(__file__).with_name("feast_peer.py")
@@ -102,49 +100,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="Small run: 20,000 players and 20,000 requests.",
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _start_redis(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not installed; apt-get install redis-server")
-    port = _free_port()
-    process = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(folder),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    client = redis.Redis(port=port)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                process.kill()
-                raise
-            time.sleep(0.05)
-    client.close()
-    return process, port
 
 
 def _player_states(players: int) -> pl.DataFrame:
@@ -244,7 +199,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         args.batches, args.feast_requests = 3, 1000
     with tempfile.TemporaryDirectory() as folder_name:
         folder = Path(folder_name)
-        process, port = _start_redis(folder)
+        process, port = start_redis()
         try:
             return _measure(args, port, folder)
         finally:

