@@ -283,8 +283,8 @@ def _produce_paced(
 
     from crmbet.streaming.kafka import producer_settings
 
-    # The product's producer settings, 5 ms linger included: with 1 ms the
-    # broker received ten times as many produce requests, and its backlog
+    # The product's producer settings, 5 ms linger included. With 1 ms the
+    # broker received ten times as many produce requests. Its backlog then
     # raised the produce-to-consume p99 of a bare consumer from 62 ms to
     # 535 ms on the 2-core machine.
     producer = Producer(producer_settings(bootstrap))

@@ -77,8 +77,8 @@ def pseudonymizer_from(settings: Settings) -> Pseudonymizer:
 class RecordingPseudonymizer(Pseudonymizer):
     """A pseudonymizer that keeps every raw id it maps, for results sent back.
 
-    Batch predictions go back to the operator's CRM, which knows its players
-    by their raw ids. :meth:`id_table` gives the pairs seen so far, so those
+    Batch predictions go back to the operator's CRM, which identifies its
+    players by their raw ids. :meth:`id_table` gives the pairs seen so far, so those
     results can carry the raw id next to the pseudonym; nothing else keeps it.
     """
 

@@ -23,7 +23,7 @@ def orchestrator(tmp_path_factory: pytest.TempPathFactory) -> object:
     return orchestrator
 
 
-def test_predict_echoes_the_raw_id_and_returns_the_pseudonym(
+def test_predict_returns_raw_id_and_pseudonym(
     orchestrator: EnterprisePipelineOrchestrator, settings: Settings
 ) -> None:
     result = asyncio.run(orchestrator.predict(player_id="player-000007"))
@@ -48,7 +48,7 @@ def test_user_id_is_accepted_for_player_id(
     assert batch[0]["prediction"]["segment"] == by_player["prediction"]["segment"]
 
 
-def test_a_request_without_a_player_id_names_the_field(
+def test_batch_predict_names_missing_player_id(
     orchestrator: EnterprisePipelineOrchestrator,
 ) -> None:
     with pytest.raises(ValueError, match="player_id is missing in request 1"):

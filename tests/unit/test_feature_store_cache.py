@@ -136,7 +136,7 @@ def test_second_hit_promotes_from_probation() -> None:
     cache = L1Cache(max_size=100, ttl_seconds=60)
     for player in ["a", "b", "c"]:
         cache.put(player, _entry())
-    # The window holds one entry, so "a" and "b" went on to probation.
+    # The window has room for one entry, so "a" and "b" went on to probation.
     assert cache.get("a") is not None
     for i in range(200):
         _request(cache, f"once-{i}")

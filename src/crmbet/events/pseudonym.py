@@ -17,7 +17,7 @@ import polars as pl
 #: billion players has a probability of about 4e-7 (birthday bound).
 PSEUDONYM_HEX_CHARS = 20
 
-#: What every pseudonym looks like: ``p_`` and 20 lowercase hex characters.
+#: Pattern of every pseudonym: ``p_`` and 20 lowercase hex characters.
 PSEUDONYM_PATTERN = re.compile(rf"p_[0-9a-f]{{{PSEUDONYM_HEX_CHARS}}}")
 
 #: Block size of SHA-256 in bytes, which HMAC pads the key to (RFC 2104).

@@ -75,7 +75,7 @@ ROW_LENGTH = 2 + N_FIELDS + N_FEATURES
 VECTOR_LAYOUT = float(3000 + N_FEATURES)
 VECTOR_LENGTH = 3 + N_FEATURES
 WRITE_CHUNK = 2000
-#: Keys per MGET of a pipelined read; Redis answers one chunk while the
+#: Keys per MGET of a pipelined read. Redis serves one chunk while the
 #: client builds the next command or parses the previous reply.
 READ_CHUNK = 1000
 MARK_SEPARATOR = "\x1f"
@@ -199,7 +199,8 @@ class RedisOnlineStore:
         sent as soon as ``commands`` yields it, before any reply is read, so
         Redis works on one command while this thread builds the next. The
         caller wraps the call in :meth:`_guard`. Any failure drops the
-        connection, so a reply left unread cannot answer a later command.
+        connection, so a reply left unread is never read as the reply to a
+        later command.
         """
         pending = iter(commands)
         packed: list[bytes] = []

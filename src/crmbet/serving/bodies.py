@@ -80,7 +80,8 @@ def parse_json_body(model: type[Model], body: bytes) -> Model:
         raise RequestValidationError(errors) from None
 
 
-#: Longest string echoed back in a 422 error; a longer input is cut there.
+#: Maximum length of a string echoed back in a 422 error. A longer input is
+#: cut at this length.
 MAX_ECHOED_CHARS = 200
 
 

@@ -4,10 +4,11 @@
 build a Polars query of about 150 expressions per call. On a micro-batch of
 a few hundred events that planning costs far more than the arithmetic, so
 the stream folds and merges with the NumPy functions here instead. They
-compute the same fields with the same rules (a test checks them against the
-Polars functions to 1e-9), on a :class:`StateMatrix`: one float64 row per
-player in the column order of :data:`~crmbet.features.state.STATE_FIELDS`,
-with NaN where the Polars table has a null. That is also the layout of a
+compute the same fields with the same rules, and a test checks them against
+the Polars functions to 1e-9. They work on a :class:`StateMatrix`, which has
+one float64 row per player in the column order of
+:data:`~crmbet.features.state.STATE_FIELDS` and NaN where the Polars table
+has a null. That is also the layout of a
 state in Redis, so states go from Redis to the merge and back without a
 table in between.
 """
@@ -261,7 +262,7 @@ _DECAY_INDEX = {
 def merge_states(stored: StateMatrix, batch: StateMatrix) -> StateMatrix:
     """Merge the states of a batch into the stored states of the same players.
 
-    ``stored`` holds some of the players of ``batch`` (those seen before),
+    ``stored`` contains some of the players of ``batch`` (those seen before),
     in any order. Returns one row per player of ``batch``, in its order,
     with the rules of :func:`crmbet.features.state.merge`.
     """

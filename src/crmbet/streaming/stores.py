@@ -330,10 +330,11 @@ return {1, '', ''}
 """
 
 # The read script takes the segments hash as its key, the state key prefix
-# and the player ids as one JSON list. It returns three strings: a mask with
-# '1' for each player that has a stored state and '0' for each that has
-# none, the found states concatenated in that order, and the players'
-# segments as a JSON list with false for a player without one. It replaces
+# and the player ids as one JSON list. It returns three strings. The first
+# is a mask with '1' for each player that has a stored state and '0' for
+# each that has none. The second is the found states concatenated in that
+# order, and the third the players' segments as a JSON list, with false for
+# a player without one. It replaces
 # an MGET and an HMGET with one key or field argument per player.
 _READ_SCRIPT = """
 local players = cjson.decode(ARGV[2])
