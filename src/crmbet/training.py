@@ -78,29 +78,24 @@ class RecordingPseudonymizer(Pseudonymizer):
     """A pseudonymizer that keeps every raw id it maps, for results sent back.
 
     Batch predictions go back to the operator's CRM, which identifies its
-    players by their raw ids. :meth:`id_table` gives the pairs seen so far, so those
-    results can carry the raw id next to the pseudonym; nothing else keeps it.
+    players by their raw ids. :meth:`id_table` returns the pairs seen so far,
+    so those results can carry the raw id next to the pseudonym. Nothing else
+    keeps the raw id.
     """
 
     def __init__(self, key: bytes) -> None:
         super().__init__(key)
         self._tables: list[pl.DataFrame] = []
 
-    def pseudonymize_column(
-        self, frame: pl.DataFrame, column: str = "player_id"
-    ) -> pl.DataFrame:
-        raw = frame.get_column(column).unique() if frame.height else None
-        result = super().pseudonymize_column(frame, column)
-        if raw is not None:
-            self._tables.append(
-                pl.DataFrame(
-                    {
-                        "source_player_id": raw.cast(pl.String),
-                        "player_id": [self.pseudonymize(r) for r in raw.to_list()],
-                    }
-                )
+    def lookup_table(self, raw_ids: pl.Series) -> pl.DataFrame:
+        table = super().lookup_table(raw_ids)
+        self._tables.append(
+            table.select(
+                pl.col("raw_id").cast(pl.String).alias("source_player_id"),
+                pl.col("pseudonym").alias("player_id"),
             )
-        return result
+        )
+        return table
 
     def id_table(self) -> pl.DataFrame:
         """Return ``source_player_id`` and ``player_id`` of every id mapped."""

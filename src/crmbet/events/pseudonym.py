@@ -85,13 +85,16 @@ class Pseudonymizer:
         if frame.height == 0:
             return frame
         unique = frame.get_column(column).unique()
-        lookup = pl.DataFrame(
-            {
-                column: unique,
-                "__pseudonym": self.pseudonymize_many(unique.to_list()),
-            }
+        lookup = self.lookup_table(unique).rename(
+            {"raw_id": column, "pseudonym": "__pseudonym"}
         )
         joined = frame.join(lookup, on=column, how="left", maintain_order="left")
         return joined.with_columns(pl.col("__pseudonym").alias(column)).drop(
             "__pseudonym"
+        )
+
+    def lookup_table(self, raw_ids: pl.Series) -> pl.DataFrame:
+        """Return ``raw_id`` and ``pseudonym`` columns for distinct raw ids."""
+        return pl.DataFrame(
+            {"raw_id": raw_ids, "pseudonym": self.pseudonymize_many(raw_ids.to_list())}
         )
