@@ -27,6 +27,24 @@ os.environ.setdefault(
     "_RJEM_MALLOC_CONF", "background_thread:true,dirty_decay_ms:200,muzzy_decay_ms:0"
 )
 
+# MLflow logs its database migrations at INFO and draws a progress bar for
+# every artifact download, from whichever module imports it first; crmbet
+# reports registration and loading itself. Values in the environment win.
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+# MLflow decides at import whether to start its usage telemetry, and any
+# crmbet module may be the first to import it, so the opt-out is set here:
+# telemetry stays off unless CRMBET_MLFLOW_ENABLE_TELEMETRY turns it on.
+if os.environ.get("CRMBET_MLFLOW_ENABLE_TELEMETRY", "").strip().lower() not in {
+    "1",
+    "true",
+    "yes",
+    "on",
+}:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "true")
+
 _EXPORTS = {
     "PipelineConfig": "crmbet.pipeline",
     "ClusterConfig": "crmbet.pipeline",

@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,7 +30,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from crmbet.config import get_settings
+from crmbet.config import InsecureKeyWarning, get_settings
 
 app = typer.Typer(
     name="crmbet",
@@ -76,6 +77,35 @@ def _configure(
     )
     for noisy in ("mlflow", "alembic", "urllib3", "matplotlib", "skl2onnx", "numba"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    _log_key_warning()
+
+
+def _log_key_warning() -> None:
+    """Log the development-key warning once, like any other message.
+
+    Python would print it with a line of crmbet's source; other warnings
+    keep the handler that was in place.
+    """
+    warnings.simplefilter("once", InsecureKeyWarning)
+    previous = warnings.showwarning
+    if getattr(previous, "crmbet_logs_key_warning", False):
+        return
+
+    def show(  # noqa: PLR0913 - the signature warnings.showwarning calls
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: Any = None,
+        line: str | None = None,
+    ) -> None:
+        if issubclass(category, InsecureKeyWarning):
+            logging.getLogger("crmbet.config").warning("%s", message)
+            return
+        previous(message, category, filename, lineno, file, line)
+
+    show.crmbet_logs_key_warning = True  # type: ignore[attr-defined]
+    warnings.showwarning = show
 
 
 @contextmanager

@@ -23,7 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 logger = logging.getLogger(__name__)
@@ -35,6 +35,14 @@ DEVELOPMENT_PSEUDONYM_KEY = "crmbet-development-key-do-not-use-in-production"
 #: Shortest pseudonymisation key accepted with CRMBET_PROFILE=production: the
 #: key is what keeps raw player ids from being guessed back from pseudonyms.
 MIN_PRODUCTION_KEY_BYTES = 32
+
+
+#: Values ``CRMBET_LOG_LEVEL`` accepts, in either case.
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class SettingsError(ValueError):
+    """Raised when a ``CRMBET_*`` variable holds a value crmbet cannot use."""
 
 
 class InsecureKeyWarning(UserWarning):
@@ -71,6 +79,14 @@ class Settings(BaseSettings):
     )
     kafka_bootstrap_servers: str | None = None
     log_level: str = "INFO"
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_log_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"use one of {', '.join(LOG_LEVELS)}")
+        return level
 
     @property
     def registry_uri(self) -> str:
@@ -112,8 +128,29 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """Return the process-wide settings, read once from the environment."""
-    return Settings()
+    """Return the process-wide settings, read once from the environment.
+
+    Raises :class:`SettingsError` naming each variable, its value and the
+    values it accepts, instead of pydantic's report on model fields.
+    """
+    try:
+        return Settings()
+    except ValidationError as error:
+        raise SettingsError(_describe(error)) from None
+
+
+def _describe(error: ValidationError) -> str:
+    problems = []
+    for item in error.errors():
+        field = str(item["loc"][0]) if item["loc"] else "?"
+        variable = f"CRMBET_{field.upper()}"
+        value = "<hidden>" if field in _SECRET_FIELDS else repr(item.get("input"))
+        reason = str(item["msg"]).removeprefix("Value error, ")
+        problems.append(f"{variable}={value}: {reason}")
+    return "invalid setting: " + "; ".join(problems) + "; fix or unset the variable"
+
+
+_SECRET_FIELDS = {"pseudonym_key", "redis_url"}
 
 
 def configure_mlflow_environment(settings: Settings) -> None:

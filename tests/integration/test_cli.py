@@ -48,6 +48,9 @@ def test_demo_generate_train_predict_segments_report(
     demo = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo.html")])
     assert demo.exit_code == 0, demo.output
     assert "Night Owl" in demo.output
+    # MLflow's own prints and download bars stay out of the command's output.
+    for noise in ("Successfully registered model", "Downloading artifacts"):
+        assert noise not in demo.output
     assert (tmp_path / "demo.html").stat().st_size > 10_000
 
     data = tmp_path / "synthetic.parquet"

@@ -52,17 +52,34 @@ _lock = threading.Lock()
 #: logging a model; the bundle passes an explicit signature instead.
 _MLFLOW_ADVICE = (
     ".*Any type hint is inferred",
-    ".*type hints to the `predict`",
     ".*input example was not provided",
 )
 
 
+class _DropPickleAdvice(logging.Filter):
+    """Drop MLflow's advice against pickled models: the bundle is one by design.
+
+    The pickle is crmbet's own :class:`SegmentModel`, written and read by the
+    same package version; loading any MLflow model runs its code, so models
+    must come from a registry the operator controls (see the README).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "python_model" not in record.getMessage()
+
+
 @contextmanager
 def _quiet_mlflow() -> Iterator[None]:
-    with warnings.catch_warnings():
-        for message in _MLFLOW_ADVICE:
-            warnings.filterwarnings("ignore", message=message)
-        yield
+    pyfunc_logger = logging.getLogger("mlflow.pyfunc")
+    drop = _DropPickleAdvice()  # one per use, so nested uses stay filtered
+    pyfunc_logger.addFilter(drop)
+    try:
+        with warnings.catch_warnings():
+            for message in _MLFLOW_ADVICE:
+                warnings.filterwarnings("ignore", message=message)
+            yield
+    finally:
+        pyfunc_logger.removeFilter(drop)
 
 
 def _import_pyfunc() -> Any:
@@ -72,32 +89,45 @@ def _import_pyfunc() -> Any:
 
 
 def _pyfunc_class() -> type:
+    import pandas as pd
+
     mlflow_pyfunc = _import_pyfunc()
 
-    class SegmentPyfunc(mlflow_pyfunc.PythonModel):
-        """MLflow pyfunc wrapper: features in, segment id, name and confidence out."""
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN202
+        frame = pd.DataFrame(model_input)
+        for name in self.model.feature_names:
+            if name not in frame.columns:
+                frame[name] = float("nan")
+        labels, confidence, _ = self.model.assign(
+            frame[self.model.feature_names].to_numpy(dtype="float64")
+        )
+        names = [self.model.profiles[label].name for label in labels]
+        return pd.DataFrame(
+            {"cluster_id": labels, "segment": names, "confidence": confidence}
+        )
 
-        def load_context(self, context: Any) -> None:
-            self.model: SegmentModel = joblib.load(context.artifacts["bundle"])
+    # A DataFrame hint tells MLflow 3 that no schema is inferred from it (the
+    # bundle passes an explicit signature); without a hint MLflow prints
+    # advice on every class definition, under a filter of its own that a
+    # caller's warning filters cannot silence. The hint is set as an object
+    # because this module's annotations are strings.
+    predict.__annotations__ = {"model_input": pd.DataFrame}
 
-        # Left without type hints on purpose: MLflow 3 infers a data schema
-        # from hints on predict() and warns about Any.
-        def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN202
-            import pandas as pd
+    def load_context(self, context: Any) -> None:  # noqa: ANN001
+        self.model = joblib.load(context.artifacts["bundle"])
 
-            frame = pd.DataFrame(model_input)
-            for name in self.model.feature_names:
-                if name not in frame.columns:
-                    frame[name] = float("nan")
-            labels, confidence, _ = self.model.assign(
-                frame[self.model.feature_names].to_numpy(dtype="float64")
-            )
-            names = [self.model.profiles[label].name for label in labels]
-            return pd.DataFrame(
-                {"cluster_id": labels, "segment": names, "confidence": confidence}
-            )
-
-    return SegmentPyfunc
+    return type(
+        "SegmentPyfunc",
+        (mlflow_pyfunc.PythonModel,),
+        {
+            "__doc__": "MLflow pyfunc wrapper: features in, segment id, name "
+            "and confidence out.",
+            "__module__": __name__,
+            "__qualname__": "SegmentPyfunc",
+            "load_context": load_context,
+            "predict": predict,
+        },
+    )
 
 
 def _signature(model: SegmentModel) -> Any:
@@ -210,12 +240,11 @@ class ModelRegistry:
                         python_model=_pyfunc_class()(),
                         artifacts=artifacts,
                         pip_requirements=PIP_REQUIREMENTS,
-                        registered_model_name=self.model_name,
                         signature=_signature(model),
                     )
                 run_id = run.info.run_id
-        version = str(info.registered_model_version)
         client = self.client
+        version = self._create_version(client, info, run_id)
         client.set_model_version_tag(self.model_name, version, "run_id", run_id)
         client.set_model_version_tag(
             self.model_name,
@@ -236,6 +265,27 @@ class ModelRegistry:
             "registered %s version %s (run %s)", self.model_name, version, run_id
         )
         return version
+
+    def _create_version(self, client: Any, info: Any, run_id: str) -> str:
+        """Register the logged model as a new version, creating the name once.
+
+        Done through the client rather than ``log_model``'s
+        ``registered_model_name``, which prints to stderr on every call.
+        """
+        from mlflow.exceptions import MlflowException
+
+        try:
+            client.create_registered_model(self.model_name)
+        except MlflowException as error:
+            if error.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+                raise
+        created = client.create_model_version(
+            name=self.model_name,
+            source=info.model_uri,
+            run_id=run_id,
+            model_id=info.model_id,
+        )
+        return str(created.version)
 
     @staticmethod
     def _schema(model: SegmentModel) -> dict[str, object]:
