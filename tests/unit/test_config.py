@@ -80,3 +80,18 @@ def test_telemetry_stays_on_when_the_operator_enables_it() -> None:
     assert seen["MLFLOW_DISABLE_TELEMETRY"] is None
     assert seen["DO_NOT_TRACK"] is None
     assert seen["MLFLOW_LOGGING_LEVEL"] == "INFO"
+
+
+@pytest.mark.parametrize(
+    ("uri", "shown"),
+    [
+        ("https://user:pw@mlflow.example:5000/x", "https://***@mlflow.example:5000/x"),
+        ("postgresql://u@db/mlflow", "postgresql://***@db/mlflow"),
+        ("sqlite:////srv/crmbet/mlflow.db", "sqlite:////srv/crmbet/mlflow.db"),
+        ("databricks", "databricks"),
+    ],
+)
+def test_registry_uri_is_shown_without_credentials(uri: str, shown: str) -> None:
+    from crmbet.models.registry import redact_uri
+
+    assert redact_uri(uri) == shown

@@ -68,6 +68,17 @@ class _DropPickleAdvice(logging.Filter):
         return "python_model" not in record.getMessage()
 
 
+def redact_uri(uri: str) -> str:
+    """Return ``uri`` without the user name and password it may carry."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return uri
+    location, slash, path = rest.partition("/")
+    if "@" in location:
+        location = "***@" + location.rsplit("@", 1)[1]
+    return f"{scheme}{sep}{location}{slash}{path}"
+
+
 @contextmanager
 def _quiet_mlflow() -> Iterator[None]:
     pyfunc_logger = logging.getLogger("mlflow.pyfunc")
@@ -356,9 +367,20 @@ class ModelRegistry:
             )
         except MlflowException as error:
             shutil.rmtree(staging, ignore_errors=True)
+            # The registry's location and MLflow's message stay in the log:
+            # this error reaches HTTP clients, who must not learn file paths
+            # or server addresses.
+            logger.debug(
+                "cannot download version %s of %s from %s: %s",
+                version,
+                self.model_name,
+                redact_uri(self.settings.registry_uri),
+                error,
+            )
             raise ModelNotFoundError(
-                f"version {version} of model {self.model_name!r} not found in "
-                f"{self.settings.registry_uri}: {error}"
+                f"version {version} of model {self.model_name!r} is not in the "
+                "registry; 'crmbet segments' shows the champion, 'crmbet train' "
+                "registers a new version"
             ) from error
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(target, ignore_errors=True)

@@ -160,6 +160,11 @@ def test_canary_unknown_version_is_404(secured: LiveServer) -> None:
         timeout=60,
     )
     assert response.status_code == 404
+    detail = response.json()["detail"]
+    assert "version 999" in detail
+    # Where the registry lives is the operator's business, not the client's.
+    assert "sqlite" not in detail
+    assert "mlflow.db" not in detail
 
 
 def _variants(url: str, ids: list[str]) -> dict[str, str]:
