@@ -74,6 +74,21 @@ def test_select_k_finds_separated_blobs() -> None:
     assert len(selection.combined) == 7
 
 
+def test_select_k_on_a_handful_of_players_warns_and_keeps_segments_populated(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(15, 4))  # 15 distinct players, as in a first try-out
+    with caplog.at_level("WARNING", logger="crmbet.models.kselect"):
+        selection = select_k(X, 3, 12, seed=0)
+    # Without the per-segment floor, k = 8 scored best on these 15 players.
+    assert selection.ks == [2]
+    assert selection.k == 2
+    messages = " ".join(record.getMessage() for record in caplog.records)
+    assert "only 15 players" in messages
+    assert "narrowed to 2..2" in messages
+
+
 def test_select_k_rejects_bad_range() -> None:
     with pytest.raises(ValueError, match="k range"):
         select_k(np.zeros((10, 2)), 5, 3)

@@ -38,6 +38,11 @@ logger = logging.getLogger(__name__)
 
 CRITERIA = ("silhouette", "calinski_harabasz", "davies_bouldin", "stability")
 
+#: Automatic k keeps at least this many players per segment on average;
+#: a segment of a handful of players describes those players, not a group
+#: a campaign can target. ``--k`` overrides it.
+MIN_PLAYERS_PER_SEGMENT = 10
+
 
 @dataclass
 class KSelection:
@@ -85,7 +90,8 @@ def select_k(
     X:
         Scaled features, one row per player.
     k_min, k_max:
-        Inclusive range of k to try; clipped to the number of distinct rows.
+        Inclusive range of k to try; clipped to the number of distinct rows
+        and to :data:`MIN_PLAYERS_PER_SEGMENT` players per segment.
     seed:
         Seed of the sample and of every k-means fit.
     progress:
@@ -104,25 +110,35 @@ def select_k(
             f"k range {k_min}..{k_max} is invalid; use 2 <= k_min <= k_max"
         )
     rng = np.random.default_rng(seed)
+    n_players = X.shape[0]
     if X.shape[0] > fit_sample:
         X = X[rng.choice(X.shape[0], fit_sample, replace=False)]
     n_distinct = np.unique(X, axis=0).shape[0]
-    upper = min(k_max, n_distinct - 1)
-    if upper < 2:
+    if n_distinct - 1 < 2:
         raise DegenerateDataError(
             f"only {n_distinct} distinct players: at least 3 are needed to choose k "
             "automatically; pass --k 2 or add players"
         )
+    upper = min(k_max, n_distinct - 1, max(2, n_players // MIN_PLAYERS_PER_SEGMENT))
     lower = min(k_min, upper)
+    if n_players < MIN_PLAYERS_PER_SEGMENT * k_min:
+        logger.warning(
+            "only %d players: segments found on fewer than %d players are not "
+            "reliable; train on more players or pass --k",
+            n_players,
+            MIN_PLAYERS_PER_SEGMENT * k_min,
+        )
     if upper < k_max or lower < k_min:
         logger.warning(
-            "k range %d..%d narrowed to %d..%d because the data has only %d "
-            "distinct players",
+            "k range %d..%d narrowed to %d..%d: the data has %d players, %d of "
+            "them distinct, and automatic k keeps at least %d players per segment",
             k_min,
             k_max,
             lower,
             upper,
+            n_players,
             n_distinct,
+            MIN_PLAYERS_PER_SEGMENT,
         )
     ks = list(range(lower, upper + 1))
     sil_index = (
