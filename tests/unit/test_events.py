@@ -370,6 +370,22 @@ def test_timestamp_formats_in_text(text: str) -> None:
     assert result.events["ts"][0] == datetime(2026, 1, 10, 10, tzinfo=UTC)
 
 
+def test_one_column_may_mix_timestamp_forms() -> None:
+    forms = [
+        "2026-01-10T10:00:00Z",
+        "2026-01-10 10:00:00",
+        "2026-01-10T12:00:00.000+02:00",
+        "2026-01-10 10:00:00.000000",
+        "1768039200",
+        "2026-01-10t11:00:00+0100",
+    ]
+    raw = pl.concat([_raw(event_id=f"e{i}", ts=ts) for i, ts in enumerate(forms)])
+    result = normalize(pl.concat([raw, _raw(event_id="bad", ts="10/01/2026")]))
+    assert result.events["ts"].to_list() == [datetime(2026, 1, 10, 10, tzinfo=UTC)] * 6
+    assert result.n_invalid == 1
+    assert result.dead_letters["errors"][0][0].startswith("ts='10/01/2026' is not")
+
+
 def test_mapping_to_missing_column_is_an_error() -> None:
     with pytest.raises(
         EventValidationError, match="player_id='customr' is mapped to a column"

@@ -145,7 +145,7 @@ def _parse_timestamp(frame: pl.DataFrame, name: str) -> pl.Expr:
     text = column.cast(pl.String).str.strip_chars()
     # ISO 8601 (with "T" or a space, with or without an offset) whose format
     # Polars infers from the column, or text holding Unix seconds, since CSV
-    # is read as text. One column must use one format.
+    # is read as text.
     iso = text.str.to_datetime(
         time_zone="UTC", time_unit="us", strict=False, ambiguous="earliest"
     )
@@ -153,7 +153,29 @@ def _parse_timestamp(frame: pl.DataFrame, name: str) -> pl.Expr:
     from_epoch = (
         (epoch * 1_000_000).cast(pl.Int64, strict=False).cast(pl.Datetime("us", "UTC"))
     )
-    return pl.coalesce(iso, from_epoch)
+    parsed = pl.coalesce(iso, from_epoch)
+    unparsed = frame.select((text.is_not_null() & parsed.is_null()).sum()).item()
+    if not unparsed:
+        return parsed
+    # The inferred format did not fit every row: the column mixes ISO forms
+    # (exports joined from two systems do). Parse each row by the forms below;
+    # rows none of them fits still become dead letters.
+    return pl.coalesce(parsed, *_iso_forms(text))
+
+
+def _iso_forms(text: pl.Expr) -> list[pl.Expr]:
+    normalised = text.str.replace(r"^(\d{4}-\d{2}-\d{2})[ t]", "${1}T")
+    return [
+        normalised.str.to_datetime(
+            form, time_zone="UTC", time_unit="us", strict=False, ambiguous="earliest"
+        )
+        for form in _ISO_FORMS
+    ]
+
+
+#: ISO 8601 forms tried row by row when one column mixes them; a space
+#: between date and time is read as "T" first. Naive times are UTC.
+_ISO_FORMS = ("%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d")
 
 
 def _message(mask: pl.Expr, name: str, raw: pl.Expr, problem: str, fix: str) -> pl.Expr:
