@@ -526,7 +526,9 @@ def predict(
     if player is None and features is None:
         raise typer.BadParameter("pass --player, --features or --input")
     given = _json_object(features, "--features") if features else {}
+    # Same vocabulary as the HTTP API's feature_source.
     source = "request"
+    status = None
     if player is not None:
         from crmbet.features.store import EnterpriseFeatureStore, FeatureRequest
 
@@ -540,16 +542,19 @@ def predict(
         response = store.get_features_sync(FeatureRequest(pseudonym))
         stored = response.row(0)
         store.close()
-        if stored is not None and response.status[0] == "fresh":
+        status = response.status[0]
+        if stored is not None and status == "fresh":
+            source = "request+online_store" if given else "online_store"
             given = {k: v for k, v in stored.items() if v == v} | given
-            source = "online store"
         elif not given:
-            source = f"cold start ({response.status[0]})"
+            source = "cold_start"
     prediction = predictor.predict_features(
-        given, player_id=player, cold_start=source.startswith("cold start")
+        given, player_id=player, cold_start=source == "cold_start"
     )
     body = prediction.to_dict()
     body["feature_source"] = source
+    if status is not None:
+        body["feature_status"] = status
     console.print_json(json.dumps(body, default=str))
 
 

@@ -83,7 +83,8 @@ def test_demo_generate_train_predict_segments_report(
     )
     assert predicted.exit_code == 0, predicted.output
     body = json.loads(predicted.output)
-    assert body["feature_source"] == "online store"
+    assert body["feature_source"] == "online_store"
+    assert body["feature_status"] == "fresh"
     assert body["model_version"] == "2"
 
     # The pseudonym printed in outputs finds the same player.
@@ -94,8 +95,13 @@ def test_demo_generate_train_predict_segments_report(
         app, ["predict", "--player", pseudonym, "--model", "2"]
     )
     assert by_pseudonym.exit_code == 0, by_pseudonym.output
-    assert json.loads(by_pseudonym.output)["feature_source"] == "online store"
+    assert json.loads(by_pseudonym.output)["feature_source"] == "online_store"
     assert json.loads(by_pseudonym.output)["segment"] == body["segment"]
+
+    unknown = runner.invoke(app, ["predict", "--player", "nobody", "--model", "2"])
+    assert unknown.exit_code == 0, unknown.output
+    cold = json.loads(unknown.output)
+    assert (cold["feature_source"], cold["feature_status"]) == ("cold_start", "unknown")
 
     out = tmp_path / "predictions.csv"
     batch = runner.invoke(app, ["predict", "--input", str(data), "--out", str(out)])
