@@ -128,7 +128,44 @@ def _number(name: str) -> pl.Expr:
     return column.cast(pl.Float64, strict=False)
 
 
+#: Text formats tried before format inference, in order. Polars parses
+#: the first (whole seconds, UTC "Z") about four times faster than an
+#: inferred format; the second is what ``crmbet stream-produce`` writes.
+FAST_TIMESTAMP_FORMATS: tuple[str, ...] = (
+    "%Y-%m-%dT%H:%M:%SZ",
+    "%Y-%m-%dT%H:%M:%S%.fZ",
+)
+
+
+def _fast_timestamps(frame: pl.DataFrame, name: str) -> pl.Series | None:
+    """Parse a text column with one fixed format when every value fits it.
+
+    Returns None when some value does not fit, so that the caller parses
+    with format inference. A value that fits a fixed format gets the same
+    time either way, so the result does not depend on which path ran.
+    """
+    if frame.height == 0 or frame.schema[name] != pl.String:
+        return None
+    text = frame.get_column(name).str.strip_chars()
+    present = text.len() - text.null_count()
+    if present == 0:
+        return None
+    first = text.drop_nulls()[0]
+    for fmt in FAST_TIMESTAMP_FORMATS:
+        if ("." in first) != ("%.f" in fmt):
+            continue
+        parsed = text.str.strptime(
+            pl.Datetime("us", "UTC"), fmt, strict=False, ambiguous="earliest"
+        )
+        if parsed.len() - parsed.null_count() == present:
+            return parsed
+    return None
+
+
 def _parse_timestamp(frame: pl.DataFrame, name: str) -> pl.Expr:
+    fast = _fast_timestamps(frame, name)
+    if fast is not None:
+        return pl.lit(fast)
     dtype = frame.schema[name]
     column = pl.col(name)
     if isinstance(dtype, pl.Datetime):
@@ -156,9 +193,12 @@ def _parse_timestamp(frame: pl.DataFrame, name: str) -> pl.Expr:
     return pl.coalesce(iso, from_epoch)
 
 
-def _message(mask: pl.Expr, name: str, raw: pl.Expr, problem: str, fix: str) -> pl.Expr:
+def _message(
+    mask: pl.Expr, name: str, raw: pl.Expr, problem: str, fix: str
+) -> tuple[pl.Expr, pl.Expr]:
+    """Return a check's mask (null read as passing) and its message expression."""
     text = pl.format("{}={} is {}; {}", pl.lit(name), raw, pl.lit(problem), pl.lit(fix))
-    return pl.when(mask).then(text).otherwise(None)
+    return mask.fill_null(False), pl.when(mask).then(text).otherwise(None)
 
 
 def _raw_repr(name: str) -> pl.Expr:
@@ -293,7 +333,7 @@ def normalize(
     def unparsable(name: str) -> pl.Expr:
         return present[name] & pl.col(f"__{name}").is_null()
 
-    def money_checks(name: str, required: bool) -> list[pl.Expr]:
+    def money_checks(name: str, required: bool) -> list[tuple[pl.Expr, pl.Expr]]:
         value = pl.col(f"__{name}")
         checks = [
             _message(
@@ -414,12 +454,19 @@ def normalize(
             "a cash-out multiplier is at least 1; leave it empty on a lost bet",
         ),
     ]
+    # The masks are cheap; the messages are formatted for the failing rows
+    # only, which saves formatting about 30 strings per valid row.
     checked = parsed.with_columns(
-        pl.concat_list(checks).list.drop_nulls().alias("__errors")
+        pl.any_horizontal([mask for mask, _ in checks]).alias("__bad")
     )
-    bad_mask = pl.col("__errors").list.len() > 0
-    bad = checked.filter(bad_mask)
-    good = checked.filter(~bad_mask)
+    bad = checked.filter(pl.col("__bad"))
+    good = checked.filter(~pl.col("__bad"))
+    if bad.height:
+        bad = bad.with_columns(
+            pl.concat_list([text for _, text in checks])
+            .list.drop_nulls()
+            .alias("__errors")
+        )
 
     events = good.select(
         pl.col("__event_id").alias("event_id"),
