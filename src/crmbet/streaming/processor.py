@@ -318,11 +318,17 @@ class BatchProcessor:
         # Step 1: parse, validate and set invalid records aside.
         raw, index, result.dead_letters = decode(batch)
         checked = normalize(raw, source=f"kafka:{batch.topic}")
-        dead_rows = set()
-        for row, errors in checked.dead_letters.select("row", "errors").iter_rows():
-            dead_rows.add(row - 1)
-            result.dead_letters.append(dead_letter_at(batch, index[row - 1], errors))
-        positions = [index[i] for i in range(raw.height) if i not in dead_rows]
+        positions = np.asarray(index, dtype=np.intp)
+        if checked.dead_letters.height:
+            dead_rows = []
+            for row, errors in checked.dead_letters.select(
+                "row", "errors"
+            ).iter_rows():
+                dead_rows.append(row - 1)
+                result.dead_letters.append(
+                    dead_letter_at(batch, index[row - 1], errors)
+                )
+            positions = np.delete(positions, dead_rows)
 
         # Step 2: pseudonymise and drop event ids seen within the window.
         events = self._pseudonyms.column(checked.events)
@@ -400,32 +406,42 @@ class BatchProcessor:
         }
 
     def _dedupe(
-        self, events: pl.DataFrame, positions: list[int], batch: RecordBatch
+        self, events: pl.DataFrame, positions: np.ndarray, batch: RecordBatch
     ) -> tuple[pl.DataFrame, dict[int, list[str]], int]:
-        partitions = pl.Series(
-            "__partition", [batch.partitions[i] for i in positions], dtype=pl.Int64
-        )
-        ids = events["event_id"]
-        keep = ids.is_first_distinct()
-        batch_ids = set(ids.to_list())
-        for partition in set(partitions.to_list()):
+        """Drop events whose id was seen in the batch or the partition's window.
+
+        Returns the kept events, their ids per partition (the ids new to the
+        windows) and how many events were dropped.
+        """
+        partitions = np.asarray(batch.partitions, dtype=np.int64)[positions]
+        ids = events.get_column("event_id")
+        keep = ids.is_first_distinct().to_numpy()
+        id_array = ids.to_numpy().astype(object, copy=False)
+        owned = np.unique(partitions).tolist()
+        rows = {
+            partition: (
+                np.arange(len(partitions))
+                if len(owned) == 1
+                else np.flatnonzero(partitions == partition)
+            )
+            for partition in owned
+        }
+        for partition, where in rows.items():
             window = self.windows.get(partition)
-            seen = window.intersection(batch_ids) if window is not None else set()
+            if window is None or not len(window):
+                continue
+            # Each id is looked up in its own partition's window only.
+            seen = window.intersection(id_array[where].tolist())
             if seen:
-                keep = keep & ~(ids.is_in(list(seen)) & (partitions == partition))
+                keep[where] &= ~np.isin(id_array[where], list(seen))
         duplicates = events.height - int(keep.sum())
         if duplicates:
-            events = events.filter(keep)
-            partitions = partitions.filter(keep)
+            events = events.filter(pl.Series(keep))
             logger.debug("dropped %d duplicate events", duplicates)
-        new_ids: dict[int, list[str]] = {}
-        tagged = pl.DataFrame(
-            {"event_id": events["event_id"], "__partition": partitions}
-        )
-        for (partition,), part in tagged.partition_by(
-            "__partition", as_dict=True
-        ).items():
-            new_ids[int(partition)] = part["event_id"].to_list()
+        new_ids = {
+            partition: id_array[where[keep[where]]].tolist()
+            for partition, where in rows.items()
+        }
         return events, new_ids, duplicates
 
     def _assign_segments(

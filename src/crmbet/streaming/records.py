@@ -9,6 +9,7 @@ so the common case costs one parse for thousands of records.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -28,7 +29,7 @@ class RecordBatch:
     values: list[bytes | None]
     partitions: list[int]
     offsets: list[int]
-    keys: list[bytes | None] = field(default_factory=list)
+    keys: Sequence[bytes | None] = field(default_factory=list)
     timestamps_ms: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
