@@ -193,12 +193,35 @@ def _parse_timestamp(frame: pl.DataFrame, name: str) -> pl.Expr:
     return pl.coalesce(iso, from_epoch)
 
 
-def _message(
-    mask: pl.Expr, name: str, raw: pl.Expr, problem: str, fix: str
-) -> tuple[pl.Expr, pl.Expr]:
-    """Return a check's mask (null read as passing) and its message expression."""
-    text = pl.format("{}={} is {}; {}", pl.lit(name), raw, pl.lit(problem), pl.lit(fix))
-    return mask.fill_null(False), pl.when(mask).then(text).otherwise(None)
+@dataclass(frozen=True)
+class _Check:
+    """One field check: a mask of failing rows and how to word the failure."""
+
+    mask: pl.Expr
+    name: str
+    problem: str
+    fix: str
+
+    def failing(self) -> pl.Expr:
+        """Return the mask with null read as passing."""
+        return self.mask.fill_null(False)
+
+    def message(self) -> pl.Expr:
+        """Return the message of failing rows and null elsewhere."""
+        text = pl.format(
+            "{}={} is {}; {}",
+            pl.lit(self.name),
+            _raw_repr(self.name),
+            pl.lit(self.problem),
+            pl.lit(self.fix),
+        )
+        return pl.when(self.mask).then(text).otherwise(None)
+
+
+def _message(mask: pl.Expr, name: str, problem: str, fix: str) -> _Check:
+    # Messages are built only for batches with failing rows, so valid
+    # batches skip building about 30 text expressions.
+    return _Check(mask, name, problem, fix)
 
 
 def _raw_repr(name: str) -> pl.Expr:
@@ -333,34 +356,30 @@ def normalize(
     def unparsable(name: str) -> pl.Expr:
         return present[name] & pl.col(f"__{name}").is_null()
 
-    def money_checks(name: str, required: bool) -> list[tuple[pl.Expr, pl.Expr]]:
+    def money_checks(name: str, required: bool) -> list[_Check]:
         value = pl.col(f"__{name}")
         checks = [
             _message(
                 unparsable(name),
                 name,
-                _raw_repr(name),
                 "not a number",
                 "write a plain decimal number such as 12.50",
             ),
             _message(
                 value < 0,
                 name,
-                _raw_repr(name),
                 "negative",
                 "send a non-negative amount; the event type says its direction",
             ),
             _message(
                 value.is_infinite() | value.is_nan(),
                 name,
-                _raw_repr(name),
                 "not finite",
                 "send a finite amount",
             ),
             _message(
                 value.is_finite() & (value > MAX_AMOUNT),
                 name,
-                _raw_repr(name),
                 f"above {MAX_AMOUNT:.0e}",
                 "check the unit, because sums and squares of such amounts overflow",
             ),
@@ -370,7 +389,6 @@ def normalize(
                 _message(
                     ~present[name],
                     name,
-                    _raw_repr(name),
                     "missing",
                     f"every event needs '{name}'",
                 )
@@ -381,42 +399,36 @@ def normalize(
         _message(
             blank("event_id"),
             "event_id",
-            _raw_repr("event_id"),
             "missing",
             "give every record a unique id so replays are not counted twice",
         ),
         _message(
             blank("player_id"),
             "player_id",
-            _raw_repr("player_id"),
             "missing",
             "give every record the id of the player it belongs to",
         ),
         _message(
             ~present["ts"],
             "ts",
-            _raw_repr("ts"),
             "missing",
             "give every record its time as ISO 8601, e.g. 2024-05-01T21:00:00Z",
         ),
         _message(
             unparsable("ts"),
             "ts",
-            _raw_repr("ts"),
             "not a timestamp",
             "write ISO 8601, e.g. 2024-05-01T21:00:00Z, or Unix seconds",
         ),
         _message(
             pl.col("__ts") > pl.lit(latest),
             "ts",
-            _raw_repr("ts"),
             "more than 1 day in the future",
             "check the source's clock and time zone",
         ),
         _message(
             ~pl.col("__event_type").is_in(EVENT_TYPES),
             "event_type",
-            _raw_repr("event_type"),
             "not a known event type",
             f"use one of {list(EVENT_TYPES)} or map the source's labels",
         ),
@@ -426,7 +438,6 @@ def normalize(
         _message(
             present["payout"] & ~is_bet & (pl.col("__payout") > 0),
             "payout",
-            _raw_repr("payout"),
             "set on an event that is not a bet",
             "only bets have a payout; put the money moved in 'amount'",
         ),
@@ -435,35 +446,37 @@ def normalize(
             & pl.col("__product").is_not_null()
             & ~pl.col("__product").is_in(PRODUCTS),
             "product",
-            _raw_repr("product"),
             "not a known product",
             f"use one of {list(PRODUCTS)}",
         ),
         _message(
             unparsable("multiplier"),
             "multiplier",
-            _raw_repr("multiplier"),
             "not a number",
             "write the cash-out multiplier as a decimal, e.g. 2.5",
         ),
         _message(
             pl.col("__multiplier") < 1,
             "multiplier",
-            _raw_repr("multiplier"),
             "below 1",
             "a cash-out multiplier is at least 1; leave it empty on a lost bet",
         ),
     ]
     # The masks are cheap; the messages are formatted for the failing rows
-    # only, which saves formatting about 30 strings per valid row.
+    # only, which saves formatting about 30 strings per valid row. A table
+    # without failing rows is not filtered at all.
     checked = parsed.with_columns(
-        pl.any_horizontal([mask for mask, _ in checks]).alias("__bad")
+        pl.any_horizontal([check.failing() for check in checks]).alias("__bad")
     )
-    bad = checked.filter(pl.col("__bad"))
-    good = checked.filter(~pl.col("__bad"))
+    if checked["__bad"].any():
+        bad = checked.filter(pl.col("__bad"))
+        good = checked.filter(~pl.col("__bad"))
+    else:
+        bad = checked.clear()
+        good = checked
     if bad.height:
         bad = bad.with_columns(
-            pl.concat_list([text for _, text in checks])
+            pl.concat_list([check.message() for check in checks])
             .list.drop_nulls()
             .alias("__errors")
         )
@@ -509,4 +522,5 @@ def normalize(
             source or "input",
             bad["__errors"][0][0],
         )
-    return ValidationResult(events=events, dead_letters=dead.cast(DEAD_LETTER_SCHEMA))
+        dead = dead.cast(DEAD_LETTER_SCHEMA)
+    return ValidationResult(events=events, dead_letters=dead)
