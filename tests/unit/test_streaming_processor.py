@@ -162,9 +162,9 @@ def test_segment_change_columns_write_the_json_of_each_change():
     from crmbet.streaming.sinks import LocalSink
 
     changes = SegmentChanges(
-        player_ids=["p_1", "p_\u00e9\"2", "p_3"],
-        old_segments=[None, "Night \"Owl\"", "Regular"],
-        new_segments=["Regular", "Caf\u00e9 VIP", "Night \"Owl\""],
+        player_ids=["p_1", 'p_\u00e9"2', "p_3"],
+        old_segments=[None, 'Night "Owl"', "Regular"],
+        new_segments=["Regular", "Caf\u00e9 VIP", 'Night "Owl"'],
         cluster_ids=np.array([0, 2, 1]),
         model_version="4",
         event_times=np.array([1_637_640_720.0, 1_637_640_720.25, -86_400.5]),
@@ -174,12 +174,12 @@ def test_segment_change_columns_write_the_json_of_each_change():
     assert changes.values() == expected
     assert changes.keys() == [p.encode() for p in changes.player_ids]
     assert changes[1].old_segment == 'Night "Owl"'
-    assert [c.player_id for c in changes[1:]] == ["p_\u00e9\"2", "p_3"]
+    assert [c.player_id for c in changes[1:]] == ['p_\u00e9"2', "p_3"]
     unversioned = SegmentChanges(
         ["p"], ["a"], ["b"], np.array([1]), None, np.array([0.0]), 0.0
     )
     assert unversioned.values() == [orjson.dumps(unversioned[0].to_dict())]
     sink = LocalSink(keep=2)
     sink.send_segment_changes(changes)
-    assert [c.player_id for c in sink.segment_changes] == ["p_\u00e9\"2", "p_3"]
+    assert [c.player_id for c in sink.segment_changes] == ['p_\u00e9"2', "p_3"]
     assert len(SegmentChanges.empty()) == 0

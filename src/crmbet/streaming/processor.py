@@ -321,9 +321,7 @@ class BatchProcessor:
         positions = np.asarray(index, dtype=np.intp)
         if checked.dead_letters.height:
             dead_rows = []
-            for row, errors in checked.dead_letters.select(
-                "row", "errors"
-            ).iter_rows():
+            for row, errors in checked.dead_letters.select("row", "errors").iter_rows():
                 dead_rows.append(row - 1)
                 result.dead_letters.append(
                     dead_letter_at(batch, index[row - 1], errors)

@@ -2,7 +2,9 @@
 
 Outputs are sent and flushed before the batch's commit, so each is
 delivered at least once: a crash after the flush and before the commit
-sends them again when the batch is replayed.
+sends them again when the batch is replayed. A batch's segment changes
+arrive as :class:`~crmbet.streaming.processor.SegmentChanges`, whose JSON
+the sinks take in one call.
 """
 
 from __future__ import annotations
@@ -183,9 +185,7 @@ class KafkaSink:
             keys = [change.player_id.encode() for change in changes]
         self._produce_many(self.segment_topic, keys, _change_values(changes))
 
-    def _produce_many(
-        self, topic: str, keys: list[bytes], values: list[bytes]
-    ) -> None:
+    def _produce_many(self, topic: str, keys: list[bytes], values: list[bytes]) -> None:
         """Produce many records, retrying one only when the local queue is full."""
         produce = self.producer.produce  # type: ignore[attr-defined]
         delivered = self._delivered
