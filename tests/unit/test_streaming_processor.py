@@ -183,3 +183,25 @@ def test_segment_change_columns_write_the_json_of_each_change():
     sink.send_segment_changes(changes)
     assert [c.player_id for c in sink.segment_changes] == ['p_\u00e9"2', "p_3"]
     assert len(SegmentChanges.empty()) == 0
+
+
+def test_dedupe_windows_are_per_partition(pseudonymizer):
+    processor = BatchProcessor(
+        EmbeddedStateStore(), pseudonymizer, group_id="g", topic="tx"
+    )
+    processor.assign([0, 1])
+    rows = RAW.to_dicts()
+    first = processor.process(_batch(rows[:2], [0, 1], partitions=[0, 1]))
+    processor.apply(first)
+    assert first.commit is not None
+    assert first.commit.new_ids == {0: ["e0"], 1: ["e1"]}
+
+    # e0 was seen in partition 0 only, e1 in partition 1 only.
+    again = [rows[0], rows[0], rows[1], rows[2], rows[3]]
+    result = processor.process(
+        _batch(again, [1, 2, 2, 3, 4], partitions=[0, 1, 0, 1, 0])
+    )
+    assert result.n_duplicates == 2  # e0 in partition 0, and e0 repeated
+    assert result.n_events == 3
+    assert result.commit is not None
+    assert result.commit.new_ids == {0: ["e1", "e3"], 1: ["e2"]}
