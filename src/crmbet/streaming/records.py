@@ -1,9 +1,10 @@
 """Micro-batches of raw records and their decoding into a raw table.
 
 A record's value is one JSON object with the canonical event fields and the
-raw player id. The free-text fields are not read (see :data:`RAW_SCHEMA`). Decoding reads the whole batch with Polars' NDJSON reader and
-falls back to one record at a time only when the batch contains broken JSON,
-so the common case costs one parse for thousands of records.
+raw player id; the free-text fields are not read (see :data:`RAW_SCHEMA`).
+Decoding reads the whole batch with Polars' NDJSON reader and falls back to
+one record at a time only when the batch contains broken JSON, so the common
+case costs one parse for thousands of records.
 """
 
 from __future__ import annotations
