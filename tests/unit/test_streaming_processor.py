@@ -155,7 +155,7 @@ def test_mixed_partitions_skip_and_offsets(pseudonymizer):
     assert result.commit.expected == {0: None, 1: 10}
 
 
-def test_segment_change_columns_write_the_json_of_each_change():
+def test_segment_changes_json_matches_to_dict():
     import numpy as np
 
     from crmbet.streaming.processor import SegmentChanges

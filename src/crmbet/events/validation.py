@@ -462,7 +462,7 @@ def normalize(
             "a cash-out multiplier is at least 1; leave it empty on a lost bet",
         ),
     ]
-    # The masks are cheap; the messages are formatted for the failing rows
+    # The masks are cheap. The messages are formatted for the failing rows
     # only, which saves formatting about 30 strings per valid row. A table
     # without failing rows is not filtered at all.
     checked = parsed.with_columns(

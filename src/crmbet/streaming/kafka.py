@@ -177,7 +177,7 @@ class AdaptiveBatchSize:
 
 
 class _MessageKeys(Sequence[bytes | None]):
-    """The keys of consumed messages, each read when first asked for."""
+    """The keys of consumed messages, each read on first access."""
 
     def __init__(self, messages: list[Message]) -> None:
         self._messages = messages
@@ -286,7 +286,7 @@ class KafkaSource:
         if not messages:
             return None
         # One pass per field costs less than appending five fields per
-        # record; keys are read only for the records that become dead letters.
+        # record. Keys are read only for the records that become dead letters.
         if any([message.error() is not None for message in messages]):
             for message in messages:
                 error = message.error()

@@ -206,8 +206,8 @@ class StreamingMLPipeline:
 
         config = self.config
         if self.sink is None:
-            # The sink only needs to hear of failed deliveries; reports of
-            # successful ones would cost a Python callback per output record.
+            # The sink acts on failed deliveries only. Reports of successful
+            # ones would cost a Python callback per output record.
             producer = Producer(
                 producer_settings(
                     config.kafka_bootstrap_servers or "",

@@ -19,8 +19,8 @@ import polars as pl
 from crmbet.events.schema import EVENT_SCHEMA, OPTIONAL_TEXT_FIELDS
 
 #: Every field is read as text, so that validation reports the value as sent.
-#: The free-text fields (game, session, channel) are not read: the fold
-#: does not use them and they are never invalid, and skipping them saves
+#: The free-text fields (game, session, channel) are not read, because the
+#: fold does not use them and they are never invalid. Skipping them saves
 #: about a tenth of the read. Dead letters keep the whole record value.
 RAW_SCHEMA: dict[str, pl.DataType] = {
     name: pl.String() for name in EVENT_SCHEMA if name not in OPTIONAL_TEXT_FIELDS

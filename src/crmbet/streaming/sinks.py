@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 
 def _change_values(changes: Sequence[SegmentChange]) -> list[bytes]:
-    """Return the JSON of each change, in bulk when the batch holds columns."""
+    """Return the JSON of each change, written in one pass for SegmentChanges."""
     if isinstance(changes, SegmentChanges):
         return changes.values()
     return [orjson.dumps(change.to_dict()) for change in changes]
