@@ -253,10 +253,10 @@ def _apply_mapping(raw: pl.DataFrame, mapping: ColumnMapping) -> pl.DataFrame:
                 for target, source in unmapped.items()
             ]
         )
-    frame = raw.drop(
-        [t for t in renames.values() if t in raw.columns and t not in renames]
-    )
-    frame = frame.rename(renames)
+    dropped = [t for t in renames.values() if t in raw.columns and t not in renames]
+    frame = raw.drop(dropped) if dropped else raw
+    if renames:
+        frame = frame.rename(renames)
     for name, value in mapping.constants.items():
         frame = frame.with_columns(pl.lit(value).alias(name))
     missing_required = [name for name in REQUIRED_FIELDS if name not in frame.columns]
@@ -283,9 +283,9 @@ def _apply_mapping(raw: pl.DataFrame, mapping: ColumnMapping) -> pl.DataFrame:
                 for name, source in sources.items()
             ]
         )
-    for name in EVENT_SCHEMA:
-        if name not in frame.columns:
-            frame = frame.with_columns(pl.lit(None).alias(name))
+    absent = [name for name in EVENT_SCHEMA if name not in frame.columns]
+    if absent:
+        frame = frame.with_columns(pl.lit(None).alias(name) for name in absent)
     if mapping.event_type_values:
         frame = frame.with_columns(
             _text("event_type")

@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 #: Distinct raw ids whose pseudonyms are cached before the cache is reset.
 PSEUDONYM_CACHE_SIZE = 1_000_000
+#: Rows up to which a batch's player ids are pseudonymised as a Python list.
+SMALL_BATCH_ROWS = 2_000
 
 
 @dataclass(frozen=True)
@@ -236,6 +238,13 @@ class _PseudonymCache:
         if frame.height == 0:
             return frame
         raw = frame["player_id"]
+        if frame.height <= SMALL_BATCH_ROWS:
+            # Looking up a short list costs less than the two Polars queries
+            # of the path below.
+            pseudonyms = self.pseudonymize(raw.to_list())
+            return frame.with_columns(
+                pl.Series("player_id", pseudonyms, dtype=pl.String)
+            )
         distinct = raw.unique()
         pseudonyms = pl.Series(self.pseudonymize(distinct.to_list()), dtype=pl.String)
         return frame.with_columns(
