@@ -97,9 +97,9 @@ def fold_events(events: pl.DataFrame) -> StateMatrix:
     """Fold canonical events into one state row per player, sorted by player.
 
     Gives the states of :func:`crmbet.features.state.fold` up to
-    floating-point rounding of the sums. One Polars query sorts the events
-    and codes their labels; the sums per player are NumPy ``reduceat``
-    calls over the sorted rows.
+    floating-point rounding of the sums. Polars codes the labels and sorts
+    the events, and the sums per player are NumPy ``reduceat`` calls over
+    the sorted rows.
     """
     if events.height == 0:
         return StateMatrix.empty()
