@@ -110,6 +110,35 @@ def test_normalize_names_row_field_value_and_fix(
         result.raise_if_invalid()
 
 
+@pytest.mark.parametrize(
+    "stamps",
+    [
+        ["2024-05-01T21:00:00Z", "2024-05-01T21:00:01Z"],
+        ["2024-05-01T21:00:00.250000Z", "2024-05-01T21:00:01.5Z"],
+        ["2024-05-01T21:00:00Z", "2024-05-01T23:00:01+02:00"],
+        ["2024-05-01 21:00:00", "2024-05-01 21:00:01"],
+        ["1714597200", "1714597201.5"],
+        ["2024-05-01T21:00:00Z", "yesterday"],
+    ],
+)
+def test_fixed_timestamp_formats_parse_like_inference(stamps: list[str]) -> None:
+    from crmbet.events import validation
+
+    raw = pl.concat(
+        [_raw(ts=stamp, event_id=f"e{i}") for i, stamp in enumerate(stamps)],
+        how="diagonal_relaxed",
+    )
+    fast = normalize(raw)
+    formats = validation.FAST_TIMESTAMP_FORMATS
+    try:
+        validation.FAST_TIMESTAMP_FORMATS = ()
+        inferred = normalize(raw)
+    finally:
+        validation.FAST_TIMESTAMP_FORMATS = formats
+    assert fast.events.equals(inferred.events)
+    assert fast.dead_letters.equals(inferred.dead_letters)
+
+
 def test_dead_letter_keeps_whole_record() -> None:
     result = normalize(_raw(amount="-1"), source="unit")
     record = orjson.loads(result.dead_letters["record"][0])

@@ -153,3 +153,55 @@ def test_mixed_partitions_skip_and_offsets(pseudonymizer):
     assert result.commit is not None
     assert result.commit.offsets == {0: 7, 1: 12}
     assert result.commit.expected == {0: None, 1: 10}
+
+
+def test_segment_changes_json_matches_to_dict():
+    import numpy as np
+
+    from crmbet.streaming.processor import SegmentChanges
+    from crmbet.streaming.sinks import LocalSink
+
+    changes = SegmentChanges(
+        player_ids=["p_1", 'p_\u00e9"2', "p_3"],
+        old_segments=[None, 'Night "Owl"', "Regular"],
+        new_segments=["Regular", "Caf\u00e9 VIP", 'Night "Owl"'],
+        cluster_ids=np.array([0, 2, 1]),
+        model_version="4",
+        event_times=np.array([1_637_640_720.0, 1_637_640_720.25, -86_400.5]),
+        changed_at=1_764_864_543.0,
+    )
+    expected = [orjson.dumps(change.to_dict()) for change in changes]
+    assert changes.values() == expected
+    assert changes.keys() == [p.encode() for p in changes.player_ids]
+    assert changes[1].old_segment == 'Night "Owl"'
+    assert [c.player_id for c in changes[1:]] == ['p_\u00e9"2', "p_3"]
+    unversioned = SegmentChanges(
+        ["p"], ["a"], ["b"], np.array([1]), None, np.array([0.0]), 0.0
+    )
+    assert unversioned.values() == [orjson.dumps(unversioned[0].to_dict())]
+    sink = LocalSink(keep=2)
+    sink.send_segment_changes(changes)
+    assert [c.player_id for c in sink.segment_changes] == ['p_\u00e9"2', "p_3"]
+    assert len(SegmentChanges.empty()) == 0
+
+
+def test_dedupe_windows_are_per_partition(pseudonymizer):
+    processor = BatchProcessor(
+        EmbeddedStateStore(), pseudonymizer, group_id="g", topic="tx"
+    )
+    processor.assign([0, 1])
+    rows = RAW.to_dicts()
+    first = processor.process(_batch(rows[:2], [0, 1], partitions=[0, 1]))
+    processor.apply(first)
+    assert first.commit is not None
+    assert first.commit.new_ids == {0: ["e0"], 1: ["e1"]}
+
+    # e0 was seen in partition 0 only, e1 in partition 1 only.
+    again = [rows[0], rows[0], rows[1], rows[2], rows[3]]
+    result = processor.process(
+        _batch(again, [1, 2, 2, 3, 4], partitions=[0, 1, 0, 1, 0])
+    )
+    assert result.n_duplicates == 2  # e0 in partition 0, and e0 repeated
+    assert result.n_events == 3
+    assert result.commit is not None
+    assert result.commit.new_ids == {0: ["e1", "e3"], 1: ["e2"]}

@@ -128,7 +128,44 @@ def _number(name: str) -> pl.Expr:
     return column.cast(pl.Float64, strict=False)
 
 
+#: Text formats tried before format inference, in order. Polars parses
+#: the first (whole seconds, UTC "Z") about four times faster than an
+#: inferred format; the second is what ``crmbet stream-produce`` writes.
+FAST_TIMESTAMP_FORMATS: tuple[str, ...] = (
+    "%Y-%m-%dT%H:%M:%SZ",
+    "%Y-%m-%dT%H:%M:%S%.fZ",
+)
+
+
+def _fast_timestamps(frame: pl.DataFrame, name: str) -> pl.Series | None:
+    """Parse a text column with one fixed format when every value fits it.
+
+    Returns None when some value does not fit, so that the caller parses
+    with format inference. A value that fits a fixed format gets the same
+    time either way, so the result does not depend on which path ran.
+    """
+    if frame.height == 0 or frame.schema[name] != pl.String:
+        return None
+    text = frame.get_column(name).str.strip_chars()
+    present = text.len() - text.null_count()
+    if present == 0:
+        return None
+    first = text.drop_nulls()[0]
+    for fmt in FAST_TIMESTAMP_FORMATS:
+        if ("." in first) != ("%.f" in fmt):
+            continue
+        parsed = text.str.strptime(
+            pl.Datetime("us", "UTC"), fmt, strict=False, ambiguous="earliest"
+        )
+        if parsed.len() - parsed.null_count() == present:
+            return parsed
+    return None
+
+
 def _parse_timestamp(frame: pl.DataFrame, name: str) -> pl.Expr:
+    fast = _fast_timestamps(frame, name)
+    if fast is not None:
+        return pl.lit(fast)
     dtype = frame.schema[name]
     column = pl.col(name)
     if isinstance(dtype, pl.Datetime):
@@ -153,14 +190,15 @@ def _parse_timestamp(frame: pl.DataFrame, name: str) -> pl.Expr:
     from_epoch = (
         (epoch * 1_000_000).cast(pl.Int64, strict=False).cast(pl.Datetime("us", "UTC"))
     )
-    parsed = pl.coalesce(iso, from_epoch)
-    unparsed = frame.select((text.is_not_null() & parsed.is_null()).sum()).item()
-    if not unparsed:
-        return parsed
-    # The inferred format did not fit every row: the column mixes ISO forms
-    # (exports joined from two systems do). Parse each row by the forms below;
-    # rows none of them fits still become dead letters.
-    return pl.coalesce(parsed, *_iso_forms(text))
+    parsed = frame.select(pl.coalesce(iso, from_epoch)).to_series()
+    written = frame.select(text.is_not_null().sum()).item()
+    if parsed.len() - parsed.null_count() < written:
+        # The inferred format did not fit every row: the column mixes ISO
+        # forms (exports joined from two systems do). Parse each row by the
+        # forms below; rows none of them fits still become dead letters.
+        parsed = frame.select(pl.coalesce(pl.lit(parsed), *_iso_forms(text)))
+        parsed = parsed.to_series()
+    return pl.lit(parsed)
 
 
 def _iso_forms(text: pl.Expr) -> list[pl.Expr]:
@@ -178,9 +216,35 @@ def _iso_forms(text: pl.Expr) -> list[pl.Expr]:
 _ISO_FORMS = ("%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d")
 
 
-def _message(mask: pl.Expr, name: str, raw: pl.Expr, problem: str, fix: str) -> pl.Expr:
-    text = pl.format("{}={} is {}; {}", pl.lit(name), raw, pl.lit(problem), pl.lit(fix))
-    return pl.when(mask).then(text).otherwise(None)
+@dataclass(frozen=True)
+class _Check:
+    """One field check: a mask of failing rows and how to word the failure."""
+
+    mask: pl.Expr
+    name: str
+    problem: str
+    fix: str
+
+    def failing(self) -> pl.Expr:
+        """Return the mask with null read as passing."""
+        return self.mask.fill_null(False)
+
+    def message(self) -> pl.Expr:
+        """Return the message of failing rows and null elsewhere."""
+        text = pl.format(
+            "{}={} is {}; {}",
+            pl.lit(self.name),
+            _raw_repr(self.name),
+            pl.lit(self.problem),
+            pl.lit(self.fix),
+        )
+        return pl.when(self.mask).then(text).otherwise(None)
+
+
+def _message(mask: pl.Expr, name: str, problem: str, fix: str) -> _Check:
+    # Messages are built only for batches with failing rows, so valid
+    # batches skip building about 30 text expressions.
+    return _Check(mask, name, problem, fix)
 
 
 def _raw_repr(name: str) -> pl.Expr:
@@ -212,10 +276,10 @@ def _apply_mapping(raw: pl.DataFrame, mapping: ColumnMapping) -> pl.DataFrame:
                 for target, source in unmapped.items()
             ]
         )
-    frame = raw.drop(
-        [t for t in renames.values() if t in raw.columns and t not in renames]
-    )
-    frame = frame.rename(renames)
+    dropped = [t for t in renames.values() if t in raw.columns and t not in renames]
+    frame = raw.drop(dropped) if dropped else raw
+    if renames:
+        frame = frame.rename(renames)
     for name, value in mapping.constants.items():
         frame = frame.with_columns(pl.lit(value).alias(name))
     missing_required = [name for name in REQUIRED_FIELDS if name not in frame.columns]
@@ -242,9 +306,9 @@ def _apply_mapping(raw: pl.DataFrame, mapping: ColumnMapping) -> pl.DataFrame:
                 for name, source in sources.items()
             ]
         )
-    for name in EVENT_SCHEMA:
-        if name not in frame.columns:
-            frame = frame.with_columns(pl.lit(None).alias(name))
+    absent = [name for name in EVENT_SCHEMA if name not in frame.columns]
+    if absent:
+        frame = frame.with_columns(pl.lit(None).alias(name) for name in absent)
     if mapping.event_type_values:
         frame = frame.with_columns(
             _text("event_type")
@@ -315,34 +379,30 @@ def normalize(
     def unparsable(name: str) -> pl.Expr:
         return present[name] & pl.col(f"__{name}").is_null()
 
-    def money_checks(name: str, required: bool) -> list[pl.Expr]:
+    def money_checks(name: str, required: bool) -> list[_Check]:
         value = pl.col(f"__{name}")
         checks = [
             _message(
                 unparsable(name),
                 name,
-                _raw_repr(name),
                 "not a number",
                 "write a plain decimal number such as 12.50",
             ),
             _message(
                 value < 0,
                 name,
-                _raw_repr(name),
                 "negative",
                 "send a non-negative amount; the event type says its direction",
             ),
             _message(
                 value.is_infinite() | value.is_nan(),
                 name,
-                _raw_repr(name),
                 "not finite",
                 "send a finite amount",
             ),
             _message(
                 value.is_finite() & (value > MAX_AMOUNT),
                 name,
-                _raw_repr(name),
                 f"above {MAX_AMOUNT:.0e}",
                 "check the unit, because sums and squares of such amounts overflow",
             ),
@@ -352,7 +412,6 @@ def normalize(
                 _message(
                     ~present[name],
                     name,
-                    _raw_repr(name),
                     "missing",
                     f"every event needs '{name}'",
                 )
@@ -363,42 +422,36 @@ def normalize(
         _message(
             blank("event_id"),
             "event_id",
-            _raw_repr("event_id"),
             "missing",
             "give every record a unique id so replays are not counted twice",
         ),
         _message(
             blank("player_id"),
             "player_id",
-            _raw_repr("player_id"),
             "missing",
             "give every record the id of the player it belongs to",
         ),
         _message(
             ~present["ts"],
             "ts",
-            _raw_repr("ts"),
             "missing",
             "give every record its time as ISO 8601, e.g. 2024-05-01T21:00:00Z",
         ),
         _message(
             unparsable("ts"),
             "ts",
-            _raw_repr("ts"),
             "not a timestamp",
             "write ISO 8601, e.g. 2024-05-01T21:00:00Z, or Unix seconds",
         ),
         _message(
             pl.col("__ts") > pl.lit(latest),
             "ts",
-            _raw_repr("ts"),
             "more than 1 day in the future",
             "check the source's clock and time zone",
         ),
         _message(
             ~pl.col("__event_type").is_in(EVENT_TYPES),
             "event_type",
-            _raw_repr("event_type"),
             "not a known event type",
             f"use one of {list(EVENT_TYPES)} or map the source's labels",
         ),
@@ -408,7 +461,6 @@ def normalize(
         _message(
             present["payout"] & ~is_bet & (pl.col("__payout") > 0),
             "payout",
-            _raw_repr("payout"),
             "set on an event that is not a bet",
             "only bets have a payout; put the money moved in 'amount'",
         ),
@@ -417,31 +469,40 @@ def normalize(
             & pl.col("__product").is_not_null()
             & ~pl.col("__product").is_in(PRODUCTS),
             "product",
-            _raw_repr("product"),
             "not a known product",
             f"use one of {list(PRODUCTS)}",
         ),
         _message(
             unparsable("multiplier"),
             "multiplier",
-            _raw_repr("multiplier"),
             "not a number",
             "write the cash-out multiplier as a decimal, e.g. 2.5",
         ),
         _message(
             pl.col("__multiplier") < 1,
             "multiplier",
-            _raw_repr("multiplier"),
             "below 1",
             "a cash-out multiplier is at least 1; leave it empty on a lost bet",
         ),
     ]
+    # The masks are cheap. The messages are formatted for the failing rows
+    # only, which saves formatting about 30 strings per valid row. A table
+    # without failing rows is not filtered at all.
     checked = parsed.with_columns(
-        pl.concat_list(checks).list.drop_nulls().alias("__errors")
+        pl.any_horizontal([check.failing() for check in checks]).alias("__bad")
     )
-    bad_mask = pl.col("__errors").list.len() > 0
-    bad = checked.filter(bad_mask)
-    good = checked.filter(~bad_mask)
+    if checked["__bad"].any():
+        bad = checked.filter(pl.col("__bad"))
+        good = checked.filter(~pl.col("__bad"))
+    else:
+        bad = checked.clear()
+        good = checked
+    if bad.height:
+        bad = bad.with_columns(
+            pl.concat_list([check.message() for check in checks])
+            .list.drop_nulls()
+            .alias("__errors")
+        )
 
     events = good.select(
         pl.col("__event_id").alias("event_id"),
@@ -484,4 +545,5 @@ def normalize(
             source or "input",
             bad["__errors"][0][0],
         )
-    return ValidationResult(events=events, dead_letters=dead.cast(DEAD_LETTER_SCHEMA))
+        dead = dead.cast(DEAD_LETTER_SCHEMA)
+    return ValidationResult(events=events, dead_letters=dead)

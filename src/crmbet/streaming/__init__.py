@@ -5,7 +5,12 @@ from crmbet.streaming.dedupe import DedupeWindow
 from crmbet.streaming.drift import DriftAlarm, StreamDriftMonitor
 from crmbet.streaming.learning import ChallengerPublisher, OnlineCentroids
 from crmbet.streaming.pipeline import StreamingMLPipeline
-from crmbet.streaming.processor import BatchProcessor, BatchResult, SegmentChange
+from crmbet.streaming.processor import (
+    BatchProcessor,
+    BatchResult,
+    SegmentChange,
+    SegmentChanges,
+)
 from crmbet.streaming.records import DeadLetter, RecordBatch
 from crmbet.streaming.replay import ReplaySource
 from crmbet.streaming.sinks import KafkaSink, LocalSink, OutputSink
@@ -35,6 +40,7 @@ __all__ = [
     "RedisStateStore",
     "ReplaySource",
     "SegmentChange",
+    "SegmentChanges",
     "StaleOffsetError",
     "StreamConfig",
     "StreamDriftMonitor",

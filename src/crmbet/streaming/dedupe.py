@@ -63,9 +63,9 @@ class DedupeWindow:
         for event_id in oldest:
             del self._ids[event_id]
 
-    def intersection(self, event_ids: set[str]) -> set[str]:
+    def intersection(self, event_ids: Iterable[str]) -> set[str]:
         """Return the ids among ``event_ids`` that are in the window."""
-        return event_ids & self._ids.keys()
+        return self._ids.keys() & event_ids
 
     def ids(self) -> list[str]:
         """Return the remembered ids, oldest first."""

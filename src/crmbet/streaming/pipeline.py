@@ -206,7 +206,14 @@ class StreamingMLPipeline:
 
         config = self.config
         if self.sink is None:
-            producer = Producer(producer_settings(config.kafka_bootstrap_servers or ""))
+            # The sink acts on failed deliveries only. Reports of successful
+            # ones would cost a Python callback per output record.
+            producer = Producer(
+                producer_settings(
+                    config.kafka_bootstrap_servers or "",
+                    **{"delivery.report.only.error": True},
+                )
+            )
             self.sink = KafkaSink(
                 producer,
                 config.dead_letter_topic,

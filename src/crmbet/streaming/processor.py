@@ -11,11 +11,13 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, overload
 
 import numpy as np
+import orjson
 import polars as pl
 
 from crmbet.events.pseudonym import Pseudonymizer
@@ -39,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 #: Distinct raw ids whose pseudonyms are cached before the cache is reset.
 PSEUDONYM_CACHE_SIZE = 1_000_000
+#: Rows up to which a batch's player ids are pseudonymised as a Python list.
+SMALL_BATCH_ROWS = 2_000
 
 
 @dataclass(frozen=True)
@@ -73,13 +77,128 @@ def _isoformat(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat()
 
 
+def _isoformat_many(seconds: np.ndarray) -> list[str]:
+    """Return :func:`_isoformat` of each value, whole seconds without a loop.
+
+    NumPy writes whole seconds exactly as ``datetime.isoformat`` does; other
+    values (rare: event times are mostly whole seconds) go through it.
+    """
+    seconds = np.asarray(seconds, dtype=np.float64)
+    whole = np.isfinite(seconds) & (seconds == np.floor(seconds))
+    text = np.datetime_as_string(
+        np.where(whole, seconds, 0.0).astype("datetime64[s]"), unit="s"
+    ).astype(object)
+    out = (text + "+00:00").tolist()
+    for i in np.flatnonzero(~whole).tolist():
+        out[i] = _isoformat(float(seconds[i]))
+    return out
+
+
+class SegmentChanges(Sequence[SegmentChange]):
+    """The segment changes of one batch, held as columns.
+
+    A batch can change the segments of thousands of players. Keeping them
+    as columns and writing their JSON in one pass costs a fraction of one
+    :class:`SegmentChange` object and one ``to_dict`` per player. Indexing
+    and iteration still give :class:`SegmentChange` objects.
+    """
+
+    def __init__(
+        self,
+        player_ids: list[str],
+        old_segments: list[str | None],
+        new_segments: list[str],
+        cluster_ids: np.ndarray,
+        model_version: str | None,
+        event_times: np.ndarray,
+        changed_at: float,
+    ) -> None:
+        self.player_ids = player_ids
+        self.old_segments = old_segments
+        self.new_segments = new_segments
+        self.cluster_ids = np.asarray(cluster_ids, dtype=np.int64)
+        self.model_version = model_version
+        self.event_times = np.asarray(event_times, dtype=np.float64)
+        self.changed_at = changed_at
+
+    @classmethod
+    def empty(cls) -> SegmentChanges:
+        """Return a batch without changes."""
+        return cls([], [], [], np.empty(0, np.int64), None, np.empty(0), 0.0)
+
+    def __len__(self) -> int:
+        return len(self.player_ids)
+
+    @overload
+    def __getitem__(self, index: int) -> SegmentChange: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[SegmentChange]: ...
+
+    def __getitem__(self, index: int | slice) -> SegmentChange | list[SegmentChange]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return SegmentChange(
+            player_id=self.player_ids[index],
+            old_segment=self.old_segments[index],
+            new_segment=self.new_segments[index],
+            cluster_id=int(self.cluster_ids[index]),
+            model_version=self.model_version,
+            event_time=float(self.event_times[index]),
+            changed_at=self.changed_at,
+        )
+
+    def __iter__(self) -> Iterator[SegmentChange]:
+        return (self[i] for i in range(len(self)))
+
+    def keys(self) -> list[bytes]:
+        """Return each change's record key, the player id."""
+        return [player_id.encode() for player_id in self.player_ids]
+
+    def values(self) -> list[bytes]:
+        """Return each change as the JSON of :meth:`SegmentChange.to_dict`."""
+        if not self.player_ids:
+            return []
+        token: dict[str | None, bytes] = {None: b"null"}
+        for name in {*self.old_segments, *self.new_segments}:
+            if name is not None:
+                token[name] = orjson.dumps(name)
+        version = orjson.dumps(self.model_version)
+        changed_at = _isoformat(self.changed_at).encode()
+        times = _isoformat_many(self.event_times)
+        dumps = orjson.dumps
+        return [
+            b'{"player_id":%b,"old_segment":%b,"new_segment":%b,"cluster_id":%d,'
+            b'"model_version":%b,"event_time":"%b","changed_at":"%b"}'
+            % (
+                dumps(player_id),
+                token[old],
+                token[new],
+                cluster_id,
+                version,
+                time_text.encode(),
+                changed_at,
+            )
+            for player_id, old, new, cluster_id, time_text in zip(
+                self.player_ids,
+                self.old_segments,
+                self.new_segments,
+                self.cluster_ids.tolist(),
+                times,
+                strict=True,
+            )
+        ]
+
+
 @dataclass
 class BatchResult:
     """Outputs of one processed micro-batch, before its commit."""
 
     commit: Commit | None
     dead_letters: list[DeadLetter] = field(default_factory=list)
-    segment_changes: list[SegmentChange] = field(default_factory=list)
+    segment_changes: Sequence[SegmentChange] = field(
+        default_factory=SegmentChanges.empty
+    )
     n_records: int = 0
     n_events: int = 0
     n_duplicates: int = 0
@@ -119,6 +238,13 @@ class _PseudonymCache:
         if frame.height == 0:
             return frame
         raw = frame["player_id"]
+        if frame.height <= SMALL_BATCH_ROWS:
+            # Looking up a short list costs less than the two Polars queries
+            # of the path below.
+            pseudonyms = self.pseudonymize(raw.to_list())
+            return frame.with_columns(
+                pl.Series("player_id", pseudonyms, dtype=pl.String)
+            )
         distinct = raw.unique()
         pseudonyms = pl.Series(self.pseudonymize(distinct.to_list()), dtype=pl.String)
         return frame.with_columns(
@@ -201,11 +327,15 @@ class BatchProcessor:
         # Step 1: parse, validate and set invalid records aside.
         raw, index, result.dead_letters = decode(batch)
         checked = normalize(raw, source=f"kafka:{batch.topic}")
-        dead_rows = set()
-        for row, errors in checked.dead_letters.select("row", "errors").iter_rows():
-            dead_rows.add(row - 1)
-            result.dead_letters.append(dead_letter_at(batch, index[row - 1], errors))
-        positions = [index[i] for i in range(raw.height) if i not in dead_rows]
+        positions = np.asarray(index, dtype=np.intp)
+        if checked.dead_letters.height:
+            dead_rows = []
+            for row, errors in checked.dead_letters.select("row", "errors").iter_rows():
+                dead_rows.append(row - 1)
+                result.dead_letters.append(
+                    dead_letter_at(batch, index[row - 1], errors)
+                )
+            positions = np.delete(positions, dead_rows)
 
         # Step 2: pseudonymise and drop event ids seen within the window.
         events = self._pseudonyms.column(checked.events)
@@ -283,32 +413,42 @@ class BatchProcessor:
         }
 
     def _dedupe(
-        self, events: pl.DataFrame, positions: list[int], batch: RecordBatch
+        self, events: pl.DataFrame, positions: np.ndarray, batch: RecordBatch
     ) -> tuple[pl.DataFrame, dict[int, list[str]], int]:
-        partitions = pl.Series(
-            "__partition", [batch.partitions[i] for i in positions], dtype=pl.Int64
-        )
-        ids = events["event_id"]
-        keep = ids.is_first_distinct()
-        batch_ids = set(ids.to_list())
-        for partition in set(partitions.to_list()):
+        """Drop events whose id was seen in the batch or the partition's window.
+
+        Returns the kept events, their ids per partition (the ids new to the
+        windows) and how many events were dropped.
+        """
+        partitions = np.asarray(batch.partitions, dtype=np.int64)[positions]
+        ids = events.get_column("event_id")
+        keep = ids.is_first_distinct().to_numpy()
+        id_array = ids.to_numpy().astype(object, copy=False)
+        owned = np.unique(partitions).tolist()
+        rows = {
+            partition: (
+                np.arange(len(partitions))
+                if len(owned) == 1
+                else np.flatnonzero(partitions == partition)
+            )
+            for partition in owned
+        }
+        for partition, where in rows.items():
             window = self.windows.get(partition)
-            seen = window.intersection(batch_ids) if window is not None else set()
+            if window is None or not len(window):
+                continue
+            # Each id is looked up in its own partition's window only.
+            seen = window.intersection(id_array[where].tolist())
             if seen:
-                keep = keep & ~(ids.is_in(list(seen)) & (partitions == partition))
+                keep[where] &= ~np.isin(id_array[where], list(seen))
         duplicates = events.height - int(keep.sum())
         if duplicates:
-            events = events.filter(keep)
-            partitions = partitions.filter(keep)
+            events = events.filter(pl.Series(keep))
             logger.debug("dropped %d duplicate events", duplicates)
-        new_ids: dict[int, list[str]] = {}
-        tagged = pl.DataFrame(
-            {"event_id": events["event_id"], "__partition": partitions}
-        )
-        for (partition,), part in tagged.partition_by(
-            "__partition", as_dict=True
-        ).items():
-            new_ids[int(partition)] = part["event_id"].to_list()
+        new_ids = {
+            partition: id_array[where[keep[where]]].tolist()
+            for partition, where in rows.items()
+        }
         return events, new_ids, duplicates
 
     def _assign_segments(
@@ -338,24 +478,35 @@ class BatchProcessor:
         )
         result.confidence = prediction.confidence
 
-        names = prediction.segments
-        now = time.time()
-        last_ts = merged.column("last_ts").tolist()
-        for i, player_id in enumerate(players):
-            old = stored.get(player_id)
-            if old != names[i]:
-                commit.segments[player_id] = names[i]
-                result.segment_changes.append(
-                    SegmentChange(
-                        player_id=player_id,
-                        old_segment=old,
-                        new_segment=names[i],
-                        cluster_id=int(prediction.cluster_ids[i]),
-                        model_version=model.version,
-                        event_time=float(last_ts[i]),
-                        changed_at=now,
-                    )
-                )
+        # Compare names, not cluster ids, so that a stored name of an older
+        # model with the same name does not count as a change.
+        names = [profile.name for profile in model.profiles]
+        code_of = {name: i for i, name in enumerate(names)}
+        new_codes = np.array([code_of[name] for name in names], dtype=np.int64)[
+            prediction.cluster_ids
+        ]
+        old_names = [stored.get(player_id) for player_id in players]
+        old_codes = np.fromiter(
+            (code_of.get(name, -1) for name in old_names),  # type: ignore[arg-type]
+            dtype=np.int64,
+            count=len(old_names),
+        )
+        changed = np.flatnonzero(old_codes != new_codes).tolist()
+        if not changed:
+            return
+        changed_ids = [players[i] for i in changed]
+        cluster_ids = np.asarray(prediction.cluster_ids)[changed]
+        new_names = [names[label] for label in cluster_ids.tolist()]
+        commit.segments.update(zip(changed_ids, new_names, strict=True))
+        result.segment_changes = SegmentChanges(
+            player_ids=changed_ids,
+            old_segments=[old_names[i] for i in changed],
+            new_segments=new_names,
+            cluster_ids=cluster_ids,
+            model_version=model.version,
+            event_times=merged.column("last_ts")[changed],
+            changed_at=time.time(),
+        )
 
 
 def _subset(batch: RecordBatch, keep: list[int]) -> RecordBatch:

@@ -2,7 +2,9 @@
 
 Outputs are sent and flushed before the batch's commit, so each is
 delivered at least once: a crash after the flush and before the commit
-sends them again when the batch is replayed.
+sends them again when the batch is replayed. A batch's segment changes
+arrive as :class:`~crmbet.streaming.processor.SegmentChanges`, whose JSON
+the sinks take in one call.
 """
 
 from __future__ import annotations
@@ -16,10 +18,17 @@ from typing import Protocol
 import orjson
 
 from crmbet.streaming.drift import DriftAlarm
-from crmbet.streaming.processor import SegmentChange
+from crmbet.streaming.processor import SegmentChange, SegmentChanges
 from crmbet.streaming.records import DeadLetter
 
 logger = logging.getLogger(__name__)
+
+
+def _change_values(changes: Sequence[SegmentChange]) -> list[bytes]:
+    """Return the JSON of each change, written in one pass for SegmentChanges."""
+    if isinstance(changes, SegmentChanges):
+        return changes.values()
+    return [orjson.dumps(change.to_dict()) for change in changes]
 
 
 class OutputSink(Protocol):
@@ -92,8 +101,14 @@ class LocalSink:
 
     def send_segment_changes(self, changes: Sequence[SegmentChange]) -> None:
         """Keep segment changes and append them to ``segment_changes.jsonl``."""
-        self.segment_changes.extend(changes)
-        self._append("segment_changes.jsonl", [change.to_dict() for change in changes])
+        keep = self.segment_changes.maxlen
+        self.segment_changes.extend(
+            changes[-keep:] if keep is not None and len(changes) > keep else changes
+        )
+        if self.folder is None or not changes:
+            return
+        with (self.folder / "segment_changes.jsonl").open("ab") as handle:
+            handle.write(b"".join(value + b"\n" for value in _change_values(changes)))
 
     def send_alarms(self, alarms: Sequence[DriftAlarm]) -> None:
         """Keep drift alarms and append them to ``alarms.jsonl``."""
@@ -164,12 +179,23 @@ class KafkaSink:
 
     def send_segment_changes(self, changes: Sequence[SegmentChange]) -> None:
         """Produce one JSON record per change, keyed by the player."""
-        for change in changes:
-            self._produce(
-                self.segment_topic,
-                orjson.dumps(change.to_dict()),
-                change.player_id.encode(),
-            )
+        if isinstance(changes, SegmentChanges):
+            keys = changes.keys()
+        else:
+            keys = [change.player_id.encode() for change in changes]
+        self._produce_many(self.segment_topic, keys, _change_values(changes))
+
+    def _produce_many(self, topic: str, keys: list[bytes], values: list[bytes]) -> None:
+        """Produce many records, retrying one only when the local queue is full."""
+        produce = self.producer.produce  # type: ignore[attr-defined]
+        delivered = self._delivered
+        for key, value in zip(keys, values, strict=True):
+            try:
+                produce(topic, value=value, key=key, on_delivery=delivered)
+            except BufferError:
+                self._produce(topic, value, key)
+                continue
+            self._pending += 1
 
     def send_alarms(self, alarms: Sequence[DriftAlarm]) -> None:
         """Produce one JSON record per drift alarm, keyed by the signal."""
