@@ -133,9 +133,22 @@ class FrequencySketch:
 
     def estimate(self, key_hash: int) -> int:
         """Return the estimated request count of the key, at most :data:`MAX_COUNT`."""
+        # Unrolled like increment: the admission of every L1 miss runs this
+        # twice.
         table = self._table
-        a, b, c, d = self._indices(key_hash)
-        return min(table[a], table[b], table[c], table[d])
+        mask = self._mask
+        width = self.width
+        low = key_hash & _MASK32
+        step = ((key_hash >> 32) & _MASK32) | 1
+        count = table[low & mask]
+        other = table[width + ((low + step) & mask)]
+        if other < count:
+            count = other
+        other = table[2 * width + ((low + 2 * step) & mask)]
+        if other < count:
+            count = other
+        other = table[3 * width + ((low + 3 * step) & mask)]
+        return other if other < count else count
 
     def age(self) -> None:
         """Halve every counter and the sample count."""
@@ -214,13 +227,19 @@ class L1Cache:
             # candidate, and its next hit after a demotion is recorded.
             protected = self._protected
             item = protected.get(player_id)
-            if item is not None and (not item[0] or now <= item[0]):
-                protected.move_to_end(player_id)
-                self.hits += count
-                return item[1]
+            if item is not None:
+                if not item[0] or now <= item[0]:
+                    protected.move_to_end(player_id)
+                    self.hits += count
+                    return item[1]
+                del protected[player_id]
+                if count:
+                    self._sketch.increment(hash(player_id))
+                    self.misses += 1
+                return None
             if count:
                 self._sketch.increment(hash(player_id))
-            item = self._touch(player_id, now)
+            item = self._touch_unprotected(player_id, now)
             if item is None:
                 self.misses += count
                 return None
@@ -296,31 +315,38 @@ class L1Cache:
 
     def _touch(self, player_id: str, now: float) -> tuple[float, CachedPlayer] | None:
         """Find a live entry and mark it used; the caller holds the lock."""
-        protected = self._protected
-        item = protected.pop(player_id, None)
-        if item is not None:
+        if self._protected.pop(player_id, None) is not None:
             # Only an expired entry reaches here: the callers serve live
             # protected entries themselves.
             return None
-        item = self._window.get(player_id)
+        return self._touch_unprotected(player_id, now)
+
+    def _touch_unprotected(
+        self, player_id: str, now: float
+    ) -> tuple[float, CachedPlayer] | None:
+        """Like :meth:`_touch` for a player known not to be in the protected segment."""
+        window = self._window
+        item = window.get(player_id)
         if item is not None:
             if item[0] and now > item[0]:
-                del self._window[player_id]
+                del window[player_id]
                 return None
-            self._window.move_to_end(player_id)
+            window.move_to_end(player_id)
             return item
-        item = self._probation.get(player_id)
+        probation = self._probation
+        item = probation.get(player_id)
         if item is None:
             return None
-        del self._probation[player_id]
+        del probation[player_id]
         if item[0] and now > item[0]:
             return None
         # A second use after admission: promote, and demote the protected
         # segment's least recently used entry back to probation.
+        protected = self._protected
         protected[player_id] = item
         if len(protected) > self.protected_size:
             demoted, demoted_item = protected.popitem(last=False)
-            self._probation[demoted] = demoted_item
+            probation[demoted] = demoted_item
         return item
 
     def put(
@@ -357,14 +383,20 @@ class L1Cache:
 
     def _insert(self, player_id: str, item: tuple[float, CachedPlayer]) -> None:
         """Insert or replace an entry; the caller holds the lock."""
-        for segment in (self._protected, self._probation):
-            if player_id in segment:
-                segment[player_id] = item
-                segment.move_to_end(player_id)
-                return
+        protected = self._protected
+        if player_id in protected:
+            protected[player_id] = item
+            protected.move_to_end(player_id)
+            return
+        probation = self._probation
+        if player_id in probation:
+            probation[player_id] = item
+            probation.move_to_end(player_id)
+            return
         window = self._window
+        if player_id in window:
+            window.move_to_end(player_id)
         window[player_id] = item
-        window.move_to_end(player_id)
         if len(window) > self.window_size:
             candidate, candidate_item = window.popitem(last=False)
             self._admit(candidate, candidate_item)
@@ -378,12 +410,11 @@ class L1Cache:
         # The victim is probation's least recently used entry, or protected's
         # when probation is empty (possible only with a tiny main area).
         victims = probation if probation else self._protected
+        self.evictions += 1
         if not victims:
-            self.evictions += 1
             return
         victim = next(iter(victims))
         estimate = self._sketch.estimate
-        self.evictions += 1
         if estimate(hash(candidate)) > estimate(hash(victim)):
             del victims[victim]
             probation[candidate] = item

@@ -19,8 +19,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any, Literal
 
 import numpy as np
@@ -57,6 +58,8 @@ _NONE, _L1, _L2 = 0, 1, 2
 _TIER_NAMES = np.array(["none", "l1", "l2"], dtype=object)
 _UNKNOWN, _FRESH, _EXPIRED, _UNAVAILABLE = 0, 1, 2, 3
 _STATUS_NAMES = np.array(["unknown", "fresh", "expired", "unavailable"], dtype=object)
+#: Players per chunk of a large batch: each chunk's L1 misses are one read.
+BATCH_CHUNK = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +251,7 @@ class EnterpriseFeatureStore:
         ] = {}
         self._latencies = _Latencies()
         self._l1_latencies = self._latencies.samples["l1"]
+        self._l2_latencies = self._latencies.samples["l2"]
         self._counts = {
             "l2_hits": 0,
             "l2_unknown": 0,
@@ -317,13 +321,29 @@ class EnterpriseFeatureStore:
         # L1 first; an entry computed at another as-of time is recomputed
         # from its cached state without a trip to the online store.
         fill_l1 = n <= self.l1_fill_max_players
-        cached = self.l1.get_many(ids, count=not looked_up, update=fill_l1)
-        misses = [i for i, entry in enumerate(cached) if entry is None]
-        if len(misses) < n:
+        read_chunks = getattr(self.backend, "read_vector_chunks", None)
+        pipelined = not (
+            fill_l1 or read_chunks is None or time.monotonic() < self._retry_at
+        )
+        if pipelined:
+            cached, misses = self._read_large_batch(
+                read_chunks, ids, as_of, vectors, last_ts, tier_codes, status_codes
+            )
+        else:
+            cached = self.l1.get_many(ids, count=not looked_up, update=fill_l1)
+            misses = [i for i, entry in enumerate(cached) if entry is None]
+        if len(cached) - cached.count(None):
             self._take_cached(cached, as_of, vectors, last_ts, tier_codes)
         if misses:
             self._read_misses(
-                ids, misses, as_of, vectors, last_ts, tier_codes, status_codes
+                ids,
+                misses,
+                as_of,
+                vectors,
+                last_ts,
+                tier_codes,
+                status_codes,
+                vectors_read=pipelined,
             )
 
         status_codes[tier_codes != _NONE] = _FRESH
@@ -343,6 +363,65 @@ class EnterpriseFeatureStore:
         )
         self._record(started, n, tiers)
         return response
+
+    def _read_large_batch(
+        self,
+        read_chunks: Any,
+        ids: Sequence[str],
+        as_of: float,
+        vectors: np.ndarray,
+        last_ts: np.ndarray,
+        tier_codes: np.ndarray,
+        status_codes: np.ndarray,
+    ) -> tuple[list[CachedPlayer | None], list[int]]:
+        """Look a large batch up in L1 and read its misses' vectors, overlapped.
+
+        The batch goes in chunks of :data:`BATCH_CHUNK` players: each chunk
+        is looked up in L1 (without changing what L1 keeps), and its misses
+        are sent to the online store as one read before the next chunk is
+        looked up, so the store serves one chunk while this thread looks up
+        the next. Fills the rows of the players whose stored vector is as of
+        ``as_of``; returns the L1 entries and the rows still to read.
+        """
+        n = len(ids)
+        get_many = self.l1.get_many
+        cached: list[CachedPlayer | None] = []
+        miss_rows: list[list[int]] = []
+
+        def miss_chunks() -> Iterator[list[str]]:
+            for start in range(0, n, BATCH_CHUNK):
+                found = get_many(ids[start : start + BATCH_CHUNK], update=False)
+                rows = [start + j for j, entry in enumerate(found) if entry is None]
+                cached.extend(found)
+                miss_rows.append(rows)
+                yield [ids[i] for i in rows]
+
+        chunks = miss_chunks()
+        try:
+            parts = read_chunks(chunks)
+        except OnlineStoreUnavailableError as error:
+            # Finish the L1 lookups, then serve what L1 has.
+            for _ in chunks:
+                pass
+            self._enter_degraded(error)
+            self._mark_unavailable(
+                [i for rows in miss_rows for i in rows], status_codes
+            )
+            return cached, []
+        if self._degraded:
+            self._leave_degraded()
+        rows = np.array(list(chain.from_iterable(miss_rows)), dtype=np.intp)
+        if not len(rows):
+            return cached, []
+        got = parts[0] if len(parts) == 1 else type(parts[0]).join(parts)
+        usable = got.found & (got.vector_as_of == as_of)
+        served = np.flatnonzero(usable)
+        targets = rows[served]
+        vectors[targets] = got.vectors[served]
+        last_ts[targets] = got.last_ts[served]
+        tier_codes[targets] = _L2
+        self._counts["l2_hits"] += len(served)
+        return cached, rows[~usable].tolist()
 
     @staticmethod
     def _take_cached(
@@ -471,19 +550,21 @@ class EnterpriseFeatureStore:
 
         state, vector, vector_as_of = stored
         as_of = (
-            float(request.as_of)
-            if request.as_of is not None
-            else self.backend.watermark
+            self.backend.watermark if request.as_of is None else float(request.as_of)
         )
         if vector is None or vector_as_of != as_of:
             vector = compute_matrix(state.reshape(1, -1), as_of)[0]
             vector.setflags(write=False)
         last_ts = float(state[LAST_TS])
-        last_event_ts = np.array([last_ts])
-        # Read-only: responses share both arrays with the cache.
-        last_event_ts.setflags(write=False)
+        # Responses share these arrays with the cache, so they are read-only:
+        # a view of the read-only state when possible, else a new array.
+        last_event_ts = state[LAST_TS : LAST_TS + 1]
+        if last_event_ts.flags.writeable:
+            last_event_ts = np.array([last_ts])
+            last_event_ts.setflags(write=False)
         row = vector.reshape(1, -1)
-        self._counts["l2_hits"] += 1
+        counts = self._counts
+        counts["l2_hits"] += 1
         self.l1.put(
             player_id,
             CachedPlayer(state, vector, as_of, last_ts, row, last_event_ts),
@@ -495,7 +576,7 @@ class EnterpriseFeatureStore:
         ttl = view.ttl_seconds
         if ttl is not None and as_of - last_ts > ttl:
             status = "expired"
-            self._counts["expired"] += 1
+            counts["expired"] += 1
             if not request.include_expired:
                 values = np.full((1, len(names)), np.nan)
         response = FeatureResponse(
@@ -508,7 +589,8 @@ class EnterpriseFeatureStore:
             as_of,
             self._degraded,
         )
-        self._record(started, 1, response.tier)
+        counts["requests"] += 1
+        self._l2_latencies.append(time.perf_counter_ns() - started)
         return response
 
     def _one_without_value(
@@ -546,6 +628,7 @@ class EnterpriseFeatureStore:
         last_ts: np.ndarray,
         tier_codes: np.ndarray,
         status_codes: np.ndarray,
+        vectors_read: bool = False,
     ) -> None:
         # Within the retry interval after a failure, do not wait on Redis.
         if time.monotonic() < self._retry_at:
@@ -557,7 +640,7 @@ class EnterpriseFeatureStore:
         generation = self.l1.generation
         fill_l1 = len(ids) <= self.l1_fill_max_players
         try:
-            if not fill_l1 and hasattr(self.backend, "read_vectors"):
+            if not (fill_l1 or vectors_read) and hasattr(self.backend, "read_vectors"):
                 misses = self._read_stored_vectors(
                     ids, misses, as_of, vectors, last_ts, tier_codes
                 )
