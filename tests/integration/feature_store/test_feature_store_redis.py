@@ -374,3 +374,30 @@ def test_error_reply_raises_and_keeps_the_connection_usable(
         redis_store.read_player(players[0])
 
     assert redis_store.read_player(players[1]) is not None
+
+
+@pytest.mark.parametrize("spin_seconds", [0.0, 0.0002, 1.0])
+def test_single_read_with_and_without_polling(
+    bustabit_events: pl.DataFrame,
+    redis_store: RedisOnlineStore,
+    redis_url: str,
+    spin_seconds: float,
+) -> None:
+    events = bustabit_events.head(200)
+    materialize(events, redis_store)
+    player = events["player_id"][0]
+    reader = RedisOnlineStore(
+        redis_url, namespace=redis_store.namespace, read_spin_seconds=spin_seconds
+    )
+    try:
+        got = reader.read_player(player)
+        unknown = reader.read_player("nobody")
+    finally:
+        reader.close()
+
+    expected = redis_store.read_player(player)
+    assert got is not None
+    assert expected is not None
+    np.testing.assert_array_equal(got[0], expected[0])
+    np.testing.assert_array_equal(got[1], expected[1])
+    assert unknown is None
