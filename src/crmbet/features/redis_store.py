@@ -561,48 +561,51 @@ class RedisOnlineStore:
         A batch whose as-of time equals the vectors' needs nothing else; the
         feature store reads the states of the other players.
         """
-        parts = self.read_vector_chunks(
-            player_ids[start : start + READ_CHUNK]
-            for start in range(0, len(player_ids), READ_CHUNK)
+        parts: dict[int, StoredVectors] = {}
+        self.read_vector_chunks(
+            (
+                player_ids[start : start + READ_CHUNK]
+                for start in range(0, len(player_ids), READ_CHUNK)
+            ),
+            parts.__setitem__,
         )
-        return parts[0] if len(parts) == 1 else StoredVectors.join(parts)
+        return StoredVectors.join([parts[index] for index in sorted(parts)])
 
     def read_vector_chunks(
-        self, chunks: Iterable[Sequence[str]]
-    ) -> list[StoredVectors]:
+        self,
+        chunks: Iterable[Sequence[str]],
+        receive: Callable[[int, StoredVectors], object],
+    ) -> None:
         """Read the stored vectors of each chunk of ids, one ``MGET`` per chunk.
 
         An ``MGET`` is sent as soon as ``chunks`` yields its ids, so the
         caller can prepare the next chunk (look it up in L1, say) while
-        Redis serves this one, and each reply is decoded while Redis serves
-        the later ones. Returns one :class:`StoredVectors` per chunk, in
-        order; an empty chunk costs no command.
+        Redis serves this one. Each reply is decoded and passed to
+        ``receive(chunk_index, vectors)`` while Redis serves the later ones.
+        An empty chunk costs no command and is not passed on. After a
+        dropped connection the reads are sent again on a new one, so
+        ``receive`` may see a chunk twice and must overwrite, not add.
         """
-        sizes: list[int] = []
+        sent: list[int] = []
         prefix = self._vector_prefix
 
         def commands() -> Iterator[bytes]:
-            for ids in chunks:
-                sizes.append(len(ids))
+            for index, ids in enumerate(chunks):
                 if ids:
+                    sent.append(index)
                     yield _pack_mget(prefix, ids)
 
-        def decode(replies: Iterator[Any]) -> list[StoredVectors]:
-            decoded: list[StoredVectors] = []
-            for size in sizes:
-                if not size:
-                    decoded.append(StoredVectors.join([]))
-                    continue
+        def decode(replies: Iterator[Any]) -> None:
+            for index in sent:
                 rows, found = self._decode(
                     next(replies), VECTOR_LENGTH, VECTOR_LAYOUT, prefix
                 )
-                decoded.append(
-                    StoredVectors(found, rows[:, 3:], rows[:, 1], rows[:, 2])
+                receive(
+                    index, StoredVectors(found, rows[:, 3:], rows[:, 1], rows[:, 2])
                 )
-            return decoded
 
         with self._guard("read feature vectors"):
-            return self._pipeline(commands(), decode)
+            self._pipeline(commands(), decode)
 
     @staticmethod
     def _decode(

@@ -21,7 +21,6 @@ import time
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import chain
 from typing import Any, Literal
 
 import numpy as np
@@ -386,42 +385,55 @@ class EnterpriseFeatureStore:
         n = len(ids)
         get_many = self.l1.get_many
         cached: list[CachedPlayer | None] = []
-        miss_rows: list[list[int]] = []
+        miss_rows: list[np.ndarray] = []
+        # Per chunk, the rows left for a state read and the rows served; a
+        # chunk may arrive twice after a reconnection, so these overwrite.
+        unserved: dict[int, np.ndarray] = {}
+        served_counts: dict[int, int] = {}
 
         def miss_chunks() -> Iterator[list[str]]:
             for start in range(0, n, BATCH_CHUNK):
                 found = get_many(ids[start : start + BATCH_CHUNK], update=False)
                 rows = [start + j for j, entry in enumerate(found) if entry is None]
                 cached.extend(found)
-                miss_rows.append(rows)
+                miss_rows.append(np.array(rows, dtype=np.intp))
                 yield [ids[i] for i in rows]
+
+        def receive(index: int, got: Any) -> None:
+            rows = miss_rows[index]
+            usable = got.found & (got.vector_as_of == as_of)
+            if usable.all():
+                vectors[rows] = got.vectors
+                last_ts[rows] = got.last_ts
+                tier_codes[rows] = _L2
+                served_counts[index] = len(rows)
+                return
+            targets = rows[usable]
+            vectors[targets] = got.vectors[usable]
+            last_ts[targets] = got.last_ts[usable]
+            tier_codes[targets] = _L2
+            served_counts[index] = len(targets)
+            unserved[index] = rows[~usable]
 
         chunks = miss_chunks()
         try:
-            parts = read_chunks(chunks)
+            read_chunks(chunks, receive)
         except OnlineStoreUnavailableError as error:
             # Finish the L1 lookups, then serve what L1 has.
             for _ in chunks:
                 pass
             self._enter_degraded(error)
-            self._mark_unavailable(
-                [i for rows in miss_rows for i in rows], status_codes
-            )
+            self._counts["l2_hits"] += sum(served_counts.values())
+            unread = [
+                int(i) for rows in miss_rows for i in rows if tier_codes[i] == _NONE
+            ]
+            self._mark_unavailable(unread, status_codes)
             return cached, []
         if self._degraded:
             self._leave_degraded()
-        rows = np.array(list(chain.from_iterable(miss_rows)), dtype=np.intp)
-        if not len(rows):
-            return cached, []
-        got = parts[0] if len(parts) == 1 else type(parts[0]).join(parts)
-        usable = got.found & (got.vector_as_of == as_of)
-        served = np.flatnonzero(usable)
-        targets = rows[served]
-        vectors[targets] = got.vectors[served]
-        last_ts[targets] = got.last_ts[served]
-        tier_codes[targets] = _L2
-        self._counts["l2_hits"] += len(served)
-        return cached, rows[~usable].tolist()
+        self._counts["l2_hits"] += sum(served_counts.values())
+        left = [unserved[index] for index in sorted(unserved)]
+        return cached, np.concatenate(left).tolist() if left else []
 
     @staticmethod
     def _take_cached(
