@@ -324,7 +324,7 @@ class L1Cache:
     def _touch_unprotected(
         self, player_id: str, now: float
     ) -> tuple[float, CachedPlayer] | None:
-        """Like :meth:`_touch` for a player known not to be in the protected segment."""
+        """Find a live entry outside the protected segment and mark it used."""
         window = self._window
         item = window.get(player_id)
         if item is not None:

@@ -162,9 +162,9 @@ class _ReadConnection:
     """The request path's connection: a socket and a hiredis reply reader.
 
     redis-py opens the connection, so the URL's password, database and TLS
-    settings apply, and then steps aside: requests are written with one
-    ``sendall`` and replies parsed by a ``hiredis.Reader`` fed straight from
-    the socket, without redis-py's per-command checks and parser layers.
+    settings apply. After that, requests are written with one ``sendall``
+    and replies parsed by a ``hiredis.Reader`` fed straight from the socket,
+    without redis-py's per-command checks and parser layers.
     The connection opens on first use and again after :meth:`disconnect`.
     Socket errors become ``redis.ConnectionError`` or ``redis.TimeoutError``.
     """
@@ -292,7 +292,7 @@ class RedisOnlineStore:
         read timeout.
     read_spin_seconds:
         Seconds a one-player read polls the socket for the reply before the
-        thread sleeps until it arrives; 0 disables polling. Polling keeps a
+        thread sleeps until it arrives. Zero disables polling. Polling keeps a
         core busy for up to this long per read, and saves the wake-up of a
         sleeping thread, which on a virtual machine can take longer than a
         loopback round trip. Replies from a server further away than this

@@ -57,7 +57,7 @@ _NONE, _L1, _L2 = 0, 1, 2
 _TIER_NAMES = np.array(["none", "l1", "l2"], dtype=object)
 _UNKNOWN, _FRESH, _EXPIRED, _UNAVAILABLE = 0, 1, 2, 3
 _STATUS_NAMES = np.array(["unknown", "fresh", "expired", "unavailable"], dtype=object)
-#: Players per chunk of a large batch: each chunk's L1 misses are one read.
+#: Players per chunk of a large batch. Each chunk's L1 misses are one read.
 BATCH_CHUNK = 1000
 
 
@@ -375,18 +375,18 @@ class EnterpriseFeatureStore:
     ) -> tuple[list[CachedPlayer | None], list[int]]:
         """Look a large batch up in L1 and read its misses' vectors, overlapped.
 
-        The batch goes in chunks of :data:`BATCH_CHUNK` players: each chunk
-        is looked up in L1 (without changing what L1 keeps), and its misses
+        The batch goes in chunks of :data:`BATCH_CHUNK` players. Each chunk
+        is looked up in L1 without changing what L1 keeps, and its misses
         are sent to the online store as one read before the next chunk is
-        looked up, so the store serves one chunk while this thread looks up
-        the next. Fills the rows of the players whose stored vector is as of
-        ``as_of``; returns the L1 entries and the rows still to read.
+        looked up. The store thus serves one chunk while this thread looks
+        up the next. Fills the rows of the players whose stored vector is as
+        of ``as_of``, and returns the L1 entries and the rows still to read.
         """
         n = len(ids)
         get_many = self.l1.get_many
         cached: list[CachedPlayer | None] = []
         miss_rows: list[np.ndarray] = []
-        # Per chunk, the rows left for a state read and the rows served; a
+        # Per chunk, the rows left for a state read and the rows served. A
         # chunk may arrive twice after a reconnection, so these overwrite.
         unserved: dict[int, np.ndarray] = {}
         served_counts: dict[int, int] = {}
@@ -568,8 +568,8 @@ class EnterpriseFeatureStore:
             vector = compute_matrix(state.reshape(1, -1), as_of)[0]
             vector.setflags(write=False)
         last_ts = float(state[LAST_TS])
-        # Responses share these arrays with the cache, so they are read-only:
-        # a view of the read-only state when possible, else a new array.
+        # Responses share these arrays with the cache, so they are read-only.
+        # The state's view is used when the state is read-only already.
         last_event_ts = state[LAST_TS : LAST_TS + 1]
         if last_event_ts.flags.writeable:
             last_event_ts = np.array([last_ts])
