@@ -401,3 +401,34 @@ def test_single_read_with_and_without_polling(
     np.testing.assert_array_equal(got[0], expected[0])
     np.testing.assert_array_equal(got[1], expected[1])
     assert unknown is None
+
+
+@pytest.mark.parametrize(
+    "layout",
+    ["all", "missing_last", "missing_first", "missing_middle", "none_found"],
+)
+def test_vector_reads_with_missing_keys(
+    bustabit_events: pl.DataFrame, redis_store: RedisOnlineStore, layout: str
+) -> None:
+    events = bustabit_events.head(2000)
+    materialize(events, redis_store)
+    known = fold(events)["player_id"].to_list()[:5]
+    requested = {
+        "all": known,
+        "missing_last": [*known, "nobody"],
+        "missing_first": ["nobody", *known],
+        "missing_middle": [*known[:2], "nobody", *known[2:]],
+        "none_found": ["nobody", "nobody-else"],
+    }[layout]
+    expected = redis_store.read_players(requested)
+
+    # A missing key at the end of the last reply must not wait for bytes
+    # that never come: the short read timeout would fail this read.
+    got = redis_store.read_vectors(requested)
+    again = redis_store.read_vectors(requested)
+
+    assert got.found.tolist() == [p != "nobody" and p in known for p in requested]
+    np.testing.assert_array_equal(got.vectors[got.found], expected.vectors[got.found])
+    assert np.isnan(got.vectors[~got.found]).all()
+    np.testing.assert_array_equal(again.vectors, got.vectors)
+    assert redis_store.last_error is None
