@@ -325,14 +325,14 @@ class EnterpriseFeatureStore:
             fill_l1 or read_chunks is None or time.monotonic() < self._retry_at
         )
         if pipelined:
-            cached, misses = self._read_large_batch(
+            misses = self._read_large_batch(
                 read_chunks, ids, as_of, vectors, last_ts, tier_codes, status_codes
             )
         else:
             cached = self.l1.get_many(ids, count=not looked_up, update=fill_l1)
             misses = [i for i, entry in enumerate(cached) if entry is None]
-        if len(cached) - cached.count(None):
-            self._take_cached(cached, as_of, vectors, last_ts, tier_codes)
+            if len(misses) < n:
+                self._take_cached(cached, as_of, vectors, last_ts, tier_codes)
         if misses:
             self._read_misses(
                 ids,
@@ -372,19 +372,20 @@ class EnterpriseFeatureStore:
         last_ts: np.ndarray,
         tier_codes: np.ndarray,
         status_codes: np.ndarray,
-    ) -> tuple[list[CachedPlayer | None], list[int]]:
-        """Look a large batch up in L1 and read its misses' vectors, overlapped.
+    ) -> list[int]:
+        """Serve a large batch from L1 and its misses' stored vectors, overlapped.
 
         The batch goes in chunks of :data:`BATCH_CHUNK` players. Each chunk
         is looked up in L1 without changing what L1 keeps, and its misses
         are sent to the online store as one read before the next chunk is
-        looked up. The store thus serves one chunk while this thread looks
-        up the next. Fills the rows of the players whose stored vector is as
-        of ``as_of``, and returns the L1 entries and the rows still to read.
+        looked up, and its L1 entries are copied into the response. The
+        store thus serves one chunk while this thread prepares the next.
+        Fills the rows of the L1 hits and of the players whose stored vector
+        is as of ``as_of``, and returns the rows still to read.
         """
         n = len(ids)
         get_many = self.l1.get_many
-        cached: list[CachedPlayer | None] = []
+        take_cached = self._take_cached
         miss_rows: list[np.ndarray] = []
         # Per chunk, the rows left for a state read and the rows served. A
         # chunk may arrive twice after a reconnection, so these overwrite.
@@ -393,9 +394,17 @@ class EnterpriseFeatureStore:
 
         def miss_chunks() -> Iterator[list[str]]:
             for start in range(0, n, BATCH_CHUNK):
-                found = get_many(ids[start : start + BATCH_CHUNK], update=False)
+                end = start + BATCH_CHUNK
+                found = get_many(ids[start:end], update=False)
                 rows = [start + j for j, entry in enumerate(found) if entry is None]
-                cached.extend(found)
+                if len(rows) < len(found):
+                    take_cached(
+                        found,
+                        as_of,
+                        vectors[start:end],
+                        last_ts[start:end],
+                        tier_codes[start:end],
+                    )
                 miss_rows.append(np.array(rows, dtype=np.intp))
                 yield [ids[i] for i in rows]
 
@@ -428,12 +437,12 @@ class EnterpriseFeatureStore:
                 int(i) for rows in miss_rows for i in rows if tier_codes[i] == _NONE
             ]
             self._mark_unavailable(unread, status_codes)
-            return cached, []
+            return []
         if self._degraded:
             self._leave_degraded()
         self._counts["l2_hits"] += sum(served_counts.values())
         left = [unserved[index] for index in sorted(unserved)]
-        return cached, np.concatenate(left).tolist() if left else []
+        return np.concatenate(left).tolist() if left else []
 
     @staticmethod
     def _take_cached(
