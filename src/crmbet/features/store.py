@@ -376,12 +376,12 @@ class EnterpriseFeatureStore:
         """Serve a large batch from L1 and its misses' stored vectors, overlapped.
 
         The batch goes in chunks of :data:`BATCH_CHUNK` players. Each chunk
-        is looked up in L1 without changing what L1 keeps, and its misses
-        are sent to the online store as one read before the next chunk is
-        looked up, and its L1 entries are copied into the response. The
-        store thus serves one chunk while this thread prepares the next.
-        Fills the rows of the L1 hits and of the players whose stored vector
-        is as of ``as_of``, and returns the rows still to read.
+        is looked up in L1 without changing what L1 keeps. Its hits are
+        copied into the response and its misses sent to the online store as
+        one read before the next chunk is looked up, so the store serves one
+        chunk while this thread prepares the next. Fills the rows of the L1
+        hits and of the players whose stored vector is as of ``as_of``, and
+        returns the rows still to read.
         """
         n = len(ids)
         get_many = self.l1.get_many
