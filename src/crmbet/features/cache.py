@@ -56,9 +56,13 @@ class CachedPlayer(NamedTuple):
     ``values`` and ``last_event_ts`` are the vector as a one-row matrix and
     ``last_ts`` as a one-element array, both read-only, so that a one-player
     response is built without new arrays. They are None when the writer did
-    not set them. A tuple rather than a class instance: a tuple of floats and
-    untracked arrays is itself untracked by the garbage collector, so a
-    full cache does not slow the collector's passes.
+    not set them.
+
+    The cache stores and returns entries as plain tuples in this field
+    order, and the ``*_FIELD`` constants index them. The garbage collector
+    stops tracking a plain tuple of floats, arrays and None after its first
+    pass, but keeps tracking any tuple subclass such as this one, so a full
+    cache of these would lengthen every full collection.
     """
 
     state: np.ndarray
@@ -67,6 +71,15 @@ class CachedPlayer(NamedTuple):
     last_ts: float
     values: np.ndarray | None = None
     last_event_ts: np.ndarray | None = None
+
+
+#: A cached entry: the fields of :class:`CachedPlayer` in a plain tuple.
+CachedEntry = tuple[
+    np.ndarray, np.ndarray, float, float, np.ndarray | None, np.ndarray | None
+]
+#: Positions of the :class:`CachedPlayer` fields in a cached entry.
+STATE_FIELD, VECTOR_FIELD, AS_OF_FIELD, LAST_TS_FIELD = 0, 1, 2, 3
+VALUES_FIELD, LAST_EVENT_TS_FIELD = 4, 5
 
 
 class FrequencySketch:
@@ -133,7 +146,7 @@ class FrequencySketch:
 
     def estimate(self, key_hash: int) -> int:
         """Return the estimated request count of the key, at most :data:`MAX_COUNT`."""
-        # Unrolled like increment: the admission of every L1 miss runs this
+        # Unrolled like increment, because the admission of every L1 miss runs this
         # twice.
         table = self._table
         mask = self._mask
@@ -190,9 +203,9 @@ class L1Cache:
         self._main_size = main_size
         # Each segment maps a player id to (expiry time or 0, entry), least
         # recently used first.
-        self._window: OrderedDict[str, tuple[float, CachedPlayer]] = OrderedDict()
-        self._probation: OrderedDict[str, tuple[float, CachedPlayer]] = OrderedDict()
-        self._protected: OrderedDict[str, tuple[float, CachedPlayer]] = OrderedDict()
+        self._window: OrderedDict[str, tuple[float, CachedEntry]] = OrderedDict()
+        self._probation: OrderedDict[str, tuple[float, CachedEntry]] = OrderedDict()
+        self._protected: OrderedDict[str, tuple[float, CachedEntry]] = OrderedDict()
         self._sketch = FrequencySketch(
             COUNTERS_PER_ENTRY * max_size, SAMPLES_PER_ENTRY * max_size
         )
@@ -214,7 +227,7 @@ class L1Cache:
             or player_id in self._probation
         )
 
-    def get(self, player_id: str, count: bool = True) -> CachedPlayer | None:
+    def get(self, player_id: str, count: bool = True) -> CachedEntry | None:
         """Return the live entry of a player and record the request.
 
         ``count=False`` leaves the hit and miss counters and the frequency
@@ -248,7 +261,7 @@ class L1Cache:
 
     def get_many(
         self, player_ids: Sequence[str], count: bool = True, update: bool = True
-    ) -> list[CachedPlayer | None]:
+    ) -> list[CachedEntry | None]:
         """Return the live entries of several players under one lock.
 
         ``update=False`` reads without recording the requests in the sketch
@@ -256,7 +269,7 @@ class L1Cache:
         players the cache keeps.
         """
         now = time.monotonic()
-        found: list[CachedPlayer | None] = []
+        found: list[CachedEntry | None] = []
         append = found.append
         with self._lock:
             if update:
@@ -271,12 +284,12 @@ class L1Cache:
 
     def _read_many(
         self, player_ids: Sequence[str], now: float
-    ) -> list[CachedPlayer | None]:
+    ) -> list[CachedEntry | None]:
         """Look entries up without any bookkeeping; the caller holds the lock."""
         from_protected = self._protected.get
         from_window = self._window.get
         from_probation = self._probation.get
-        found: list[CachedPlayer | None] = []
+        found: list[CachedEntry | None] = []
         append = found.append
         for player_id in player_ids:
             # A stored item is a non-empty tuple, so `or` moves on only when
@@ -297,7 +310,7 @@ class L1Cache:
         player_ids: Sequence[str],
         count: bool,
         now: float,
-        append: Callable[[CachedPlayer | None], None],
+        append: Callable[[CachedEntry | None], None],
     ) -> None:
         protected = self._protected
         touch = self._touch
@@ -313,7 +326,7 @@ class L1Cache:
             item = touch(player_id, now)
             append(None if item is None else item[1])
 
-    def _touch(self, player_id: str, now: float) -> tuple[float, CachedPlayer] | None:
+    def _touch(self, player_id: str, now: float) -> tuple[float, CachedEntry] | None:
         """Find a live entry and mark it used; the caller holds the lock."""
         if self._protected.pop(player_id, None) is not None:
             # Only an expired entry reaches here: the callers serve live
@@ -323,7 +336,7 @@ class L1Cache:
 
     def _touch_unprotected(
         self, player_id: str, now: float
-    ) -> tuple[float, CachedPlayer] | None:
+    ) -> tuple[float, CachedEntry] | None:
         """Find a live entry outside the protected segment and mark it used."""
         window = self._window
         item = window.get(player_id)
@@ -350,7 +363,7 @@ class L1Cache:
         return item
 
     def put(
-        self, player_id: str, entry: CachedPlayer, generation: int | None = None
+        self, player_id: str, entry: CachedEntry, generation: int | None = None
     ) -> bool:
         """Insert an entry; skip it when an invalidation followed ``generation``.
 
@@ -360,6 +373,8 @@ class L1Cache:
         """
         if self.max_size == 0:
             return False
+        if type(entry) is not tuple:
+            entry = tuple(entry)  # type: ignore[assignment]
         expires_at = time.monotonic() + self.ttl_seconds if self.ttl_seconds else 0.0
         with self._lock:
             if generation is not None and generation != self.generation:
@@ -368,7 +383,7 @@ class L1Cache:
         return True
 
     def put_many(
-        self, entries: list[tuple[str, CachedPlayer]], generation: int | None = None
+        self, entries: list[tuple[str, CachedEntry]], generation: int | None = None
     ) -> int:
         """Insert several entries under one lock; return how many were inserted."""
         if self.max_size == 0 or not entries:
@@ -378,10 +393,12 @@ class L1Cache:
             if generation is not None and generation != self.generation:
                 return 0
             for player_id, entry in entries:
+                if type(entry) is not tuple:
+                    entry = tuple(entry)  # type: ignore[assignment]
                 self._insert(player_id, (expires_at, entry))
         return len(entries)
 
-    def _insert(self, player_id: str, item: tuple[float, CachedPlayer]) -> None:
+    def _insert(self, player_id: str, item: tuple[float, CachedEntry]) -> None:
         """Insert or replace an entry; the caller holds the lock."""
         protected = self._protected
         if player_id in protected:
@@ -401,7 +418,7 @@ class L1Cache:
             candidate, candidate_item = window.popitem(last=False)
             self._admit(candidate, candidate_item)
 
-    def _admit(self, candidate: str, item: tuple[float, CachedPlayer]) -> None:
+    def _admit(self, candidate: str, item: tuple[float, CachedEntry]) -> None:
         """Move an entry from the window to the main area, or evict it."""
         probation = self._probation
         if len(probation) + len(self._protected) < self._main_size:

@@ -27,7 +27,16 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
-from crmbet.features.cache import CachedPlayer, L1Cache
+from crmbet.features.cache import (
+    AS_OF_FIELD,
+    LAST_EVENT_TS_FIELD,
+    LAST_TS_FIELD,
+    STATE_FIELD,
+    VALUES_FIELD,
+    VECTOR_FIELD,
+    CachedEntry,
+    L1Cache,
+)
 from crmbet.features.definitions import (
     FEATURES,
     RG_FEATURES,
@@ -449,7 +458,7 @@ class EnterpriseFeatureStore:
 
     @staticmethod
     def _take_cached(
-        cached: list[CachedPlayer | None],
+        cached: list[CachedEntry | None],
         as_of: float,
         vectors: np.ndarray,
         last_ts: np.ndarray,
@@ -457,16 +466,20 @@ class EnterpriseFeatureStore:
     ) -> None:
         """Copy the L1 entries into the batch arrays, recomputing other as-of times."""
         rows = [i for i, entry in enumerate(cached) if entry is not None]
-        entries: list[CachedPlayer] = [cached[i] for i in rows]  # type: ignore[misc]
+        entries: list[CachedEntry] = [cached[i] for i in rows]  # type: ignore[misc]
         tier_codes[rows] = _L1
-        last_ts[rows] = [entry.last_ts for entry in entries]
-        current = [j for j, entry in enumerate(entries) if entry.as_of == as_of]
+        last_ts[rows] = [entry[LAST_TS_FIELD] for entry in entries]
+        current = [j for j, entry in enumerate(entries) if entry[AS_OF_FIELD] == as_of]
         if current:
-            vectors[[rows[j] for j in current]] = [entries[j].vector for j in current]
+            vectors[[rows[j] for j in current]] = [
+                entries[j][VECTOR_FIELD] for j in current
+            ]
         if len(current) < len(rows):
-            stale = [j for j, entry in enumerate(entries) if entry.as_of != as_of]
+            stale = [
+                j for j, entry in enumerate(entries) if entry[AS_OF_FIELD] != as_of
+            ]
             vectors[[rows[j] for j in stale]] = compute_matrix(
-                np.vstack([entries[j].state for j in stale]), as_of
+                np.vstack([entries[j][STATE_FIELD] for j in stale]), as_of
             )
             # NOTE: the recomputed vectors are not cached; a request at
             # another as-of time should not evict the watermark vectors.
@@ -520,19 +533,21 @@ class EnterpriseFeatureStore:
         if entry is None:
             return self._serve_one_from_l2(request, player_id, resolved, started)
         as_of = self.backend.watermark if request.as_of is None else request.as_of
-        if entry.as_of != as_of:
+        if entry[AS_OF_FIELD] != as_of:
             return None
         view, names, columns = resolved
         ttl = view.ttl_seconds
-        if ttl is not None and as_of - entry.last_ts > ttl:
+        if ttl is not None and as_of - entry[LAST_TS_FIELD] > ttl:
             return None
-        values = entry.values
-        last_event_ts = entry.last_event_ts
+        values = entry[VALUES_FIELD]
+        last_event_ts = entry[LAST_EVENT_TS_FIELD]
         if values is None or columns is not None:
-            vector = entry.vector if columns is None else entry.vector[columns]
+            vector = entry[VECTOR_FIELD]
+            if columns is not None:
+                vector = vector[columns]
             values = vector.reshape(1, -1)
         if last_event_ts is None:
-            last_event_ts = np.array([entry.last_ts])
+            last_event_ts = np.array([entry[LAST_TS_FIELD]])
         response = FeatureResponse(
             (player_id,),
             names,
@@ -591,7 +606,7 @@ class EnterpriseFeatureStore:
         counts["l2_hits"] += 1
         self.l1.put(
             player_id,
-            CachedPlayer(state, vector, as_of, last_ts, row, last_event_ts),
+            (state, vector, as_of, last_ts, row, last_event_ts),
             generation,
         )
 
@@ -714,7 +729,7 @@ class EnterpriseFeatureStore:
         entries = [
             (
                 player,
-                CachedPlayer(
+                (
                     states[j],
                     computed[j],
                     as_of,
