@@ -56,9 +56,13 @@ class CachedPlayer(NamedTuple):
     ``values`` and ``last_event_ts`` are the vector as a one-row matrix and
     ``last_ts`` as a one-element array, both read-only, so that a one-player
     response is built without new arrays. They are None when the writer did
-    not set them. A tuple rather than a class instance: a tuple of floats and
-    untracked arrays is itself untracked by the garbage collector, so a
-    full cache does not slow the collector's passes.
+    not set them.
+
+    The cache stores and returns entries as plain tuples in this field
+    order, and the ``*_FIELD`` constants index them. The garbage collector
+    stops tracking a plain tuple of floats, arrays and None after its first
+    pass, but keeps tracking any tuple subclass such as this one, so a full
+    cache of these would lengthen every full collection.
     """
 
     state: np.ndarray
@@ -67,6 +71,15 @@ class CachedPlayer(NamedTuple):
     last_ts: float
     values: np.ndarray | None = None
     last_event_ts: np.ndarray | None = None
+
+
+#: A cached entry: the fields of :class:`CachedPlayer` in a plain tuple.
+CachedEntry = tuple[
+    np.ndarray, np.ndarray, float, float, np.ndarray | None, np.ndarray | None
+]
+#: Positions of the :class:`CachedPlayer` fields in a cached entry.
+STATE_FIELD, VECTOR_FIELD, AS_OF_FIELD, LAST_TS_FIELD = 0, 1, 2, 3
+VALUES_FIELD, LAST_EVENT_TS_FIELD = 4, 5
 
 
 class FrequencySketch:
@@ -133,9 +146,22 @@ class FrequencySketch:
 
     def estimate(self, key_hash: int) -> int:
         """Return the estimated request count of the key, at most :data:`MAX_COUNT`."""
+        # Unrolled like increment, because the admission of every L1 miss runs this
+        # twice.
         table = self._table
-        a, b, c, d = self._indices(key_hash)
-        return min(table[a], table[b], table[c], table[d])
+        mask = self._mask
+        width = self.width
+        low = key_hash & _MASK32
+        step = ((key_hash >> 32) & _MASK32) | 1
+        count = table[low & mask]
+        other = table[width + ((low + step) & mask)]
+        if other < count:
+            count = other
+        other = table[2 * width + ((low + 2 * step) & mask)]
+        if other < count:
+            count = other
+        other = table[3 * width + ((low + 3 * step) & mask)]
+        return other if other < count else count
 
     def age(self) -> None:
         """Halve every counter and the sample count."""
@@ -177,9 +203,9 @@ class L1Cache:
         self._main_size = main_size
         # Each segment maps a player id to (expiry time or 0, entry), least
         # recently used first.
-        self._window: OrderedDict[str, tuple[float, CachedPlayer]] = OrderedDict()
-        self._probation: OrderedDict[str, tuple[float, CachedPlayer]] = OrderedDict()
-        self._protected: OrderedDict[str, tuple[float, CachedPlayer]] = OrderedDict()
+        self._window: OrderedDict[str, tuple[float, CachedEntry]] = OrderedDict()
+        self._probation: OrderedDict[str, tuple[float, CachedEntry]] = OrderedDict()
+        self._protected: OrderedDict[str, tuple[float, CachedEntry]] = OrderedDict()
         self._sketch = FrequencySketch(
             COUNTERS_PER_ENTRY * max_size, SAMPLES_PER_ENTRY * max_size
         )
@@ -201,7 +227,7 @@ class L1Cache:
             or player_id in self._probation
         )
 
-    def get(self, player_id: str, count: bool = True) -> CachedPlayer | None:
+    def get(self, player_id: str, count: bool = True) -> CachedEntry | None:
         """Return the live entry of a player and record the request.
 
         ``count=False`` leaves the hit and miss counters and the frequency
@@ -214,13 +240,19 @@ class L1Cache:
             # candidate, and its next hit after a demotion is recorded.
             protected = self._protected
             item = protected.get(player_id)
-            if item is not None and (not item[0] or now <= item[0]):
-                protected.move_to_end(player_id)
-                self.hits += count
-                return item[1]
+            if item is not None:
+                if not item[0] or now <= item[0]:
+                    protected.move_to_end(player_id)
+                    self.hits += count
+                    return item[1]
+                del protected[player_id]
+                if count:
+                    self._sketch.increment(hash(player_id))
+                    self.misses += 1
+                return None
             if count:
                 self._sketch.increment(hash(player_id))
-            item = self._touch(player_id, now)
+            item = self._touch_unprotected(player_id, now)
             if item is None:
                 self.misses += count
                 return None
@@ -229,7 +261,7 @@ class L1Cache:
 
     def get_many(
         self, player_ids: Sequence[str], count: bool = True, update: bool = True
-    ) -> list[CachedPlayer | None]:
+    ) -> list[CachedEntry | None]:
         """Return the live entries of several players under one lock.
 
         ``update=False`` reads without recording the requests in the sketch
@@ -237,7 +269,7 @@ class L1Cache:
         players the cache keeps.
         """
         now = time.monotonic()
-        found: list[CachedPlayer | None] = []
+        found: list[CachedEntry | None] = []
         append = found.append
         with self._lock:
             if update:
@@ -252,12 +284,12 @@ class L1Cache:
 
     def _read_many(
         self, player_ids: Sequence[str], now: float
-    ) -> list[CachedPlayer | None]:
+    ) -> list[CachedEntry | None]:
         """Look entries up without any bookkeeping; the caller holds the lock."""
         from_protected = self._protected.get
         from_window = self._window.get
         from_probation = self._probation.get
-        found: list[CachedPlayer | None] = []
+        found: list[CachedEntry | None] = []
         append = found.append
         for player_id in player_ids:
             # A stored item is a non-empty tuple, so `or` moves on only when
@@ -278,7 +310,7 @@ class L1Cache:
         player_ids: Sequence[str],
         count: bool,
         now: float,
-        append: Callable[[CachedPlayer | None], None],
+        append: Callable[[CachedEntry | None], None],
     ) -> None:
         protected = self._protected
         touch = self._touch
@@ -294,37 +326,44 @@ class L1Cache:
             item = touch(player_id, now)
             append(None if item is None else item[1])
 
-    def _touch(self, player_id: str, now: float) -> tuple[float, CachedPlayer] | None:
+    def _touch(self, player_id: str, now: float) -> tuple[float, CachedEntry] | None:
         """Find a live entry and mark it used; the caller holds the lock."""
-        protected = self._protected
-        item = protected.pop(player_id, None)
-        if item is not None:
+        if self._protected.pop(player_id, None) is not None:
             # Only an expired entry reaches here: the callers serve live
             # protected entries themselves.
             return None
-        item = self._window.get(player_id)
+        return self._touch_unprotected(player_id, now)
+
+    def _touch_unprotected(
+        self, player_id: str, now: float
+    ) -> tuple[float, CachedEntry] | None:
+        """Find a live entry outside the protected segment and mark it used."""
+        window = self._window
+        item = window.get(player_id)
         if item is not None:
             if item[0] and now > item[0]:
-                del self._window[player_id]
+                del window[player_id]
                 return None
-            self._window.move_to_end(player_id)
+            window.move_to_end(player_id)
             return item
-        item = self._probation.get(player_id)
+        probation = self._probation
+        item = probation.get(player_id)
         if item is None:
             return None
-        del self._probation[player_id]
+        del probation[player_id]
         if item[0] and now > item[0]:
             return None
         # A second use after admission: promote, and demote the protected
         # segment's least recently used entry back to probation.
+        protected = self._protected
         protected[player_id] = item
         if len(protected) > self.protected_size:
             demoted, demoted_item = protected.popitem(last=False)
-            self._probation[demoted] = demoted_item
+            probation[demoted] = demoted_item
         return item
 
     def put(
-        self, player_id: str, entry: CachedPlayer, generation: int | None = None
+        self, player_id: str, entry: CachedEntry, generation: int | None = None
     ) -> bool:
         """Insert an entry; skip it when an invalidation followed ``generation``.
 
@@ -334,6 +373,8 @@ class L1Cache:
         """
         if self.max_size == 0:
             return False
+        if type(entry) is not tuple:
+            entry = tuple(entry)  # type: ignore[assignment]
         expires_at = time.monotonic() + self.ttl_seconds if self.ttl_seconds else 0.0
         with self._lock:
             if generation is not None and generation != self.generation:
@@ -342,7 +383,7 @@ class L1Cache:
         return True
 
     def put_many(
-        self, entries: list[tuple[str, CachedPlayer]], generation: int | None = None
+        self, entries: list[tuple[str, CachedEntry]], generation: int | None = None
     ) -> int:
         """Insert several entries under one lock; return how many were inserted."""
         if self.max_size == 0 or not entries:
@@ -352,24 +393,32 @@ class L1Cache:
             if generation is not None and generation != self.generation:
                 return 0
             for player_id, entry in entries:
+                if type(entry) is not tuple:
+                    entry = tuple(entry)  # type: ignore[assignment]
                 self._insert(player_id, (expires_at, entry))
         return len(entries)
 
-    def _insert(self, player_id: str, item: tuple[float, CachedPlayer]) -> None:
+    def _insert(self, player_id: str, item: tuple[float, CachedEntry]) -> None:
         """Insert or replace an entry; the caller holds the lock."""
-        for segment in (self._protected, self._probation):
-            if player_id in segment:
-                segment[player_id] = item
-                segment.move_to_end(player_id)
-                return
+        protected = self._protected
+        if player_id in protected:
+            protected[player_id] = item
+            protected.move_to_end(player_id)
+            return
+        probation = self._probation
+        if player_id in probation:
+            probation[player_id] = item
+            probation.move_to_end(player_id)
+            return
         window = self._window
+        if player_id in window:
+            window.move_to_end(player_id)
         window[player_id] = item
-        window.move_to_end(player_id)
         if len(window) > self.window_size:
             candidate, candidate_item = window.popitem(last=False)
             self._admit(candidate, candidate_item)
 
-    def _admit(self, candidate: str, item: tuple[float, CachedPlayer]) -> None:
+    def _admit(self, candidate: str, item: tuple[float, CachedEntry]) -> None:
         """Move an entry from the window to the main area, or evict it."""
         probation = self._probation
         if len(probation) + len(self._protected) < self._main_size:
@@ -378,12 +427,11 @@ class L1Cache:
         # The victim is probation's least recently used entry, or protected's
         # when probation is empty (possible only with a tiny main area).
         victims = probation if probation else self._protected
+        self.evictions += 1
         if not victims:
-            self.evictions += 1
             return
         victim = next(iter(victims))
         estimate = self._sketch.estimate
-        self.evictions += 1
         if estimate(hash(candidate)) > estimate(hash(victim)):
             del victims[victim]
             probation[candidate] = item

@@ -13,25 +13,36 @@ state schema version, so a new layout never reads an old one):
 - ``{ns}:v1:meta``: a hash with the store watermark;
 - ``{ns}:v1:invalidate``: the pub/sub channel that announces changed players.
 
-A read is one ``GET`` for one player, or one pipeline of ``MGET``s of
-:data:`READ_CHUNK` keys for a batch, plus the watermark unless the
+A read is one ``GET`` for one player, or one pipeline of ``MGET``s of up
+to :data:`READ_CHUNK` keys for a batch, plus the watermark unless the
 invalidation subscription is live. Writes are one pipeline per chunk of
-players. The client is redis-py with the hiredis
-parser over RESP2. Reads go through one dedicated connection and commands
-packed by hiredis, which skips the connection pool's per-command checks
-and redis-py's per-argument encoding. The fixed-size values let a whole
-batch be decoded with one ``numpy.frombuffer``.
+players, through redis-py with the hiredis parser over RESP2.
+
+Reads use one dedicated connection that redis-py opens (so the URL's
+password, database and TLS settings apply) and then leaves alone: the
+store writes the RESP bytes of its commands with one ``sendall`` and feeds
+the replies to a ``hiredis.Reader`` itself, which skips redis-py's
+per-command checks, argument encoding and parser layers. A one-player
+``GET`` is built from the key prefix with one bytes formatting. The
+``MGET``s of a batch are sent as their key lists become ready
+(:meth:`RedisOnlineStore.read_vector_chunks`), so Redis serves one while
+the caller prepares the next, and each reply is decoded while Redis serves
+the later ones. The fixed-size values let a reply of 1,000 values be
+decoded with one ``numpy.frombuffer``.
 """
 
 from __future__ import annotations
 
 import logging
+import select
+import socket
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import chain
-from typing import Any
+from typing import Any, TypeVar
 
 import hiredis
 import numpy as np
@@ -54,6 +65,8 @@ from crmbet.features.state import STATE_SCHEMA_VERSION, empty_states, merge
 
 logger = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
+
 
 @dataclass(frozen=True, slots=True)
 class StoredVectors:
@@ -63,6 +76,23 @@ class StoredVectors:
     vectors: np.ndarray
     vector_as_of: np.ndarray
     last_ts: np.ndarray
+
+    @classmethod
+    def join(cls, parts: Sequence[StoredVectors]) -> StoredVectors:
+        """Return the reads of several lists of players as one, in order."""
+        if not parts:
+            return cls(
+                np.zeros(0, dtype=bool),
+                np.empty((0, N_FEATURES)),
+                np.empty(0),
+                np.empty(0),
+            )
+        return cls(
+            np.concatenate([part.found for part in parts]),
+            np.concatenate([part.vectors for part in parts]),
+            np.concatenate([part.vector_as_of for part in parts]),
+            np.concatenate([part.last_ts for part in parts]),
+        )
 
 
 FEATURE_NAMES: tuple[str, ...] = tuple(FEATURES)
@@ -91,11 +121,28 @@ return tostring(current)
 """
 
 
-def _mget(prefix: str, player_ids: Sequence[str]) -> Iterator[tuple[bytes | str, ...]]:
-    """Yield ``MGET`` commands for the keys ``prefix + id``, in chunks."""
+def _pack_mget(prefix: str, player_ids: Sequence[str]) -> bytes:
+    """Return the RESP bytes of ``MGET`` for the keys ``prefix + id``.
+
+    Ids of one length in ASCII, the usual case for pseudonymised ids, are
+    packed by one ``str.join``; others by hiredis.
+    """
+    n = len(player_ids)
+    if n and min(map(len, player_ids)) == max(map(len, player_ids)):
+        size = len(prefix) + len(player_ids[0])
+        separator = f"\r\n${size}\r\n{prefix}"
+        text = f"*{n + 1}\r\n$4\r\nMGET{separator}{separator.join(player_ids)}\r\n"
+        data = text.encode()
+        # Equal lengths: every character was ASCII, so each key has `size` bytes.
+        if len(data) == len(text):
+            return data
+    return hiredis.pack_command((b"MGET", *[prefix + pid for pid in player_ids]))
+
+
+def _mget(prefix: str, player_ids: Sequence[str]) -> Iterator[bytes]:
+    """Yield packed ``MGET`` commands for the keys ``prefix + id``, in chunks."""
     for start in range(0, len(player_ids), READ_CHUNK):
-        chunk = player_ids[start : start + READ_CHUNK]
-        yield (b"MGET", *[prefix + pid for pid in chunk])
+        yield _pack_mget(prefix, player_ids[start : start + READ_CHUNK])
 
 
 def _layout_error(prefix: str, layout: float) -> ValueError:
@@ -104,6 +151,124 @@ def _layout_error(prefix: str, layout: float) -> ValueError:
         "another crmbet version wrote them, so use another namespace or "
         "re-materialise the store"
     )
+
+
+#: Error replies that mean the server cannot serve now rather than a bad
+#: request; they count as an outage like a refused connection.
+_UNAVAILABLE_REPLIES = ("LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "BUSY")
+
+
+class _ReadConnection:
+    """The request path's connection: a socket and a hiredis reply reader.
+
+    redis-py opens the connection, so the URL's password, database and TLS
+    settings apply. After that, requests are written with one ``sendall``
+    and replies parsed by a ``hiredis.Reader`` fed straight from the socket,
+    without redis-py's per-command checks and parser layers.
+    The connection opens on first use and again after :meth:`disconnect`.
+    Socket errors become ``redis.ConnectionError`` or ``redis.TimeoutError``.
+    """
+
+    def __init__(
+        self, connection: redis.connection.AbstractConnection, spin_seconds: float
+    ) -> None:
+        self._connection = connection
+        self._spin_ns = int(spin_seconds * 1e9)
+        self._sock: Any = None
+        self._poll: Callable[[int], list[Any]] | None = None
+        self._parser: hiredis.Reader | None = None
+        self._buffer = bytearray(1 << 18)
+        self._view = memoryview(self._buffer)
+
+    def send(self, data: bytes) -> None:
+        """Write ``data``, connecting first when needed."""
+        sock = self._sock
+        if sock is None:
+            sock = self._connect()
+        try:
+            sock.sendall(data)
+        except TimeoutError as error:
+            raise redis.TimeoutError(f"writing to Redis timed out: {error}") from error
+        except OSError as error:
+            raise redis.ConnectionError(f"writing to Redis failed: {error}") from error
+
+    def iter_replies(self, count: int) -> Iterator[Any]:
+        """Yield ``count`` replies as each arrives; an error reply raises."""
+        for _ in range(count):
+            yield self.read_replies(1)[0]
+
+    def read_replies(self, count: int, spin: bool = False) -> list[Any]:
+        """Read ``count`` replies; an error reply raises.
+
+        With ``spin``, poll the socket without sleeping for up to the spin
+        time before the first wait. A thread that sleeps in ``recv`` must be
+        woken when the reply arrives, which can take longer than a loopback
+        round trip on a virtual machine, so a one-player read skips it.
+        """
+        parser = self._parser
+        sock = self._sock
+        if parser is None or sock is None:
+            raise redis.ConnectionError("the read connection is closed")
+        buffer = self._buffer
+        view = self._view
+        replies: list[Any] = []
+        while len(replies) < count:
+            reply = parser.gets()
+            while reply is False:
+                if spin and self._poll is not None:
+                    spin = False
+                    poll = self._poll
+                    deadline = time.perf_counter_ns() + self._spin_ns
+                    while not poll(0) and time.perf_counter_ns() < deadline:
+                        pass
+                try:
+                    received = sock.recv_into(buffer)
+                except TimeoutError as error:
+                    raise redis.TimeoutError(
+                        f"reading from Redis timed out: {error}"
+                    ) from error
+                except OSError as error:
+                    raise redis.ConnectionError(
+                        f"reading from Redis failed: {error}"
+                    ) from error
+                if not received:
+                    raise redis.ConnectionError("Redis closed the connection")
+                parser.feed(view, 0, received)
+                reply = parser.gets()
+            if isinstance(reply, hiredis.ReplyError):
+                raise _reply_error(str(reply))
+            replies.append(reply)
+        return replies
+
+    def _connect(self) -> Any:
+        self._connection.connect()
+        sock = self._connection._sock  # noqa: SLF001
+        self._sock = sock
+        self._parser = hiredis.Reader()
+        self._poll = None
+        # A TLS socket may hold decrypted bytes that poll does not report.
+        if (
+            self._spin_ns > 0
+            and type(sock) is socket.socket
+            and hasattr(select, "poll")
+        ):
+            poller = select.poll()
+            poller.register(sock.fileno(), select.POLLIN)
+            self._poll = poller.poll
+        return sock
+
+    def disconnect(self) -> None:
+        """Close the socket and drop any reply left unread."""
+        self._sock = None
+        self._poll = None
+        self._parser = None
+        self._connection.disconnect()
+
+
+def _reply_error(message: str) -> redis.RedisError:
+    if message.startswith(_UNAVAILABLE_REPLIES):
+        return redis.ConnectionError(f"Redis cannot serve reads now: {message}")
+    return redis.ResponseError(message)
 
 
 class RedisOnlineStore:
@@ -125,6 +290,13 @@ class RedisOnlineStore:
         Seconds a write pipeline of up to 2,000 players may take. Writes
         use a connection of their own, so bulk loads do not need the short
         read timeout.
+    read_spin_seconds:
+        Seconds a one-player read polls the socket for the reply before the
+        thread sleeps until it arrives. Zero disables polling. Polling keeps a
+        core busy for up to this long per read, and saves the wake-up of a
+        sleeping thread, which on a virtual machine can take longer than a
+        loopback round trip. Replies from a server further away than this
+        are waited for as usual.
     """
 
     backend = "redis"
@@ -137,14 +309,19 @@ class RedisOnlineStore:
         key_ttl_seconds: float | None = None,
         socket_timeout: float = 0.5,
         write_timeout: float = 30.0,
+        read_spin_seconds: float = 0.0002,
     ) -> None:
         self.namespace = namespace
         self.key_ttl_seconds = key_ttl_seconds
         prefix = f"{namespace}:v{STATE_SCHEMA_VERSION}"
         self._state_prefix = f"{prefix}:state:"
+        self._state_prefix_bytes = self._state_prefix.encode()
         self._applied_prefix = f"{prefix}:applied:"
         self._vector_prefix = f"{prefix}:vector:"
         self._meta_key = f"{prefix}:meta"
+        self._hget_watermark = hiredis.pack_command(
+            (b"HGET", self._meta_key, b"watermark")
+        )
         self.channel = f"{prefix}:invalidate"
         self._client = redis.Redis.from_url(
             url,
@@ -164,7 +341,9 @@ class RedisOnlineStore:
         # The request path's connection, outside the pool; it connects on
         # first use and again after any failed call.
         pool = self._client.connection_pool
-        self._reader = pool.connection_class(**pool.connection_kwargs)
+        self._reader = _ReadConnection(
+            pool.connection_class(**pool.connection_kwargs), read_spin_seconds
+        )
         self._read_lock = threading.Lock()
         self._watermark = 0.0
         self._listeners: list[InvalidationListener | Callable[[None], None]] = []
@@ -192,39 +371,83 @@ class RedisOnlineStore:
             ) from error
         self.last_error = None
 
-    def _execute(self, commands: Iterable[tuple[bytes | str, ...]]) -> list[Any]:
-        """Send ``commands`` on the read connection and return their replies.
+    def _execute(self, commands: Iterable[bytes]) -> list[Any]:
+        """Send packed commands on the read connection and return their replies.
 
-        Each command is packed by hiredis (str arguments become UTF-8) and
-        sent as soon as ``commands`` yields it, before any reply is read, so
-        Redis works on one command while this thread builds the next. The
-        caller wraps the call in :meth:`_guard`. Any failure drops the
-        connection, so a reply left unread is never read as the reply to a
-        later command.
+        Each command is sent as soon as ``commands`` yields it, before any
+        reply is read, so Redis works on one command while this thread
+        builds the next. The caller wraps the call in :meth:`_guard`.
+        """
+        return self._pipeline(commands, list)
+
+    def _pipeline(
+        self, commands: Iterable[bytes], consume: Callable[[Iterator[Any]], _T]
+    ) -> _T:
+        """Send ``commands`` as they come, then let ``consume`` take the replies.
+
+        ``consume`` runs while later replies are still on their way, so it
+        can decode one while Redis serves the next. It must take every
+        reply, and may run twice: after a dropped connection, the commands
+        are sent again on a new one. Any failure drops the connection, so a
+        reply left unread is never read as the reply to a later command.
         """
         pending = iter(commands)
-        packed: list[bytes] = []
+        sent: list[bytes] = []
         with self._read_lock:
-            connection = self._reader
+            reader = self._reader
             try:
                 for command in pending:
-                    packed.append(hiredis.pack_command(command))
-                    connection.send_packed_command(packed[-1:], check_health=False)
-                return [connection.read_response() for _ in packed]
+                    reader.send(command)
+                    sent.append(command)
+                return consume(reader.iter_replies(len(sent)))
             except redis.ConnectionError:
                 # The server may have closed an idle connection or restarted.
                 # Reads are idempotent, so retry once on a new connection.
-                connection.disconnect()
+                reader.disconnect()
             except BaseException:
-                connection.disconnect()
+                reader.disconnect()
                 raise
             try:
-                packed.extend(hiredis.pack_command(command) for command in pending)
-                connection.send_packed_command(packed, check_health=False)
-                return [connection.read_response() for _ in packed]
+                sent.extend(pending)
+                reader.send(b"".join(sent))
+                return consume(reader.iter_replies(len(sent)))
             except BaseException:
-                connection.disconnect()
+                reader.disconnect()
                 raise
+
+    def _round_trip(self, packed: bytes, replies: int) -> list[Any]:
+        """Send packed commands in one write and read their replies.
+
+        The one-player path: no generator, context manager or per-command
+        packing. Failures are reported as by :meth:`_guard`.
+        """
+        try:
+            with self._read_lock:
+                reader = self._reader
+                try:
+                    reader.send(packed)
+                    result = reader.read_replies(replies, spin=True)
+                except redis.ConnectionError:
+                    # A dropped idle connection: retry once on a new one.
+                    reader.disconnect()
+                    try:
+                        reader.send(packed)
+                        result = reader.read_replies(replies, spin=True)
+                    except BaseException:
+                        reader.disconnect()
+                        raise
+                except BaseException:
+                    reader.disconnect()
+                    raise
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            self.last_error = f"{type(error).__name__}: {error}"
+            raise OnlineStoreUnavailableError(
+                f"Redis online store failed to read player states: {error}; check "
+                "that the server in CRMBET_REDIS_URL is running and reachable"
+            ) from error
+        if self.last_error is not None:
+            self.last_error = None
+        return result
 
     def state_key(self, player_id: str) -> str:
         """Return the Redis key of one player's state."""
@@ -292,9 +515,19 @@ class RedisOnlineStore:
         """Read one player's state and stored feature vector with one ``GET``.
 
         Returns ``(state, vector, vector_as_of)`` as read-only views of the
-        stored value, or None for an unknown player.
+        stored value, or None for an unknown player. The command is written
+        with one ``sendall`` and its reply parsed by hiredis, with the
+        watermark's ``HGET`` in the same write unless the subscription is
+        live.
         """
-        (value,) = self._read_values([(b"GET", self._state_prefix + player_id)])
+        key = self._state_prefix_bytes + player_id.encode()
+        command = b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(key), key)
+        if self.subscribed.is_set():
+            (value,) = self._round_trip(command, 1)
+        else:
+            value, watermark = self._round_trip(command + self._hget_watermark, 2)
+            if watermark is not None:
+                self._watermark = max(self._watermark, float(watermark))
         if value is None:
             return None
         row = np.frombuffer(value, np.float64)
@@ -302,7 +535,7 @@ class RedisOnlineStore:
             raise _layout_error(self._state_prefix, LAYOUT)
         return row[2 : 2 + N_FIELDS], row[2 + N_FIELDS :], float(row[1])
 
-    def _read_values(self, commands: Iterable[tuple[bytes | str, ...]]) -> list[Any]:
+    def _read_values(self, commands: Iterable[bytes]) -> list[Any]:
         """Run read commands and return their replies.
 
         Unless the subscription is live, the watermark is read in the same
@@ -316,7 +549,7 @@ class RedisOnlineStore:
                 watermark = None
             else:
                 *replies, watermark = self._execute(
-                    chain(commands, [(b"HGET", self._meta_key, b"watermark")])
+                    chain(commands, [self._hget_watermark])
                 )
         if watermark is not None:
             self._watermark = max(self._watermark, float(watermark))
@@ -328,13 +561,51 @@ class RedisOnlineStore:
         A batch whose as-of time equals the vectors' needs nothing else; the
         feature store reads the states of the other players.
         """
-        with self._guard("read feature vectors"):
-            replies = self._execute(_mget(self._vector_prefix, player_ids))
-        values = [*chain.from_iterable(replies)]
-        rows, found = self._decode(
-            values, VECTOR_LENGTH, VECTOR_LAYOUT, self._vector_prefix
+        parts: dict[int, StoredVectors] = {}
+        self.read_vector_chunks(
+            (
+                player_ids[start : start + READ_CHUNK]
+                for start in range(0, len(player_ids), READ_CHUNK)
+            ),
+            parts.__setitem__,
         )
-        return StoredVectors(found, rows[:, 3:], rows[:, 1], rows[:, 2])
+        return StoredVectors.join([parts[index] for index in sorted(parts)])
+
+    def read_vector_chunks(
+        self,
+        chunks: Iterable[Sequence[str]],
+        receive: Callable[[int, StoredVectors], object],
+    ) -> None:
+        """Read the stored vectors of each chunk of ids, one ``MGET`` per chunk.
+
+        An ``MGET`` is sent as soon as ``chunks`` yields its ids, so the
+        caller can prepare the next chunk (look it up in L1, say) while
+        Redis serves this one. Each reply is decoded and passed to
+        ``receive(chunk_index, vectors)`` while Redis serves the later ones.
+        An empty chunk costs no command and is not passed on. After a
+        dropped connection the reads are sent again on a new one, so
+        ``receive`` may see a chunk twice and must overwrite, not add.
+        """
+        sent: list[int] = []
+        prefix = self._vector_prefix
+
+        def commands() -> Iterator[bytes]:
+            for index, ids in enumerate(chunks):
+                if ids:
+                    sent.append(index)
+                    yield _pack_mget(prefix, ids)
+
+        def decode(replies: Iterator[Any]) -> None:
+            for index in sent:
+                rows, found = self._decode(
+                    next(replies), VECTOR_LENGTH, VECTOR_LAYOUT, prefix
+                )
+                receive(
+                    index, StoredVectors(found, rows[:, 3:], rows[:, 1], rows[:, 2])
+                )
+
+        with self._guard("read feature vectors"):
+            self._pipeline(commands(), decode)
 
     @staticmethod
     def _decode(

@@ -16,17 +16,27 @@ marks the other players ``unavailable`` and does not raise to the caller.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import polars as pl
 
-from crmbet.features.cache import CachedPlayer, L1Cache
+from crmbet.features.cache import (
+    AS_OF_FIELD,
+    LAST_EVENT_TS_FIELD,
+    LAST_TS_FIELD,
+    STATE_FIELD,
+    VALUES_FIELD,
+    VECTOR_FIELD,
+    CachedEntry,
+    L1Cache,
+)
 from crmbet.features.definitions import (
     FEATURES,
     RG_FEATURES,
@@ -57,6 +67,8 @@ _NONE, _L1, _L2 = 0, 1, 2
 _TIER_NAMES = np.array(["none", "l1", "l2"], dtype=object)
 _UNKNOWN, _FRESH, _EXPIRED, _UNAVAILABLE = 0, 1, 2, 3
 _STATUS_NAMES = np.array(["unknown", "fresh", "expired", "unavailable"], dtype=object)
+#: Players per chunk of a large batch. Each chunk's L1 misses are one read.
+BATCH_CHUNK = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +260,7 @@ class EnterpriseFeatureStore:
         ] = {}
         self._latencies = _Latencies()
         self._l1_latencies = self._latencies.samples["l1"]
+        self._l2_latencies = self._latencies.samples["l2"]
         self._counts = {
             "l2_hits": 0,
             "l2_unknown": 0,
@@ -317,13 +330,29 @@ class EnterpriseFeatureStore:
         # L1 first; an entry computed at another as-of time is recomputed
         # from its cached state without a trip to the online store.
         fill_l1 = n <= self.l1_fill_max_players
-        cached = self.l1.get_many(ids, count=not looked_up, update=fill_l1)
-        misses = [i for i, entry in enumerate(cached) if entry is None]
-        if len(misses) < n:
-            self._take_cached(cached, as_of, vectors, last_ts, tier_codes)
+        read_chunks = getattr(self.backend, "read_vector_chunks", None)
+        pipelined = not (
+            fill_l1 or read_chunks is None or time.monotonic() < self._retry_at
+        )
+        if pipelined:
+            misses = self._read_large_batch(
+                read_chunks, ids, as_of, vectors, last_ts, tier_codes, status_codes
+            )
+        else:
+            cached = self.l1.get_many(ids, count=not looked_up, update=fill_l1)
+            misses = [i for i, entry in enumerate(cached) if entry is None]
+            if len(misses) < n:
+                self._take_cached(cached, as_of, vectors, last_ts, tier_codes)
         if misses:
             self._read_misses(
-                ids, misses, as_of, vectors, last_ts, tier_codes, status_codes
+                ids,
+                misses,
+                as_of,
+                vectors,
+                last_ts,
+                tier_codes,
+                status_codes,
+                vectors_read=pipelined,
             )
 
         status_codes[tier_codes != _NONE] = _FRESH
@@ -344,9 +373,92 @@ class EnterpriseFeatureStore:
         self._record(started, n, tiers)
         return response
 
+    def _read_large_batch(
+        self,
+        read_chunks: Any,
+        ids: Sequence[str],
+        as_of: float,
+        vectors: np.ndarray,
+        last_ts: np.ndarray,
+        tier_codes: np.ndarray,
+        status_codes: np.ndarray,
+    ) -> list[int]:
+        """Serve a large batch from L1 and its misses' stored vectors, overlapped.
+
+        The batch goes in chunks of :data:`BATCH_CHUNK` players. Each chunk
+        is looked up in L1 without changing what L1 keeps. Its hits are
+        copied into the response and its misses sent to the online store as
+        one read before the next chunk is looked up, so the store serves one
+        chunk while this thread prepares the next. Fills the rows of the L1
+        hits and of the players whose stored vector is as of ``as_of``, and
+        returns the rows still to read.
+        """
+        n = len(ids)
+        get_many = self.l1.get_many
+        take_cached = self._take_cached
+        miss_rows: list[np.ndarray] = []
+        # Per chunk, the rows left for a state read and the rows served. A
+        # chunk may arrive twice after a reconnection, so these overwrite.
+        unserved: dict[int, np.ndarray] = {}
+        served_counts: dict[int, int] = {}
+
+        # A short first chunk, so that the store starts working sooner.
+        bounds = [0, *range(min(BATCH_CHUNK // 4, n), n, BATCH_CHUNK), n]
+
+        def miss_chunks() -> Iterator[list[str]]:
+            for start, end in itertools.pairwise(bounds):
+                found = get_many(ids[start:end], update=False)
+                rows = [start + j for j, entry in enumerate(found) if entry is None]
+                if len(rows) < len(found):
+                    take_cached(
+                        found,
+                        as_of,
+                        vectors[start:end],
+                        last_ts[start:end],
+                        tier_codes[start:end],
+                    )
+                miss_rows.append(np.array(rows, dtype=np.intp))
+                yield [ids[i] for i in rows]
+
+        def receive(index: int, got: Any) -> None:
+            rows = miss_rows[index]
+            usable = got.found & (got.vector_as_of == as_of)
+            if usable.all():
+                vectors[rows] = got.vectors
+                last_ts[rows] = got.last_ts
+                tier_codes[rows] = _L2
+                served_counts[index] = len(rows)
+                return
+            targets = rows[usable]
+            vectors[targets] = got.vectors[usable]
+            last_ts[targets] = got.last_ts[usable]
+            tier_codes[targets] = _L2
+            served_counts[index] = len(targets)
+            unserved[index] = rows[~usable]
+
+        chunks = miss_chunks()
+        try:
+            read_chunks(chunks, receive)
+        except OnlineStoreUnavailableError as error:
+            # Finish the L1 lookups, then serve what L1 has.
+            for _ in chunks:
+                pass
+            self._enter_degraded(error)
+            self._counts["l2_hits"] += sum(served_counts.values())
+            unread = [
+                int(i) for rows in miss_rows for i in rows if tier_codes[i] == _NONE
+            ]
+            self._mark_unavailable(unread, status_codes)
+            return []
+        if self._degraded:
+            self._leave_degraded()
+        self._counts["l2_hits"] += sum(served_counts.values())
+        left = [unserved[index] for index in sorted(unserved)]
+        return np.concatenate(left).tolist() if left else []
+
     @staticmethod
     def _take_cached(
-        cached: list[CachedPlayer | None],
+        cached: list[CachedEntry | None],
         as_of: float,
         vectors: np.ndarray,
         last_ts: np.ndarray,
@@ -354,16 +466,20 @@ class EnterpriseFeatureStore:
     ) -> None:
         """Copy the L1 entries into the batch arrays, recomputing other as-of times."""
         rows = [i for i, entry in enumerate(cached) if entry is not None]
-        entries: list[CachedPlayer] = [cached[i] for i in rows]  # type: ignore[misc]
+        entries: list[CachedEntry] = [cached[i] for i in rows]  # type: ignore[misc]
         tier_codes[rows] = _L1
-        last_ts[rows] = [entry.last_ts for entry in entries]
-        current = [j for j, entry in enumerate(entries) if entry.as_of == as_of]
+        last_ts[rows] = [entry[LAST_TS_FIELD] for entry in entries]
+        current = [j for j, entry in enumerate(entries) if entry[AS_OF_FIELD] == as_of]
         if current:
-            vectors[[rows[j] for j in current]] = [entries[j].vector for j in current]
+            vectors[[rows[j] for j in current]] = [
+                entries[j][VECTOR_FIELD] for j in current
+            ]
         if len(current) < len(rows):
-            stale = [j for j, entry in enumerate(entries) if entry.as_of != as_of]
+            stale = [
+                j for j, entry in enumerate(entries) if entry[AS_OF_FIELD] != as_of
+            ]
             vectors[[rows[j] for j in stale]] = compute_matrix(
-                np.vstack([entries[j].state for j in stale]), as_of
+                np.vstack([entries[j][STATE_FIELD] for j in stale]), as_of
             )
             # NOTE: the recomputed vectors are not cached; a request at
             # another as-of time should not evict the watermark vectors.
@@ -417,19 +533,21 @@ class EnterpriseFeatureStore:
         if entry is None:
             return self._serve_one_from_l2(request, player_id, resolved, started)
         as_of = self.backend.watermark if request.as_of is None else request.as_of
-        if entry.as_of != as_of:
+        if entry[AS_OF_FIELD] != as_of:
             return None
         view, names, columns = resolved
         ttl = view.ttl_seconds
-        if ttl is not None and as_of - entry.last_ts > ttl:
+        if ttl is not None and as_of - entry[LAST_TS_FIELD] > ttl:
             return None
-        values = entry.values
-        last_event_ts = entry.last_event_ts
+        values = entry[VALUES_FIELD]
+        last_event_ts = entry[LAST_EVENT_TS_FIELD]
         if values is None or columns is not None:
-            vector = entry.vector if columns is None else entry.vector[columns]
+            vector = entry[VECTOR_FIELD]
+            if columns is not None:
+                vector = vector[columns]
             values = vector.reshape(1, -1)
         if last_event_ts is None:
-            last_event_ts = np.array([entry.last_ts])
+            last_event_ts = np.array([entry[LAST_TS_FIELD]])
         response = FeatureResponse(
             (player_id,),
             names,
@@ -471,22 +589,24 @@ class EnterpriseFeatureStore:
 
         state, vector, vector_as_of = stored
         as_of = (
-            float(request.as_of)
-            if request.as_of is not None
-            else self.backend.watermark
+            self.backend.watermark if request.as_of is None else float(request.as_of)
         )
         if vector is None or vector_as_of != as_of:
             vector = compute_matrix(state.reshape(1, -1), as_of)[0]
             vector.setflags(write=False)
         last_ts = float(state[LAST_TS])
-        last_event_ts = np.array([last_ts])
-        # Read-only: responses share both arrays with the cache.
-        last_event_ts.setflags(write=False)
+        # Responses share these arrays with the cache, so they are read-only.
+        # The state's view is used when the state is read-only already.
+        last_event_ts = state[LAST_TS : LAST_TS + 1]
+        if last_event_ts.flags.writeable:
+            last_event_ts = np.array([last_ts])
+            last_event_ts.setflags(write=False)
         row = vector.reshape(1, -1)
-        self._counts["l2_hits"] += 1
+        counts = self._counts
+        counts["l2_hits"] += 1
         self.l1.put(
             player_id,
-            CachedPlayer(state, vector, as_of, last_ts, row, last_event_ts),
+            (state, vector, as_of, last_ts, row, last_event_ts),
             generation,
         )
 
@@ -495,7 +615,7 @@ class EnterpriseFeatureStore:
         ttl = view.ttl_seconds
         if ttl is not None and as_of - last_ts > ttl:
             status = "expired"
-            self._counts["expired"] += 1
+            counts["expired"] += 1
             if not request.include_expired:
                 values = np.full((1, len(names)), np.nan)
         response = FeatureResponse(
@@ -508,7 +628,8 @@ class EnterpriseFeatureStore:
             as_of,
             self._degraded,
         )
-        self._record(started, 1, response.tier)
+        counts["requests"] += 1
+        self._l2_latencies.append(time.perf_counter_ns() - started)
         return response
 
     def _one_without_value(
@@ -546,6 +667,7 @@ class EnterpriseFeatureStore:
         last_ts: np.ndarray,
         tier_codes: np.ndarray,
         status_codes: np.ndarray,
+        vectors_read: bool = False,
     ) -> None:
         # Within the retry interval after a failure, do not wait on Redis.
         if time.monotonic() < self._retry_at:
@@ -557,7 +679,7 @@ class EnterpriseFeatureStore:
         generation = self.l1.generation
         fill_l1 = len(ids) <= self.l1_fill_max_players
         try:
-            if not fill_l1 and hasattr(self.backend, "read_vectors"):
+            if not (fill_l1 or vectors_read) and hasattr(self.backend, "read_vectors"):
                 misses = self._read_stored_vectors(
                     ids, misses, as_of, vectors, last_ts, tier_codes
                 )
@@ -607,7 +729,7 @@ class EnterpriseFeatureStore:
         entries = [
             (
                 player,
-                CachedPlayer(
+                (
                     states[j],
                     computed[j],
                     as_of,

@@ -291,3 +291,143 @@ def test_read_survives_dropped_connection(
     np.testing.assert_array_equal(after[0], before[0])
     assert batch.found.tolist() == [True, False]
     assert redis_store.last_error is None
+
+
+def test_large_batch_overlaps_l1_and_redis(
+    bustabit_events: pl.DataFrame,
+    redis_store: RedisOnlineStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    materialize(bustabit_events, redis_store)
+    offline = _offline(bustabit_events)
+    ids = offline["player_id"].to_list()
+    store = EnterpriseFeatureStore(redis_store, l1_fill_max_players=10)
+    warm = ids[3:40:4]
+    for player in warm:
+        store.get_features_sync(FeatureRequest(player))
+    # Small chunks, so the batch spans many reads, some without any miss.
+    monkeypatch.setattr("crmbet.features.store.BATCH_CHUNK", 7)
+    requested = ids[:20] + ["nobody"] + warm + ids[20:]
+
+    batch = store.get_features_sync(FeatureRequest(requested))
+
+    expected = offline.select(FEATURE_NAMES).to_numpy()
+    row_of = {player: i for i, player in enumerate(ids)}
+    np.testing.assert_allclose(
+        np.delete(batch.values, 20, axis=0),
+        expected[[row_of[p] for p in requested if p != "nobody"]],
+        rtol=1e-9,
+        atol=1e-12,
+    )
+    assert batch.status[20] == "unknown"
+    assert batch.tier[20] == "none"
+    assert batch.tier[21 : 21 + len(warm)] == ["l1"] * len(warm)
+    # The warm players are requested twice, and L1 serves both.
+    assert batch.tier.count("l1") == 2 * len(warm)
+    assert batch.tier.count("l2") == len(ids) - len(warm)
+    # A bulk read fills no L1 entry.
+    assert len(store.l1) == len(warm)
+
+
+@pytest.mark.slow
+def test_large_batch_with_redis_down_serves_l1(
+    bustabit_events: pl.DataFrame, redis_server: Any, wait_until: WaitUntil
+) -> None:
+    events = bustabit_events.head(3000)
+    backend = RedisOnlineStore(redis_server.url, socket_timeout=0.2)
+    materialize(events, backend)
+    store = EnterpriseFeatureStore(backend, retry_interval_s=0.2, l1_fill_max_players=5)
+    ids = fold(events)["player_id"].to_list()
+    warm, cold = ids[:10], ids[10:30]
+    for player in warm:
+        store.get_features_sync(FeatureRequest(player))
+
+    redis_server.stop()
+    response = store.get_features_sync(FeatureRequest(cold + warm))
+
+    assert response.tier == ["none"] * 20 + ["l1"] * 10
+    assert response.status == ["unavailable"] * 20 + ["fresh"] * 10
+    assert store.health()["status"] == "degraded"
+
+    redis_server.start()
+
+    def cold_served() -> bool:
+        return store.get_features_sync(FeatureRequest(cold)).tier == ["l2"] * 20
+
+    assert wait_until(cold_served, timeout=10)
+    assert store.health()["status"] == "healthy"
+    backend.close()
+
+
+def test_error_reply_keeps_connection_usable(
+    bustabit_events: pl.DataFrame, redis_store: RedisOnlineStore, redis_url: str
+) -> None:
+    events = bustabit_events.head(200)
+    materialize(events, redis_store)
+    players = fold(events)["player_id"].to_list()
+    client = redis.Redis.from_url(redis_url)
+    client.delete(redis_store.state_key(players[0]))
+    client.hset(redis_store.state_key(players[0]), "field", "value")
+    client.close()
+
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        redis_store.read_player(players[0])
+
+    assert redis_store.read_player(players[1]) is not None
+
+
+@pytest.mark.parametrize("spin_seconds", [0.0, 0.0002, 1.0])
+def test_single_read_polling_settings(
+    bustabit_events: pl.DataFrame,
+    redis_store: RedisOnlineStore,
+    redis_url: str,
+    spin_seconds: float,
+) -> None:
+    events = bustabit_events.head(200)
+    materialize(events, redis_store)
+    player = events["player_id"][0]
+    reader = RedisOnlineStore(
+        redis_url, namespace=redis_store.namespace, read_spin_seconds=spin_seconds
+    )
+    try:
+        got = reader.read_player(player)
+        unknown = reader.read_player("nobody")
+    finally:
+        reader.close()
+
+    expected = redis_store.read_player(player)
+    assert got is not None
+    assert expected is not None
+    np.testing.assert_array_equal(got[0], expected[0])
+    np.testing.assert_array_equal(got[1], expected[1])
+    assert unknown is None
+
+
+@pytest.mark.parametrize(
+    "layout",
+    ["all", "missing_last", "missing_first", "missing_middle", "none_found"],
+)
+def test_vector_reads_with_missing_keys(
+    bustabit_events: pl.DataFrame, redis_store: RedisOnlineStore, layout: str
+) -> None:
+    events = bustabit_events.head(2000)
+    materialize(events, redis_store)
+    known = fold(events)["player_id"].to_list()[:5]
+    requested = {
+        "all": known,
+        "missing_last": [*known, "nobody"],
+        "missing_first": ["nobody", *known],
+        "missing_middle": [*known[:2], "nobody", *known[2:]],
+        "none_found": ["nobody", "nobody-else"],
+    }[layout]
+    expected = redis_store.read_players(requested)
+
+    # A nil may end the last reply of the pipeline, so nothing follows it.
+    got = redis_store.read_vectors(requested)
+    again = redis_store.read_vectors(requested)
+
+    assert got.found.tolist() == [p != "nobody" and p in known for p in requested]
+    np.testing.assert_array_equal(got.vectors[got.found], expected.vectors[got.found])
+    assert np.isnan(got.vectors[~got.found]).all()
+    np.testing.assert_array_equal(again.vectors, got.vectors)
+    assert redis_store.last_error is None
