@@ -121,6 +121,45 @@ def test_fold_counts_a_duplicate_delivery_once(
     assert_frame_equal(fold(replayed), fold(bustabit_events), rtol=1e-9)
 
 
+def test_fold_same_for_time_ordered_and_shuffled_input(
+    bustabit_events: pl.DataFrame,
+) -> None:
+    # Time-ordered input takes the sort by player alone, shuffled input the
+    # sort on player, time and event id; replays must drop in both.
+    replayed = pl.concat([bustabit_events, bustabit_events.head(1000)])
+    in_time_order = replayed.sort("ts", "event_id")
+    shuffled = replayed.sample(fraction=1.0, shuffle=True, seed=4)
+    assert_frame_equal(fold(in_time_order), fold(shuffled), rtol=1e-9)
+    assert_frame_equal(fold(in_time_order), fold(bustabit_events), rtol=1e-9)
+
+
+def test_fold_orders_same_time_bets_by_event_id() -> None:
+    # In time order, but the tie at minute 10 is not in event-id order.
+    rows = [
+        _bet(1, "a", 0, 10, 0),
+        _bet(3, "a", 10, 30, 0),
+        _bet(2, "a", 10, 20, 0),
+    ]
+    state = fold(_events(rows)).row(0, named=True)
+    assert state["last_bet_stake"] == 30
+    assert state["n_chases"] == 2
+
+
+def test_fold_leaves_bet_fields_null_without_bets() -> None:
+    deposit = {
+        "event_id": "d1",
+        "player_id": "a",
+        "ts": START,
+        "event_type": "deposit",
+        "amount": 50.0,
+    }
+    state = fold(_events([deposit])).row(0, named=True)
+    assert state["first_bet_ts"] is None
+    assert state["last_bet_lost"] is None
+    assert state["n_chases"] == 0
+    assert state["deposit_max"] == 50
+
+
 def test_fold_keeps_distinct_events_with_the_same_time() -> None:
     rows = [_bet(1, "a", 0, 10, 0), _bet(2, "a", 0, 10, 0), _bet(1, "a", 0, 10, 0)]
     state = fold(_events(rows)).row(0, named=True)

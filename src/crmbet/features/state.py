@@ -1,8 +1,9 @@
 """Mergeable per-player state: the accumulators every feature is computed from.
 
 A player state is one row of counts, sums, sums of squares, extrema,
-histograms, time-decayed sums and a little sequence context. ``fold`` turns
-events into states with one Polars group-by; ``merge`` combines two state
+histograms, time-decayed sums and a little sequence context. ``fold`` sorts
+the events by player and time with Polars and computes every field with
+NumPy over each player's block of rows. ``merge`` combines two state
 tables. The merge law ``merge(fold(a), fold(b)) == fold(a + b)`` is
 exact (up to floating-point rounding) for every field when ``a`` ends
 before ``b`` begins, and for every field except the loss-chasing count when
@@ -17,6 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import polars as pl
 
 from crmbet.events.schema import EVENT_TYPES, PRODUCTS
@@ -196,9 +198,19 @@ STATE_SCHEMA: dict[str, pl.DataType] = {"player_id": pl.String()} | {
 }
 
 
-def _decay_weight(window: str) -> pl.Expr:
-    tau = DECAY_WINDOWS[window]
-    return ((pl.col("__t") - pl.col("__t").max()) / tau).exp()
+#: Codes of the event types and products in the sorted rows. A missing
+#: value gets the code one past the last, which no field counts.
+_EVENT_TYPE_CODES = {name: code for code, name in enumerate(EVENT_TYPES)}
+_PRODUCT_CODES = {name: code for code, name in enumerate(PRODUCTS)}
+
+#: Fields of the first and newest bet, null for a player without bets.
+_BET_FIELDS = (
+    "first_bet_ts",
+    "first_bet_stake",
+    "last_bet_ts",
+    "last_bet_stake",
+    "last_bet_lost",
+)
 
 
 def fold(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
@@ -219,44 +231,53 @@ def fold(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
         :data:`STATE_FIELDS`, sorted by ``player_id``.
     """
     frame = events.lazy() if isinstance(events, pl.DataFrame) else events
-    is_bet = pl.col("event_type") == "bet"
-    stake = pl.when(is_bet).then(pl.col("amount")).otherwise(0.0)
-    payout = pl.when(is_bet).then(pl.col("payout")).otherwise(0.0)
-
-    def money(kind: str) -> pl.Expr:
-        return (
-            pl.when(pl.col("event_type") == kind).then(pl.col("amount")).otherwise(0.0)
-        )
-
-    def count(mask: pl.Expr) -> pl.Expr:
-        return mask.cast(pl.Float64).sum()
-
-    # Sort once by an integer player code, then time. Each player's rows are
-    # then contiguous and in time order, so the loss-chasing pairs and the
-    # first and last bets see the bets in order. The group-by on the sorted
-    # code also costs about a third less CPU than one on the string id.
-    # The string player id stays out of the sorted copy: the categorical
-    # column carries it as a 4-byte code.
+    # The string player id becomes a 4-byte categorical code, and event
+    # types and products become one-byte codes, so the sorted copy is small.
     player = pl.col("player_id").cast(pl.Categorical)
-    ordered = (
-        frame.select(
-            "event_id",
-            # Enums hold one byte per row where strings hold 16 or more.
-            pl.col("event_type").cast(pl.Enum(EVENT_TYPES)),
-            "amount",
-            "payout",
-            "bonus_amount",
-            pl.col("product").cast(pl.Enum(PRODUCTS)),
-            "multiplier",
-            (pl.col("ts").dt.epoch("us").cast(pl.Float64) / 1e6).alias("__t"),
-            pl.col("ts").dt.hour().alias("__hour"),
-            (pl.col("ts").dt.weekday() - 1).alias("__wday"),
-            player.alias("__name"),
-            player.to_physical().alias("__player"),
+    rows = frame.select(
+        "event_id",
+        pl.col("event_type")
+        .cast(pl.Enum(EVENT_TYPES))
+        .to_physical()
+        .fill_null(len(EVENT_TYPES))
+        .alias("__type"),
+        pl.col("amount").fill_null(0.0),
+        pl.col("payout").fill_null(0.0),
+        pl.col("bonus_amount").fill_null(0.0),
+        pl.col("product")
+        .cast(pl.Enum(PRODUCTS))
+        .to_physical()
+        .fill_null(len(PRODUCTS))
+        .alias("__product"),
+        pl.col("multiplier").is_not_null().alias("__cashed_out"),
+        pl.col("multiplier").fill_null(1.0),
+        (pl.col("ts").dt.epoch("us").cast(pl.Float64) / 1e6).alias("__t"),
+        pl.col("ts").dt.hour().alias("__hour"),
+        (pl.col("ts").dt.weekday() - 1).alias("__wday"),
+        player.alias("__name"),
+        player.to_physical().alias("__player"),
+    ).collect()
+    if rows.height == 0:
+        return empty_states()
+    # Each player's rows must be contiguous and in the order of time, then
+    # event id, so that the loss-chasing pairs and the first and newest
+    # bets see the bets in order. Sources are usually written in time
+    # order, and then a stable sort by the player code alone gives that
+    # order at a fraction of the cost of a sort on all three keys.
+    step = pl.col("__t").diff()
+    in_time_order = rows.select(
+        (
+            (step > 0)
+            | ((step == 0) & (pl.col("event_id") >= pl.col("event_id").shift(1)))
         )
-        .sort("__player", "__t", "event_id")
-        .collect()
-    )
+        .fill_null(True)
+        .all()
+    ).item()
+    if in_time_order:
+        ordered = rows.sort("__player", maintain_order=True)
+    else:
+        ordered = rows.sort("__player", "__t", "event_id")
+    del rows
     # An event delivered twice (a file ingested twice, a producer retry) has
     # the same id, player and time, so after the sort its copies are
     # adjacent, and the filter keeps the first. The filter copies every
@@ -271,107 +292,161 @@ def fold(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     ).to_series()
     if repeat.any():
         ordered = ordered.filter(~repeat)
-    bet_stake = pl.col("amount").filter(is_bet)
-    bet_time = pl.col("__t").filter(is_bet)
-    bet_lost = (pl.col("payout") < pl.col("amount")).filter(is_bet)
-    sequence = [
-        (
-            bet_lost.shift(1)
-            & (bet_stake > bet_stake.shift(1))
-            & ((bet_time - bet_time.shift(1)) <= LOSS_CHASE_WINDOW_S)
-        )
-        .fill_null(False)
-        .cast(pl.Float64)
-        .sum()
-        .alias("n_chases"),
-        bet_time.first().alias("first_bet_ts"),
-        bet_stake.first().alias("first_bet_stake"),
-        bet_time.last().alias("last_bet_ts"),
-        bet_stake.last().alias("last_bet_stake"),
-        bet_lost.last().cast(pl.Float64).alias("last_bet_lost"),
-    ]
+    return _fold_sorted(ordered)
 
-    crash_cashout = (pl.col("product") == "crash") & pl.col("multiplier").is_not_null()
-    aggregations: list[pl.Expr] = [
-        pl.len().cast(pl.Float64).alias("n_events"),
-        pl.col("__t").min().alias("first_ts"),
-        pl.col("__t").max().alias("last_ts"),
-        count(is_bet).alias("n_bets"),
-        count(is_bet & (pl.col("payout") > pl.col("amount"))).alias("n_wins"),
-        stake.sum().alias("stake_sum"),
-        (stake * stake).sum().alias("stake_sq_sum"),
-        stake.log1p().sum().alias("log_stake_sum"),
-        stake.max().alias("stake_max"),
-        payout.sum().alias("payout_sum"),
-        pl.when(is_bet)
-        .then(pl.col("bonus_amount"))
-        .otherwise(0.0)
-        .sum()
-        .alias("bet_bonus_sum"),
-        count(pl.col("event_type") == "deposit").alias("n_deposits"),
-        money("deposit").sum().alias("deposit_sum"),
-        money("deposit").max().alias("deposit_max"),
-        count(pl.col("event_type") == "withdrawal").alias("n_withdrawals"),
-        money("withdrawal").sum().alias("withdrawal_sum"),
-        count(pl.col("event_type") == "bonus").alias("n_bonus"),
-        money("bonus").sum().alias("bonus_sum"),
-        count(pl.col("event_type") == "cashback").alias("n_cashback"),
-        money("cashback").sum().alias("cashback_sum"),
-        count(is_bet & (pl.col("product") == "crash")).alias("n_crash"),
-        count(is_bet & crash_cashout).alias("n_cashouts"),
-        pl.when(is_bet & crash_cashout)
-        .then(pl.col("multiplier").log())
-        .otherwise(0.0)
-        .sum()
-        .alias("cashout_log_sum"),
-        pl.when(is_bet & crash_cashout)
-        .then(pl.col("multiplier"))
-        .otherwise(0.0)
-        .max()
-        .alias("cashout_max"),
-    ]
-    for product in PRODUCTS:
-        on_product = is_bet & (pl.col("product") == product)
-        aggregations.append(count(on_product).alias(f"n_{product}_bets"))
-        aggregations.append(
-            pl.when(on_product)
-            .then(pl.col("amount"))
-            .otherwise(0.0)
-            .sum()
-            .alias(f"stake_{product}")
+
+def _fold_sorted(ordered: pl.DataFrame) -> pl.DataFrame:
+    """Compute every state field from rows grouped by player in time order.
+
+    Each player's rows are one contiguous block, so sums and extrema are
+    one ``reduceat`` over the blocks, and counts and sums by event type,
+    product, hour and weekday one ``bincount`` each. On 2 million events
+    this took a fifth of the CPU time of a Polars group-by with one
+    expression per field.
+    """
+    code = ordered["__player"].to_numpy()
+    n_rows = code.size
+    starts = np.flatnonzero(np.r_[True, code[1:] != code[:-1]])
+    sizes = np.diff(np.r_[starts, n_rows])
+    n_players = starts.size
+    group = np.repeat(np.arange(n_players), sizes)
+    names = ordered["__name"].gather(starts).cast(pl.String)
+
+    t = ordered["__t"].to_numpy()
+    event_type = ordered["__type"].to_numpy().astype(np.intp)
+    amount = ordered["amount"].to_numpy()
+    payout = ordered["payout"].to_numpy()
+    product = ordered["__product"].to_numpy().astype(np.intp)
+    multiplier = ordered["multiplier"].to_numpy()
+
+    columns: dict[str, np.ndarray] = {}
+
+    def total(values: np.ndarray) -> np.ndarray:
+        return np.add.reduceat(values, starts, dtype=np.float64)
+
+    def per_code(
+        groups: np.ndarray,
+        codes: np.ndarray,
+        n_codes: int,
+        weights: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Return a players x (n_codes + 1) table of counts or weight sums."""
+        flat = np.bincount(
+            groups * (n_codes + 1) + codes,
+            weights=weights,
+            minlength=n_players * (n_codes + 1),
         )
+        return flat.reshape(n_players, n_codes + 1).astype(np.float64)
+
+    is_bet = event_type == _EVENT_TYPE_CODES["bet"]
+    is_deposit = event_type == _EVENT_TYPE_CODES["deposit"]
+    stake = np.where(is_bet, amount, 0.0)
+    bet_payout = np.where(is_bet, payout, 0.0)
+
+    columns["n_events"] = sizes.astype(np.float64)
+    columns["first_ts"] = np.minimum.reduceat(t, starts)
+    last_ts = np.maximum.reduceat(t, starts)
+    columns["last_ts"] = last_ts
+    columns["n_wins"] = total(is_bet & (payout > amount))
+    columns["stake_sum"] = total(stake)
+    columns["stake_sq_sum"] = total(stake * stake)
+    columns["log_stake_sum"] = total(np.log1p(stake))
+    columns["stake_max"] = np.maximum.reduceat(stake, starts)
+    columns["payout_sum"] = total(bet_payout)
+    columns["bet_bonus_sum"] = total(
+        np.where(is_bet, ordered["bonus_amount"].to_numpy(), 0.0)
+    )
+    columns["deposit_max"] = np.maximum.reduceat(
+        np.where(is_deposit, amount, 0.0), starts
+    )
+
+    type_counts = per_code(group, event_type, len(EVENT_TYPES))
+    type_sums = per_code(group, event_type, len(EVENT_TYPES), amount)
+    columns["n_bets"] = type_counts[:, _EVENT_TYPE_CODES["bet"]]
+    for kind, count_name, sum_name in (
+        ("deposit", "n_deposits", "deposit_sum"),
+        ("withdrawal", "n_withdrawals", "withdrawal_sum"),
+        ("bonus", "n_bonus", "bonus_sum"),
+        ("cashback", "n_cashback", "cashback_sum"),
+    ):
+        columns[count_name] = type_counts[:, _EVENT_TYPE_CODES[kind]]
+        columns[sum_name] = type_sums[:, _EVENT_TYPE_CODES[kind]]
+
+    cashed_out = (
+        is_bet
+        & (product == _PRODUCT_CODES["crash"])
+        & ordered["__cashed_out"].to_numpy()
+    )
+    columns["n_cashouts"] = total(cashed_out)
+    columns["cashout_log_sum"] = total(np.where(cashed_out, np.log(multiplier), 0.0))
+    columns["cashout_max"] = np.maximum.reduceat(
+        np.where(cashed_out, multiplier, 0.0), starts
+    )
+
+    # Counts and stakes by product, hour and weekday are over bets only.
+    bet_rows = np.flatnonzero(is_bet)
+    bet_group = group[bet_rows]
+    bet_stake = amount[bet_rows]
+    bet_product = product[bet_rows]
+    product_counts = per_code(bet_group, bet_product, len(PRODUCTS))
+    product_stakes = per_code(bet_group, bet_product, len(PRODUCTS), bet_stake)
+    for name, index in _PRODUCT_CODES.items():
+        columns[f"n_{name}_bets"] = product_counts[:, index]
+        columns[f"stake_{name}"] = product_stakes[:, index]
+    columns["n_crash"] = product_counts[:, _PRODUCT_CODES["crash"]]
+    bet_hour = ordered["__hour"].to_numpy()[bet_rows].astype(np.intp)
+    hours = per_code(bet_group, bet_hour, 24)
     for hour in range(24):
-        aggregations.append(
-            count(is_bet & (pl.col("__hour") == hour)).alias(f"hour_{hour:02d}")
-        )
+        columns[f"hour_{hour:02d}"] = hours[:, hour]
+    bet_weekday = ordered["__wday"].to_numpy()[bet_rows].astype(np.intp)
+    weekdays = per_code(bet_group, bet_weekday, 7)
     for day in range(7):
-        aggregations.append(
-            count(is_bet & (pl.col("__wday") == day)).alias(f"wday_{day}")
-        )
-    for window in DECAY_WINDOWS:
-        weight = _decay_weight(window)
-        aggregations += [
-            (stake * weight).sum().alias(f"stake_d{window}"),
-            (is_bet.cast(pl.Float64) * weight).sum().alias(f"bets_d{window}"),
-            ((pl.col("event_type") == "deposit").cast(pl.Float64) * weight)
-            .sum()
-            .alias(f"deposits_d{window}"),
-            ((stake - payout) * weight).sum().alias(f"net_loss_d{window}"),
-        ]
+        columns[f"wday_{day}"] = weekdays[:, day]
 
-    states = (
-        ordered.lazy()
-        .set_sorted("__player")
-        .group_by("__player", maintain_order=True)
-        .agg(
-            pl.col("__name").first().cast(pl.String).alias("player_id"),
-            *aggregations,
-            *sequence,
-        )
+    age = t - np.repeat(last_ts, sizes)
+    net_loss = stake - bet_payout
+    for window, tau in DECAY_WINDOWS.items():
+        weight = np.exp(age / tau)
+        columns[f"stake_d{window}"] = total(stake * weight)
+        columns[f"bets_d{window}"] = total(is_bet * weight)
+        columns[f"deposits_d{window}"] = total(is_deposit * weight)
+        columns[f"net_loss_d{window}"] = total(net_loss * weight)
+
+    # Loss chasing: a bet after a lost bet of the same player, with a larger
+    # stake, within the window.
+    bet_time = t[bet_rows]
+    bet_lost = payout[bet_rows] < bet_stake
+    same_player = bet_group[1:] == bet_group[:-1]
+    chase = (
+        same_player
+        & bet_lost[:-1]
+        & (bet_stake[1:] > bet_stake[:-1])
+        & ((bet_time[1:] - bet_time[:-1]) <= LOSS_CHASE_WINDOW_S)
     )
-    return (
-        states.select(list(STATE_SCHEMA)).cast(STATE_SCHEMA).sort("player_id").collect()
+    columns["n_chases"] = np.bincount(
+        bet_group[1:], weights=chase, minlength=n_players
+    ).astype(np.float64)
+    first = np.flatnonzero(np.r_[True, ~same_player]) if bet_rows.size else bet_rows
+    last = np.r_[first[1:] - 1, bet_rows.size - 1] if bet_rows.size else bet_rows
+    bettors = bet_group[first]
+    for name, values in (
+        ("first_bet_ts", bet_time[first]),
+        ("first_bet_stake", bet_stake[first]),
+        ("last_bet_ts", bet_time[last]),
+        ("last_bet_stake", bet_stake[last]),
+        ("last_bet_lost", bet_lost[last].astype(np.float64)),
+    ):
+        column = np.full(n_players, np.nan)
+        column[bettors] = values
+        columns[name] = column
+
+    states = pl.DataFrame(
+        [names.alias("player_id")]
+        + [pl.Series(name, columns[name], dtype=pl.Float64) for name in STATE_FIELDS]
     )
+    # In the bet fields NaN marks a player without bets and becomes null.
+    # Elsewhere a NaN is a computed value and stays.
+    return states.with_columns(pl.col(*_BET_FIELDS).fill_nan(None)).sort("player_id")
 
 
 def _rescale(
