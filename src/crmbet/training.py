@@ -140,12 +140,13 @@ def player_truth(
     """Return each player's ground-truth label from a column carried with the events."""
     if extra is None or GROUND_TRUTH_COLUMN not in extra.columns:
         return None
-    return (
-        events.select("event_id", "player_id")
-        .join(extra, on="event_id")
-        .group_by("player_id")
-        .agg(pl.col(GROUND_TRUTH_COLUMN).first())
-    )
+    if extra.height == events.height and extra["event_id"].equals(events["event_id"]):
+        # ingest returns the carried columns row for row with the events,
+        # which saves a join on the event id.
+        labelled = events.select("player_id").with_columns(extra[GROUND_TRUTH_COLUMN])
+    else:
+        labelled = events.select("event_id", "player_id").join(extra, on="event_id")
+    return labelled.group_by("player_id").agg(pl.col(GROUND_TRUTH_COLUMN).first())
 
 
 def ground_truth_ari(

@@ -180,6 +180,39 @@ def test_csv_adapter_sends_bad_rows_to_dead_letters(
     assert (tmp_path / "dead.jsonl").stat().st_mode & 0o777 == 0o600
 
 
+def test_ingest_extra_lines_up_with_events(tmp_path: Path, pseudonymizer) -> None:
+    path = tmp_path / "tx.csv"
+    pl.concat(
+        [
+            _raw(archetype="whale"),
+            _raw(event_id="e2", amount="abc", archetype="casual"),
+            _raw(event_id="e3", player_id="bob", archetype="casual"),
+        ],
+        how="diagonal_relaxed",
+    ).write_csv(path)
+    result = ingest(
+        path, pseudonymizer=pseudonymizer, batch_size=2, keep_columns=("archetype",)
+    )
+    assert result.extra is not None
+    assert result.extra["event_id"].to_list() == result.events["event_id"].to_list()
+    assert result.extra["archetype"].to_list() == ["whale", "casual"]
+    assert result.events["player_id"].to_list() == [
+        pseudonymizer.pseudonymize("alice"),
+        pseudonymizer.pseudonymize("bob"),
+    ]
+
+
+def test_normalize_formats_every_failed_check() -> None:
+    result = normalize(_raw(amount="-3", product="darts", multiplier="0.5"))
+    [errors] = result.dead_letters["errors"].to_list()
+    assert [message.split(" is ")[0] for message in errors] == [
+        "amount='-3'",
+        "product='darts'",
+        "multiplier='0.5'",
+    ]
+    assert result.events.height == 0
+
+
 def test_csv_adapter_strict_mode_raises(tmp_path: Path, pseudonymizer) -> None:
     path = tmp_path / "tx.csv"
     _raw(amount="-3").write_csv(path)

@@ -277,6 +277,26 @@ def iter_ingest(
     ``IngestResult.extra`` (the synthetic generator's ``archetype``, say);
     they never enter the features.
     """
+    for part in _iter_validated(
+        path,
+        source_format=source_format,
+        mapping=mapping,
+        batch_size=batch_size,
+        keep_columns=keep_columns,
+    ):
+        part.events = pseudonymizer.pseudonymize_column(part.events)
+        yield part
+
+
+def _iter_validated(
+    path: str | Path,
+    *,
+    source_format: SourceFormat,
+    mapping: ColumnMapping | None,
+    batch_size: int,
+    keep_columns: tuple[str, ...],
+) -> Iterator[IngestResult]:
+    """Read a source in batches of validated events with raw player ids."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"input {path} not found; check the path")
@@ -300,28 +320,18 @@ def iter_ingest(
         batch_rows = batch.height
         batch, json_dead = _split_json_errors(batch, offset, source)
         raw = bustabit_to_raw(batch) if fmt == "bustabit" else batch
-        result = normalize(raw, mapping, row_offset=offset, source=source)
+        result = normalize(
+            raw, mapping, row_offset=offset, source=source, keep_columns=keep_columns
+        )
         dead = (
             pl.concat([json_dead, result.dead_letters])
             if json_dead.height
             else (result.dead_letters)
         )
-        extra = _extra_columns(batch, result, keep_columns)
-        events = pseudonymizer.pseudonymize_column(result.events)
         offset += batch_rows
-        yield IngestResult(events=events, dead_letters=dead, extra=extra, source=source)
-
-
-def _extra_columns(
-    batch: pl.DataFrame, result: ValidationResult, keep_columns: tuple[str, ...]
-) -> pl.DataFrame | None:
-    wanted = [c for c in keep_columns if c in batch.columns]
-    if not wanted:
-        return None
-    # Extra columns describe the raw player, so they are keyed by the raw id;
-    # callers join them after pseudonymising that id the same way.
-    valid_ids = result.events.select("event_id")
-    return batch.select("event_id", *wanted).join(valid_ids, on="event_id", how="semi")
+        yield IngestResult(
+            events=result.events, dead_letters=dead, extra=result.extra, source=source
+        )
 
 
 def ingest(
@@ -340,12 +350,11 @@ def ingest(
     Invalid records go to the dead letters (written to ``dead_letter_path``
     as JSON lines when given) and the rest is returned. With ``strict=True``
     the first invalid batch raises :class:`crmbet.errors.EventValidationError`
-    instead.
+    instead. ``IngestResult.extra`` lines up with the events row for row.
     """
     parts: list[IngestResult] = []
-    for part in iter_ingest(
+    for part in _iter_validated(
         path,
-        pseudonymizer=pseudonymizer,
         source_format=source_format,
         mapping=mapping,
         batch_size=batch_size,
@@ -363,6 +372,10 @@ def ingest(
     extras = [p.extra for p in parts if p.extra is not None]
     extra = pl.concat(extras) if extras else None
     source = parts[0].source if parts else str(path)
+    parts.clear()
+    # Pseudonymised once for the whole source, so each player's id is
+    # hashed once and not once per batch.
+    events = pseudonymizer.pseudonymize_column(events)
     if dead.height and dead_letter_path is not None:
         write_dead_letters(dead, dead_letter_path)
     logger.info(

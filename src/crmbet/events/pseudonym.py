@@ -84,14 +84,16 @@ class Pseudonymizer:
         """Replace ``column`` of ``frame`` with pseudonyms, hashing each id once."""
         if frame.height == 0:
             return frame
-        unique = frame.get_column(column).unique()
-        lookup = self.lookup_table(unique).rename(
-            {"raw_id": column, "pseudonym": "__pseudonym"}
+        raw_ids = frame.get_column(column)
+        lookup = self.lookup_table(raw_ids.unique()).rename({"raw_id": column})
+        # Only the id column goes through the join; the frame's other
+        # columns stay where they are.
+        pseudonyms = (
+            raw_ids.to_frame()
+            .join(lookup, on=column, how="left", maintain_order="left")
+            .get_column("pseudonym")
         )
-        joined = frame.join(lookup, on=column, how="left", maintain_order="left")
-        return joined.with_columns(pl.col("__pseudonym").alias(column)).drop(
-            "__pseudonym"
-        )
+        return frame.with_columns(pseudonyms.alias(column))
 
     def lookup_table(self, raw_ids: pl.Series) -> pl.DataFrame:
         """Return ``raw_id`` and ``pseudonym`` columns for distinct raw ids."""

@@ -10,7 +10,7 @@ naming the row, the field, the value and the fix, so nothing is lost.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -88,6 +88,9 @@ class ValidationResult:
 
     events: pl.DataFrame
     dead_letters: pl.DataFrame
+    #: ``event_id`` and the requested source columns of the valid rows, row
+    #: for row with ``events``; None when no such column was requested.
+    extra: pl.DataFrame | None = None
 
     @property
     def n_invalid(self) -> int:
@@ -156,9 +159,12 @@ def _parse_timestamp(frame: pl.DataFrame, name: str) -> pl.Expr:
     return pl.coalesce(iso, from_epoch)
 
 
-def _message(mask: pl.Expr, name: str, raw: pl.Expr, problem: str, fix: str) -> pl.Expr:
+def _message(
+    mask: pl.Expr, name: str, raw: pl.Expr, problem: str, fix: str
+) -> tuple[pl.Expr, pl.Expr]:
+    """Return a check's mask and its message, null where the mask is not true."""
     text = pl.format("{}={} is {}; {}", pl.lit(name), raw, pl.lit(problem), pl.lit(fix))
-    return pl.when(mask).then(text).otherwise(None)
+    return mask, pl.when(mask).then(text).otherwise(None)
 
 
 def _raw_repr(name: str) -> pl.Expr:
@@ -239,6 +245,7 @@ def normalize(
     row_offset: int = 0,
     source: str = "",
     now: datetime | None = None,
+    keep_columns: Sequence[str] = (),
 ) -> ValidationResult:
     """Validate a raw table and convert its valid rows to canonical events.
 
@@ -256,6 +263,10 @@ def normalize(
     now:
         Reference time for the future-timestamp check; the current time by
         default.
+    keep_columns:
+        Source columns to return in ``ValidationResult.extra`` for the
+        valid rows. A name absent from the source, or renamed by the
+        mapping, is left out.
 
     Returns
     -------
@@ -293,7 +304,7 @@ def normalize(
     def unparsable(name: str) -> pl.Expr:
         return present[name] & pl.col(f"__{name}").is_null()
 
-    def money_checks(name: str, required: bool) -> list[pl.Expr]:
+    def money_checks(name: str, required: bool) -> list[tuple[pl.Expr, pl.Expr]]:
         value = pl.col(f"__{name}")
         checks = [
             _message(
@@ -414,12 +425,19 @@ def normalize(
             "a cash-out multiplier is at least 1; leave it empty on a lost bet",
         ),
     ]
-    checked = parsed.with_columns(
-        pl.concat_list(checks).list.drop_nulls().alias("__errors")
+    # A row is invalid when any check's mask is true. The messages are
+    # formatted for the invalid rows only, which are usually few.
+    flagged = parsed.with_columns(
+        pl.any_horizontal([mask for mask, _ in checks])
+        .fill_null(False)
+        .alias("__invalid")
     )
-    bad_mask = pl.col("__errors").list.len() > 0
-    bad = checked.filter(bad_mask)
-    good = checked.filter(~bad_mask)
+    bad = flagged.filter(pl.col("__invalid")).with_columns(
+        pl.concat_list([message for _, message in checks])
+        .list.drop_nulls()
+        .alias("__errors")
+    )
+    good = flagged.filter(~pl.col("__invalid"))
 
     events = good.select(
         pl.col("__event_id").alias("event_id"),
@@ -439,6 +457,16 @@ def normalize(
         pl.col("__multiplier").alias("multiplier"),
         *[pl.col(f"__{name}").alias(name) for name in OPTIONAL_TEXT_FIELDS],
     ).cast(EVENT_SCHEMA)
+    carried = [
+        name
+        for name in keep_columns
+        if name in raw.columns and name in frame.columns and name not in EVENT_SCHEMA
+    ]
+    extra = (
+        good.select(pl.col("__event_id").alias("event_id"), *carried)
+        if carried
+        else None
+    )
 
     record_columns = [c for c in bad.columns if not c.startswith("__")]
     dead = (
@@ -462,4 +490,6 @@ def normalize(
             source or "input",
             bad["__errors"][0][0],
         )
-    return ValidationResult(events=events, dead_letters=dead.cast(DEAD_LETTER_SCHEMA))
+    return ValidationResult(
+        events=events, dead_letters=dead.cast(DEAD_LETTER_SCHEMA), extra=extra
+    )
