@@ -202,6 +202,22 @@ def test_ingest_extra_lines_up_with_events(tmp_path: Path, pseudonymizer) -> Non
     ]
 
 
+def test_normalize_cleans_labels_case_and_spaces() -> None:
+    raw = pl.concat(
+        [
+            _raw(event_type=" BET", product="Sports "),
+            _raw(event_id="e2", product="casino"),
+            _raw(event_id="e3", event_type="Refund"),
+        ]
+    )
+    result = normalize(raw)
+    assert result.events["event_type"].to_list() == ["bet", "bet"]
+    assert result.events["product"].to_list() == ["sports", "casino"]
+    assert "event_type='Refund' is not a known event type" in (
+        result.dead_letters["errors"][0][0]
+    )
+
+
 def test_normalize_formats_every_failed_check() -> None:
     result = normalize(_raw(amount="-3", product="darts", multiplier="0.5"))
     [errors] = result.dead_letters["errors"].to_list()

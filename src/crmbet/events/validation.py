@@ -42,6 +42,9 @@ DEAD_LETTER_SCHEMA: dict[str, pl.DataType] = {
     "source": pl.String(),
 }
 
+#: Distinct values up to which a label column is cleaned value by value.
+MAX_DISTINCT_LABELS = 1_000
+
 #: Largest amount accepted. Squared stakes are summed into the player state,
 #: so amounts near 1e154 and above overflow to infinity; 1e12 is far above
 #: any real stake in any currency.
@@ -124,6 +127,27 @@ class ValidationResult:
 
 def _text(name: str) -> pl.Expr:
     return pl.col(name).cast(pl.String, strict=False).str.strip_chars()
+
+
+def _label(frame: pl.DataFrame, name: str) -> pl.Expr:
+    """Return the stripped, lowercase text of a column of a few distinct labels.
+
+    Each distinct label is cleaned once and mapped back, which on 2 million
+    rows cost a fifth of cleaning every row. When every label is already
+    clean, the column is returned as it is.
+    """
+    cleaned = _text(name).str.to_lowercase()
+    column = frame.get_column(name)
+    if column.dtype != pl.String:
+        return cleaned
+    labels = column.unique().drop_nulls()
+    if labels.len() > MAX_DISTINCT_LABELS:
+        return cleaned
+    clean_labels = labels.to_frame().select(cleaned).to_series()
+    changed = labels != clean_labels
+    if not changed.any():
+        return pl.col(name)
+    return pl.col(name).replace(labels.filter(changed), clean_labels.filter(changed))
 
 
 def _number(name: str) -> pl.Expr:
@@ -287,11 +311,11 @@ def normalize(
         _text("event_id").alias("__event_id"),
         _text("player_id").alias("__player_id"),
         _parse_timestamp(frame, "ts").alias("__ts"),
-        _text("event_type").str.to_lowercase().alias("__event_type"),
+        _label(frame, "event_type").alias("__event_type"),
         _number("amount").alias("__amount"),
         _number("payout").alias("__payout"),
         _number("bonus_amount").alias("__bonus_amount"),
-        _text("product").str.to_lowercase().alias("__product"),
+        _label(frame, "product").alias("__product"),
         _number("multiplier").alias("__multiplier"),
         *[_text(name).alias(f"__{name}") for name in OPTIONAL_TEXT_FIELDS],
     )
