@@ -142,11 +142,21 @@ def player_truth(
         return None
     if extra.height == events.height and extra["event_id"].equals(events["event_id"]):
         # ingest returns the carried columns row for row with the events,
-        # which saves a join on the event id.
-        labelled = events.select("player_id").with_columns(extra[GROUND_TRUTH_COLUMN])
-    else:
-        labelled = events.select("event_id", "player_id").join(extra, on="event_id")
-    return labelled.group_by("player_id").agg(pl.col(GROUND_TRUTH_COLUMN).first())
+        # which saves a join on the event id, and each player's first row
+        # is found without grouping the rows.
+        first_rows = events["player_id"].arg_unique()
+        return pl.DataFrame(
+            [
+                events["player_id"].gather(first_rows),
+                extra[GROUND_TRUTH_COLUMN].gather(first_rows),
+            ]
+        )
+    labelled = events.select("event_id", "player_id").join(
+        extra, on="event_id", maintain_order="left"
+    )
+    return labelled.group_by("player_id", maintain_order=True).agg(
+        pl.col(GROUND_TRUTH_COLUMN).first()
+    )
 
 
 def ground_truth_ari(

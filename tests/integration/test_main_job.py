@@ -9,7 +9,7 @@ import pytest
 from crmbet.config import Settings
 from crmbet.models.registry import CHAMPION, ModelRegistry
 from crmbet.serving.predictor import SegmentPredictor
-from crmbet.training import TrainingResult, train_from_events
+from crmbet.training import TrainingResult, player_truth, train_from_events
 
 pytestmark = pytest.mark.integration
 
@@ -152,3 +152,22 @@ def test_synthetic_archetypes_are_recovered(
     assert result.adjusted_rand_index is not None
     assert result.adjusted_rand_index >= 0.6
     assert 6 <= result.model.n_segments <= 12
+
+
+def test_player_truth_aligned_equals_joined() -> None:
+    events = pl.DataFrame(
+        {
+            "event_id": ["e1", "e2", "e3", "e4"],
+            "player_id": ["p_b", "p_a", "p_b", "p_c"],
+        }
+    )
+    extra = pl.DataFrame(
+        {"event_id": ["e1", "e2", "e3", "e4"], "archetype": ["x", "y", "z", "x"]}
+    )
+    aligned = player_truth(events, extra)
+    joined = player_truth(events, extra.reverse())
+    assert aligned is not None
+    assert joined is not None
+    expected = [("p_a", "y"), ("p_b", "x"), ("p_c", "x")]
+    assert aligned.sort("player_id").rows() == expected
+    assert joined.sort("player_id").rows() == aligned.sort("player_id").rows()

@@ -451,17 +451,18 @@ def normalize(
     ]
     # A row is invalid when any check's mask is true. The messages are
     # formatted for the invalid rows only, which are usually few.
-    flagged = parsed.with_columns(
-        pl.any_horizontal([mask for mask, _ in checks])
-        .fill_null(False)
-        .alias("__invalid")
-    )
-    bad = flagged.filter(pl.col("__invalid")).with_columns(
+    invalid = parsed.select(
+        pl.any_horizontal([mask for mask, _ in checks]).fill_null(False)
+    ).to_series()
+    # Filtering copies every column, so a table without invalid rows is
+    # used as it is.
+    any_invalid = bool(invalid.any())
+    bad = (parsed.filter(invalid) if any_invalid else parsed.clear()).with_columns(
         pl.concat_list([message for _, message in checks])
         .list.drop_nulls()
         .alias("__errors")
     )
-    good = flagged.filter(~pl.col("__invalid"))
+    good = parsed.filter(~invalid) if any_invalid else parsed
 
     events = good.select(
         pl.col("__event_id").alias("event_id"),
