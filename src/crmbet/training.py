@@ -113,11 +113,13 @@ def read_source(
     source_format: SourceFormat = "auto",
     mapping: ColumnMapping | None = None,
     pseudonymizer: Pseudonymizer | None = None,
+    free_text: bool = True,
 ) -> IngestResult:
     """Read, validate and pseudonymise a source; dead letters go under ``home``.
 
     ``pseudonymizer`` replaces the one built from ``settings``; pass a
     :class:`RecordingPseudonymizer` to keep the raw ids for the results.
+    With ``free_text=False`` the events' free-text fields are left null.
     """
     settings = settings or get_settings()
     result = ingest(
@@ -126,6 +128,7 @@ def read_source(
         source_format=source_format,
         mapping=mapping,
         keep_columns=(GROUND_TRUTH_COLUMN,),
+        free_text=free_text,
     )
     if result.dead_letters.height:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -273,8 +276,13 @@ def run_training(
     """Run the main job on a file: read, fold, train, export and register."""
     settings = settings or get_settings()
     clock = time.perf_counter()
+    # The fold reads no free-text field, so those fields are not cleaned.
     ingested = read_source(
-        path, settings=settings, source_format=source_format, mapping=mapping
+        path,
+        settings=settings,
+        source_format=source_format,
+        mapping=mapping,
+        free_text=False,
     )
     read_s = time.perf_counter() - clock
     if progress:

@@ -453,3 +453,17 @@ def test_missing_column_names_the_column_and_the_separator(tmp_path: Path) -> No
     message = str(caught.value)
     assert "event_type=None is missing: the input has no column 'event_type'" in message
     assert "separated by ';'" in message
+
+
+def test_normalize_without_free_text_keeps_dead_letter_records() -> None:
+    raw = pl.concat(
+        [_raw(game=" slots "), _raw(event_id="e2", amount="abc", game="poker")],
+        how="diagonal_relaxed",
+    )
+    full = normalize(raw)
+    lean = normalize(raw, free_text=False)
+    assert full.events["game"].to_list() == ["slots"]
+    assert lean.events["game"].to_list() == [None]
+    assert lean.events.schema == full.events.schema
+    assert lean.dead_letters.equals(full.dead_letters)
+    assert '"game":"poker"' in lean.dead_letters["record"][0]

@@ -270,12 +270,14 @@ def iter_ingest(
     mapping: ColumnMapping | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     keep_columns: tuple[str, ...] = (),
+    free_text: bool = True,
 ) -> Iterator[IngestResult]:
     """Read a source in batches of validated, pseudonymised canonical events.
 
     ``keep_columns`` names source columns to carry beside the events in
     ``IngestResult.extra`` (the synthetic generator's ``archetype``, say);
-    they never enter the features.
+    they never enter the features. With ``free_text=False`` the events'
+    free-text fields are left null (see :func:`normalize`).
     """
     for part in _iter_validated(
         path,
@@ -283,6 +285,7 @@ def iter_ingest(
         mapping=mapping,
         batch_size=batch_size,
         keep_columns=keep_columns,
+        free_text=free_text,
     ):
         part.events = pseudonymizer.pseudonymize_column(part.events)
         yield part
@@ -295,6 +298,7 @@ def _iter_validated(
     mapping: ColumnMapping | None,
     batch_size: int,
     keep_columns: tuple[str, ...],
+    free_text: bool,
 ) -> Iterator[IngestResult]:
     """Read a source in batches of validated events with raw player ids."""
     path = Path(path)
@@ -321,7 +325,12 @@ def _iter_validated(
         batch, json_dead = _split_json_errors(batch, offset, source)
         raw = bustabit_to_raw(batch) if fmt == "bustabit" else batch
         result = normalize(
-            raw, mapping, row_offset=offset, source=source, keep_columns=keep_columns
+            raw,
+            mapping,
+            row_offset=offset,
+            source=source,
+            keep_columns=keep_columns,
+            free_text=free_text,
         )
         dead = (
             pl.concat([json_dead, result.dead_letters])
@@ -344,6 +353,7 @@ def ingest(
     strict: bool = False,
     dead_letter_path: str | Path | None = None,
     keep_columns: tuple[str, ...] = (),
+    free_text: bool = True,
 ) -> IngestResult:
     """Read a whole source into one table of canonical events.
 
@@ -351,6 +361,7 @@ def ingest(
     as JSON lines when given) and the rest is returned. With ``strict=True``
     the first invalid batch raises :class:`crmbet.errors.EventValidationError`
     instead. ``IngestResult.extra`` lines up with the events row for row.
+    With ``free_text=False`` the events' free-text fields are left null.
     """
     parts: list[IngestResult] = []
     for part in _iter_validated(
@@ -359,6 +370,7 @@ def ingest(
         mapping=mapping,
         batch_size=batch_size,
         keep_columns=keep_columns,
+        free_text=free_text,
     ):
         if strict and part.dead_letters.height:
             ValidationResult(part.events, part.dead_letters).raise_if_invalid()

@@ -270,6 +270,7 @@ def normalize(
     source: str = "",
     now: datetime | None = None,
     keep_columns: Sequence[str] = (),
+    free_text: bool = True,
 ) -> ValidationResult:
     """Validate a raw table and convert its valid rows to canonical events.
 
@@ -287,6 +288,10 @@ def normalize(
     now:
         Reference time for the future-timestamp check; the current time by
         default.
+    free_text:
+        With False the free-text fields (``game``, ``session_id``,
+        ``channel``) of the events are left null, for callers that never
+        read them. Dead letters still keep the whole raw record.
     keep_columns:
         Source columns to return in ``ValidationResult.extra`` for the
         valid rows. A name absent from the source, or renamed by the
@@ -317,7 +322,12 @@ def normalize(
         _number("bonus_amount").alias("__bonus_amount"),
         _label(frame, "product").alias("__product"),
         _number("multiplier").alias("__multiplier"),
-        *[_text(name).alias(f"__{name}") for name in OPTIONAL_TEXT_FIELDS],
+        *[
+            (_text(name) if free_text else pl.lit(None, dtype=pl.String)).alias(
+                f"__{name}"
+            )
+            for name in OPTIONAL_TEXT_FIELDS
+        ],
     )
     is_bet = pl.col("__event_type") == "bet"
     present = {name: pl.col(name).is_not_null() for name in EVENT_SCHEMA}
