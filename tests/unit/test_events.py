@@ -213,8 +213,9 @@ def test_normalize_cleans_labels_case_and_spaces() -> None:
     result = normalize(raw)
     assert result.events["event_type"].to_list() == ["bet", "bet"]
     assert result.events["product"].to_list() == ["sports", "casino"]
-    assert "event_type='Refund' is not a known event type" in (
-        result.dead_letters["errors"][0][0]
+    assert (
+        "event_type='Refund' is not a known event type"
+        in (result.dead_letters["errors"][0][0])
     )
 
 

@@ -363,6 +363,39 @@ def ingest(
     instead. ``IngestResult.extra`` lines up with the events row for row.
     With ``free_text=False`` the events' free-text fields are left null.
     """
+    result = ingest_raw_ids(
+        path,
+        source_format=source_format,
+        mapping=mapping,
+        batch_size=batch_size,
+        strict=strict,
+        dead_letter_path=dead_letter_path,
+        keep_columns=keep_columns,
+        free_text=free_text,
+    )
+    # Pseudonymised once for the whole source, so each player's id is
+    # hashed once and not once per batch.
+    result.events = pseudonymizer.pseudonymize_column(result.events)
+    return result
+
+
+def ingest_raw_ids(
+    path: str | Path,
+    *,
+    source_format: SourceFormat = "auto",
+    mapping: ColumnMapping | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    strict: bool = False,
+    dead_letter_path: str | Path | None = None,
+    keep_columns: tuple[str, ...] = (),
+    free_text: bool = True,
+) -> IngestResult:
+    """Read a whole source like :func:`ingest` but keep the raw player ids.
+
+    It serves a job that pseudonymises its per-player results instead of
+    every event, such as :func:`crmbet.training.run_training`. The events
+    it returns carry raw ids and must not leave the process.
+    """
     parts: list[IngestResult] = []
     for part in _iter_validated(
         path,
@@ -384,10 +417,6 @@ def ingest(
     extras = [p.extra for p in parts if p.extra is not None]
     extra = pl.concat(extras) if extras else None
     source = parts[0].source if parts else str(path)
-    parts.clear()
-    # Pseudonymised once for the whole source, so each player's id is
-    # hashed once and not once per batch.
-    events = pseudonymizer.pseudonymize_column(events)
     if dead.height and dead_letter_path is not None:
         write_dead_letters(dead, dead_letter_path)
     logger.info(

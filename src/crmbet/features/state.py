@@ -285,9 +285,7 @@ def fold(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
         # An event delivered twice has the same time and id, so in time
         # order its copies would be adjacent. Without such a pair there is
         # nothing to drop, so the event id is left out of the sort.
-        return _fold_sorted(
-            rows.drop("event_id").sort("__player", maintain_order=True)
-        )
+        return _fold_sorted(rows.drop("event_id").sort("__player", maintain_order=True))
     ordered = rows.sort("__player", "__t", "event_id")
     del rows
     # An event delivered twice (a file ingested twice, a producer retry) has
@@ -421,9 +419,7 @@ def _fold_chunk(
     columns["log_stake_sum"] = total(np.log1p(stake))
     columns["stake_max"] = np.maximum.reduceat(stake, starts)
     columns["payout_sum"] = total(bet_payout)
-    columns["bet_bonus_sum"] = total(
-        np.where(is_bet, arrays["bonus_amount"], 0.0)
-    )
+    columns["bet_bonus_sum"] = total(np.where(is_bet, arrays["bonus_amount"], 0.0))
     columns["deposit_max"] = np.maximum.reduceat(
         np.where(is_deposit, amount, 0.0), starts
     )
@@ -440,11 +436,7 @@ def _fold_chunk(
         columns[count_name] = type_counts[:, _EVENT_TYPE_CODES[kind]]
         columns[sum_name] = type_sums[:, _EVENT_TYPE_CODES[kind]]
 
-    cashed_out = (
-        is_bet
-        & (product == _PRODUCT_CODES["crash"])
-        & arrays["__cashed_out"]
-    )
+    cashed_out = is_bet & (product == _PRODUCT_CODES["crash"]) & arrays["__cashed_out"]
     columns["n_cashouts"] = total(cashed_out)
     columns["cashout_log_sum"] = total(np.where(cashed_out, np.log(multiplier), 0.0))
     columns["cashout_max"] = np.maximum.reduceat(

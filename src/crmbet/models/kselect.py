@@ -31,13 +31,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from sklearn.cluster import KMeans
-from threadpoolctl import threadpool_limits
 from sklearn.metrics import (
     adjusted_rand_score,
     calinski_harabasz_score,
     davies_bouldin_score,
-    silhouette_score,
 )
+from threadpoolctl import threadpool_limits
 
 from crmbet.errors import DegenerateDataError
 
