@@ -201,7 +201,7 @@ STATE_SCHEMA: dict[str, pl.DataType] = {"player_id": pl.String()} | {
 
 
 #: Rows folded per chunk, in whole players.
-FOLD_CHUNK_ROWS = 262_144
+FOLD_CHUNK_ROWS = 65_536
 
 #: Codes of the event types and products in the sorted rows. A missing
 #: value gets the code one past the last, which no field counts.
