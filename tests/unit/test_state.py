@@ -264,3 +264,20 @@ def test_merge_law_property(events: pl.DataFrame, cut_share: float) -> None:
 
 def test_decay_windows_are_seven_and_thirty_days() -> None:
     assert DECAY_WINDOWS == {"7d": 7 * 86400.0, "30d": 30 * 86400.0}
+
+
+def test_fold_hour_and_weekday_at_boundaries() -> None:
+    times = [
+        datetime(2024, 1, 7, 23, 59, 59, 999_999, tzinfo=UTC),  # Sunday
+        datetime(2024, 1, 8, 0, 0, tzinfo=UTC),  # Monday
+        datetime(1969, 12, 31, 23, 30, tzinfo=UTC),  # Wednesday, before 1970
+    ]
+    rows = [
+        {**_bet(i, "a", 0, 10, 0), "ts": ts} for i, ts in enumerate(times, start=1)
+    ]
+    state = fold(_events(rows)).row(0, named=True)
+    assert state["hour_23"] == 2
+    assert state["hour_00"] == 1
+    assert state["wday_6"] == 1
+    assert state["wday_0"] == 1
+    assert state["wday_2"] == 1

@@ -200,6 +200,11 @@ STATE_SCHEMA: dict[str, pl.DataType] = {"player_id": pl.String()} | {
 }
 
 
+_US_PER_HOUR = 3_600_000_000
+_US_PER_DAY = 86_400_000_000
+#: 1970-01-01 was a Thursday, ISO weekday 4, so day 0 has weekday index 3.
+_EPOCH_WEEKDAY = 3
+
 #: Rows folded per chunk, in whole players.
 FOLD_CHUNK_ROWS = 65_536
 
@@ -256,9 +261,9 @@ def fold(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
         .alias("__product"),
         pl.col("multiplier").is_not_null().alias("__cashed_out"),
         pl.col("multiplier").fill_null(1.0),
-        (pl.col("ts").dt.epoch("us").cast(pl.Float64) / 1e6).alias("__t"),
-        pl.col("ts").dt.hour().alias("__hour"),
-        (pl.col("ts").dt.weekday() - 1).alias("__wday"),
+        # Microseconds since the epoch, in UTC: seconds, hour and weekday
+        # are computed from them per chunk.
+        pl.col("ts").dt.epoch("us").alias("__us"),
         player.alias("__name"),
         player.to_physical().alias("__player"),
     ).collect()
@@ -269,7 +274,7 @@ def fold(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     # bets see the bets in order. Sources are usually written in time
     # order, and then a stable sort by the player code alone gives that
     # order at a fraction of the cost of a sort on all three keys.
-    step = pl.col("__t").diff()
+    step = pl.col("__us").diff()
     previous_id = pl.col("event_id").shift(1)
     in_time_order, repeated_id = rows.select(
         ((step > 0) | ((step == 0) & (pl.col("event_id") >= previous_id)))
@@ -286,7 +291,7 @@ def fold(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
         # order its copies would be adjacent. Without such a pair there is
         # nothing to drop, so the event id is left out of the sort.
         return _fold_sorted(rows.drop("event_id").sort("__player", maintain_order=True))
-    ordered = rows.sort("__player", "__t", "event_id")
+    ordered = rows.sort("__player", "__us", "event_id")
     del rows
     # An event delivered twice (a file ingested twice, a producer retry) has
     # the same id, player and time, so after the sort its copies are
@@ -296,7 +301,7 @@ def fold(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
         pl.all_horizontal(
             [
                 pl.col(name) == pl.col(name).shift(1)
-                for name in ("__t", "event_id", "__player")
+                for name in ("__us", "event_id", "__player")
             ]
         ).fill_null(False)
     ).to_series()
@@ -325,7 +330,7 @@ def _fold_sorted(ordered: pl.DataFrame) -> pl.DataFrame:
     arrays = {
         name: ordered[name].to_numpy()
         for name in (
-            "__t",
+            "__us",
             "__type",
             "amount",
             "payout",
@@ -333,8 +338,6 @@ def _fold_sorted(ordered: pl.DataFrame) -> pl.DataFrame:
             "__product",
             "__cashed_out",
             "multiplier",
-            "__hour",
-            "__wday",
         )
     }
     out = np.empty((len(STATE_FIELDS), n_players))
@@ -374,11 +377,12 @@ def _fold_chunk(
 
     ``starts`` gives the first row of each player in ``arrays``.
     """
-    n_rows = arrays["__t"].size
+    micros = arrays["__us"]
+    n_rows = micros.size
     sizes = np.diff(np.r_[starts, n_rows])
     n_players = starts.size
     group = np.repeat(np.arange(n_players), sizes)
-    t = arrays["__t"]
+    t = micros.astype(np.float64) / 1e6
     event_type = arrays["__type"].astype(np.intp)
     amount = arrays["amount"]
     payout = arrays["payout"]
@@ -454,11 +458,12 @@ def _fold_chunk(
         columns[f"n_{name}_bets"] = product_counts[:, index]
         columns[f"stake_{name}"] = product_stakes[:, index]
     columns["n_crash"] = product_counts[:, _PRODUCT_CODES["crash"]]
-    bet_hour = arrays["__hour"][bet_rows].astype(np.intp)
+    bet_micros = micros[bet_rows]
+    bet_hour = (bet_micros // _US_PER_HOUR % 24).astype(np.intp)
     hours = per_code(bet_group, bet_hour, 24)
     for hour in range(24):
         columns[f"hour_{hour:02d}"] = hours[:, hour]
-    bet_weekday = arrays["__wday"][bet_rows].astype(np.intp)
+    bet_weekday = ((bet_micros // _US_PER_DAY + _EPOCH_WEEKDAY) % 7).astype(np.intp)
     weekdays = per_code(bet_group, bet_weekday, 7)
     for day in range(7):
         columns[f"wday_{day}"] = weekdays[:, day]
