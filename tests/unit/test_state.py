@@ -272,9 +272,7 @@ def test_fold_hour_and_weekday_at_boundaries() -> None:
         datetime(2024, 1, 8, 0, 0, tzinfo=UTC),  # Monday
         datetime(1969, 12, 31, 23, 30, tzinfo=UTC),  # Wednesday, before 1970
     ]
-    rows = [
-        {**_bet(i, "a", 0, 10, 0), "ts": ts} for i, ts in enumerate(times, start=1)
-    ]
+    rows = [{**_bet(i, "a", 0, 10, 0), "ts": ts} for i, ts in enumerate(times, start=1)]
     state = fold(_events(rows)).row(0, named=True)
     assert state["hour_23"] == 2
     assert state["hour_00"] == 1
