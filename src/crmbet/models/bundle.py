@@ -243,7 +243,8 @@ def _profiles(
     names = [name for name in FEATURES if name in features.columns]
     labelled = features.select(names).with_columns(pl.Series("__segment", labels))
     medians = labelled.group_by("__segment").median().sort("__segment")
-    population = {name: float(features[name].median() or 0.0) for name in names}
+    overall = features.select(pl.col(names).median()).row(0, named=True)
+    population = {name: float(overall[name] or 0.0) for name in names}
     sizes = np.bincount(labels, minlength=k)
     rows = {int(row["__segment"]): row for row in medians.iter_rows(named=True)}
     segment_medians = [
