@@ -316,8 +316,8 @@ def train_segments(
     def tick(step: str) -> Callable[[int], None]:
         return lambda n: progress(step, n) if progress else None
 
-    # Fit the transform first so that k selection runs on the scaled matrix;
-    # the final pipeline reuses the fitted transform.
+    # Fit the transform first so that k selection runs on the scaled matrix.
+    # The final pipeline reuses the fitted transform.
     prep = build_pipeline(feature_names, k or 2, seed)[:-1]
     # SimpleImputer computes medians through masked arrays, over 10 times
     # slower than np.nanmedian here. Fitted on the one row of column medians,
