@@ -15,7 +15,6 @@ why they produce the same features.
 from __future__ import annotations
 
 import math
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
@@ -24,6 +23,7 @@ import numpy as np
 import polars as pl
 
 from crmbet.events.schema import EVENT_TYPES, PRODUCTS
+from crmbet.parallel import usable_cores
 
 #: Version of the state layout; part of every online-store key and model.
 STATE_SCHEMA_VERSION = 1
@@ -354,7 +354,7 @@ def _fold_sorted(ordered: pl.DataFrame) -> pl.DataFrame:
             out[:, first:last],
         )
 
-    workers = max(1, min(len(os.sched_getaffinity(0)), 8, bounds.size - 1))
+    workers = max(1, min(usable_cores(), 8, bounds.size - 1))
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(fold_chunk, bounds[:-1], bounds[1:]))
 

@@ -24,7 +24,6 @@ all ks share one computation of the sub-sample's pairwise distances
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from sklearn.metrics import (
 from threadpoolctl import threadpool_limits
 
 from crmbet.errors import DegenerateDataError
+from crmbet.parallel import usable_cores
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def silhouette_scores(
     # Small blocks stay in the CPU cache, where one BLAS thread per block
     # beats several; NumPy releases the GIL, so Python threads share the
     # rows out between the cores.
-    workers = max(1, min(len(os.sched_getaffinity(0)), 8, n // (4 * step) or 1))
+    workers = max(1, min(usable_cores(), 8, n // (4 * step) or 1))
     bounds = np.linspace(0, n, workers + 1).astype(int)
     with threadpool_limits(1), ThreadPoolExecutor(workers) as pool:
         list(pool.map(fill, bounds[:-1], bounds[1:]))
@@ -263,7 +263,7 @@ def select_k(
     # labels are kept and scored together after the fits.
     scored: list[int] = []
     sub_labelings: list[np.ndarray] = []
-    workers = max(1, min(len(os.sched_getaffinity(0)), len(ks)))
+    workers = max(1, min(usable_cores(), len(ks)))
     # Each fit runs on one thread and the ks are spread over the cores,
     # because small fits lose time synchronising threads. A fit's result
     # then does not depend on how many cores the machine has.
