@@ -468,3 +468,29 @@ def test_normalize_without_free_text_keeps_dead_letter_records() -> None:
     assert lean.events.schema == full.events.schema
     assert lean.dead_letters.equals(full.dead_letters)
     assert '"game":"poker"' in lean.dead_letters["record"][0]
+
+
+def test_lean_parquet_read_keeps_whole_dead_letter(
+    tmp_path: Path, pseudonymizer
+) -> None:
+    path = tmp_path / "tx.parquet"
+    pl.DataFrame(
+        {
+            "event_id": ["1", "2", "3"],
+            "player_id": ["a", "b", "a"],
+            "ts": [datetime(2024, 1, d, tzinfo=UTC) for d in (1, 2, 3)],
+            "event_type": ["deposit", "refund", "deposit"],
+            "amount": [10.0, 5.0, 7.0],
+            "game": ["slots", "poker", "dice"],
+            "channel": ["web", "app", "web"],
+        }
+    ).write_parquet(path)
+    full = ingest(path, pseudonymizer=pseudonymizer, batch_size=2)
+    lean = ingest(path, pseudonymizer=pseudonymizer, batch_size=2, free_text=False)
+    assert lean.dead_letters.equals(full.dead_letters)
+    assert '"game":"poker"' in lean.dead_letters["record"][0]
+    assert lean.events["event_id"].to_list() == ["1", "3"]
+    assert lean.events["game"].null_count() == 2
+    assert lean.events.drop("game", "channel").equals(
+        full.events.drop("game", "channel")
+    )

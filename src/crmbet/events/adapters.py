@@ -21,7 +21,12 @@ import orjson
 import polars as pl
 
 from crmbet.events.pseudonym import Pseudonymizer
-from crmbet.events.schema import EVENT_SCHEMA, Event, empty_events
+from crmbet.events.schema import (
+    EVENT_SCHEMA,
+    OPTIONAL_TEXT_FIELDS,
+    Event,
+    empty_events,
+)
 from crmbet.events.validation import (
     DEAD_LETTER_SCHEMA,
     SOURCE_ROW_COLUMN,
@@ -190,12 +195,35 @@ def _csv_batches_row_by_row(
         yield pl.DataFrame(rows, infer_schema_length=None)
 
 
-def _parquet_batches(path: Path, batch_size: int) -> Iterator[pl.DataFrame]:
+def _scan_parquet(path: Path) -> pl.LazyFrame:
     source = str(path / "**" / "*.parquet") if path.is_dir() else str(path)
-    frame = pl.scan_parquet(source)
+    return pl.scan_parquet(source)
+
+
+def _parquet_batches(
+    frame: pl.LazyFrame, batch_size: int, leave_out: list[str]
+) -> Iterator[pl.DataFrame]:
     total = frame.select(pl.len()).collect().item()
     for offset in range(0, total, batch_size):
-        yield frame.slice(offset, batch_size).collect()
+        batch = frame.slice(offset, batch_size)
+        if leave_out:
+            batch = batch.select(pl.all().exclude(leave_out))
+        yield batch.collect()
+
+
+def _unread_free_text(
+    scan: pl.LazyFrame, mapping: ColumnMapping, keep_columns: tuple[str, ...]
+) -> list[str]:
+    """Return the free-text columns of a Parquet source that need not be read.
+
+    Only columns named like the free-text fields are left out, and only when
+    the mapping and ``keep_columns`` do not name them.
+    """
+    named = set(mapping.columns) | set(mapping.columns.values()) | set(keep_columns)
+    present = scan.collect_schema().names()
+    return [
+        name for name in OPTIONAL_TEXT_FIELDS if name in present and name not in named
+    ]
 
 
 def _jsonl_batches(path: Path, batch_size: int) -> Iterator[pl.DataFrame]:
@@ -306,11 +334,17 @@ def _iter_validated(
         raise FileNotFoundError(f"input {path} not found; check the path")
     fmt = detect_format(path) if source_format == "auto" else source_format
     source = f"{fmt}:{path.name}"
+    # Free-text columns of a Parquet source left unread (see below).
+    leave_out: list[str] = []
     if fmt in ("csv", "bustabit"):
         separator = "\t" if path.name.lower().endswith(".tsv") else ","
         batches = _csv_batches(path, batch_size, separator)
     elif fmt == "parquet":
-        batches = _parquet_batches(path, batch_size)
+        scan = _scan_parquet(path)
+        if not free_text:
+            column_mapping = mapping or ColumnMapping()
+            leave_out = _unread_free_text(scan, column_mapping, keep_columns)
+        batches = _parquet_batches(scan, batch_size, leave_out)
     elif fmt == "jsonl":
         batches = _jsonl_batches(path, batch_size)
     else:
@@ -332,6 +366,18 @@ def _iter_validated(
             keep_columns=keep_columns,
             free_text=free_text,
         )
+        if leave_out and result.dead_letters.height:
+            # A dead letter keeps the whole raw record, so a batch with
+            # invalid rows is read again with every column.
+            raw = scan.slice(offset, batch_rows).collect()
+            result = normalize(
+                raw,
+                mapping,
+                row_offset=offset,
+                source=source,
+                keep_columns=keep_columns,
+                free_text=free_text,
+            )
         dead = (
             pl.concat([json_dead, result.dead_letters])
             if json_dead.height
