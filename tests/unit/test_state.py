@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
 from crmbet.events.schema import EVENT_SCHEMA
+from crmbet.features import state as state_module
 from crmbet.features.state import (
     DECAY_WINDOWS,
     SEQUENCE_FIELDS,
@@ -279,3 +280,18 @@ def test_fold_hour_and_weekday_at_boundaries() -> None:
     assert state["wday_6"] == 1
     assert state["wday_0"] == 1
     assert state["wday_2"] == 1
+
+
+def test_fold_survives_player_hash_collision(
+    bustabit_events: pl.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expected = fold(bustabit_events)
+    # Every player gets the same grouping hash, as in a collision.
+    monkeypatch.setattr(
+        state_module,
+        "_player_hashes",
+        lambda: (pl.col("player_id").hash(seed=0) * 0, pl.col("player_id").hash(1)),
+    )
+    assert_frame_equal(fold(bustabit_events), expected, rtol=1e-9)
+    shuffled = bustabit_events.sample(fraction=1.0, shuffle=True, seed=5)
+    assert_frame_equal(fold(shuffled), expected, rtol=1e-9)
