@@ -283,13 +283,21 @@ def fold(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
         ordered = _order_rows(
             rows.with_columns(codes.cast(pl.UInt64).alias("__player"))
         )
-    return _fold_sorted(ordered, rows["player_id"])
+    # Only the sorted copy is read from here on, so the unsorted rows are
+    # freed before the fold allocates its own arrays.
+    player_ids = rows["player_id"]
+    del rows
+    return _fold_sorted(ordered, player_ids)
 
 
 def _player_hashes() -> tuple[pl.Expr, pl.Expr]:
-    """Return the grouping hash of the player id and the hash that checks it."""
+    """Return the grouping hash of the player id and the hash that checks it.
+
+    The check keeps 32 bits, which is enough to tell two colliding players
+    apart and makes the sorted copy smaller.
+    """
     player = pl.col("player_id")
-    return player.hash(seed=0), player.hash(seed=1)
+    return player.hash(seed=0), (player.hash(seed=1) % (1 << 32)).cast(pl.UInt32)
 
 
 def _order_rows(rows: pl.DataFrame) -> pl.DataFrame:
