@@ -1,9 +1,9 @@
 """Transactions to a registered model: crmbet against pandas + scikit-learn.
 
 Both sides read the same synthetic Parquet file in a fresh process. crmbet
-runs its whole main job (validation, pseudonymisation, Polars fold, 31
-features, k selection over 3..12, training, ONNX export and check, MLflow
-registration into an existing registry database). The peer is the usual
+runs its whole main job (validation, fold, pseudonymisation of the player
+states, 31 features, k selection over 3..12, training, ONNX export and
+check, MLflow registration into an existing registry database). The peer is the usual
 notebook approach: a pandas group-by
 for the same twelve segmentation features, log1p and standard scaling, and
 scikit-learn ``KMeans`` for every k from 3 to 12, keeping the k with the best

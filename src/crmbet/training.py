@@ -23,6 +23,7 @@ from crmbet.events.adapters import (
     IngestResult,
     SourceFormat,
     ingest,
+    ingest_raw_ids,
     write_dead_letters,
 )
 from crmbet.events.pseudonym import Pseudonymizer
@@ -113,11 +114,13 @@ def read_source(
     source_format: SourceFormat = "auto",
     mapping: ColumnMapping | None = None,
     pseudonymizer: Pseudonymizer | None = None,
+    free_text: bool = True,
 ) -> IngestResult:
     """Read, validate and pseudonymise a source; dead letters go under ``home``.
 
     ``pseudonymizer`` replaces the one built from ``settings``; pass a
     :class:`RecordingPseudonymizer` to keep the raw ids for the results.
+    With ``free_text=False`` the events' free-text fields are left null.
     """
     settings = settings or get_settings()
     result = ingest(
@@ -126,12 +129,20 @@ def read_source(
         source_format=source_format,
         mapping=mapping,
         keep_columns=(GROUND_TRUTH_COLUMN,),
+        free_text=free_text,
     )
+    _keep_dead_letters(result, path, settings)
+    return result
+
+
+def _keep_dead_letters(
+    result: IngestResult, path: str | Path, settings: Settings
+) -> None:
+    """Write a source's dead letters under ``home``, if there are any."""
     if result.dead_letters.height:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         target = settings.home / "dead_letters" / f"{Path(path).name}-{stamp}.jsonl"
         write_dead_letters(result.dead_letters, target)
-    return result
 
 
 def player_truth(
@@ -140,11 +151,22 @@ def player_truth(
     """Return each player's ground-truth label from a column carried with the events."""
     if extra is None or GROUND_TRUTH_COLUMN not in extra.columns:
         return None
-    return (
-        events.select("event_id", "player_id")
-        .join(extra, on="event_id")
-        .group_by("player_id")
-        .agg(pl.col(GROUND_TRUTH_COLUMN).first())
+    if extra.height == events.height and extra["event_id"].equals(events["event_id"]):
+        # ingest returns the carried columns row for row with the events,
+        # which saves a join on the event id, and each player's first row
+        # is found without grouping the rows.
+        first_rows = events["player_id"].arg_unique()
+        return pl.DataFrame(
+            [
+                events["player_id"].gather(first_rows),
+                extra[GROUND_TRUTH_COLUMN].gather(first_rows),
+            ]
+        )
+    labelled = events.select("event_id", "player_id").join(
+        extra, on="event_id", maintain_order="left"
+    )
+    return labelled.group_by("player_id", maintain_order=True).agg(
+        pl.col(GROUND_TRUTH_COLUMN).first()
     )
 
 
@@ -160,6 +182,36 @@ def ground_truth_ari(
     return float(adjusted_rand_score(joined[GROUND_TRUTH_COLUMN], joined["cluster_id"]))
 
 
+def _pseudonymize_states(
+    states: pl.DataFrame,
+    truth: pl.DataFrame | None,
+    events: pl.DataFrame,
+    pseudonymizer: Pseudonymizer,
+) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    """Replace the raw player ids of folded states and of ``truth`` by pseudonyms.
+
+    The states come back sorted by pseudonym, as :func:`fold` sorts them.
+    Should two raw ids share a pseudonym (80-bit digests make that
+    vanishingly rare), the events are pseudonymised and folded again, so
+    that the two players' events fold into one state as they would have.
+    """
+    lookup = pseudonymizer.lookup_table(states["player_id"])
+    pseudonyms = lookup["pseudonym"]
+    if pseudonyms.n_unique() < pseudonyms.len():
+        logger.warning(
+            "two raw player ids share a pseudonym; folding pseudonymised events"
+        )
+        states = fold(pseudonymizer.pseudonymize_column(events))
+    else:
+        states = states.with_columns(pseudonyms.alias("player_id")).sort("player_id")
+    if truth is not None:
+        truth = truth.join(
+            lookup.rename({"raw_id": "player_id"}), on="player_id", how="inner"
+        ).select(pl.col("pseudonym").alias("player_id"), GROUND_TRUTH_COLUMN)
+        truth = truth.unique("player_id", keep="first", maintain_order=True)
+    return states, truth
+
+
 def train_from_events(
     events: pl.DataFrame,
     *,
@@ -173,12 +225,16 @@ def train_from_events(
     extra: pl.DataFrame | None = None,
     truth: pl.DataFrame | None = None,
     n_dead_letters: int = 0,
+    pseudonymizer: Pseudonymizer | None = None,
 ) -> TrainingResult:
     """Train and register a model from canonical, pseudonymised events.
 
     ``extra`` (event id and ground-truth column) or ``truth`` (player id and
     ground-truth column) lets the run score its segments; neither enters
-    the features.
+    the features. With ``pseudonymizer`` the events (and ``truth``) carry
+    raw player ids instead: they are folded as they are, and the player
+    states and ``truth`` are pseudonymised, one row per player instead of
+    one per event.
     """
     settings = settings or get_settings()
     if truth is None:
@@ -192,6 +248,8 @@ def train_from_events(
 
     clock = time.perf_counter()
     states = fold(events)
+    if pseudonymizer is not None:
+        states, truth = _pseudonymize_states(states, truth, events, pseudonymizer)
     timings["fold_s"] = time.perf_counter() - clock
     step("fold")
 
@@ -262,9 +320,17 @@ def run_training(
     """Run the main job on a file: read, fold, train, export and register."""
     settings = settings or get_settings()
     clock = time.perf_counter()
-    ingested = read_source(
-        path, settings=settings, source_format=source_format, mapping=mapping
+    # The fold reads no free-text field, so those fields are not cleaned.
+    # The player ids stay raw until the fold, whose states are then
+    # pseudonymised: one row per player, not one per event.
+    ingested = ingest_raw_ids(
+        path,
+        source_format=source_format,
+        mapping=mapping,
+        keep_columns=(GROUND_TRUTH_COLUMN,),
+        free_text=False,
     )
+    _keep_dead_letters(ingested, path, settings)
     read_s = time.perf_counter() - clock
     if progress:
         progress("read", 1)
@@ -284,6 +350,7 @@ def run_training(
         progress=progress,
         truth=truth,
         n_dead_letters=dead_letters,
+        pseudonymizer=pseudonymizer_from(settings),
     )
     result.timings["read_s"] = read_s
     return result

@@ -7,9 +7,16 @@ import polars as pl
 import pytest
 
 from crmbet.config import Settings
+from crmbet.events import Pseudonymizer
+from crmbet.features import fold
 from crmbet.models.registry import CHAMPION, ModelRegistry
 from crmbet.serving.predictor import SegmentPredictor
-from crmbet.training import TrainingResult, train_from_events
+from crmbet.training import (
+    TrainingResult,
+    _pseudonymize_states,
+    player_truth,
+    train_from_events,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -152,3 +159,55 @@ def test_synthetic_archetypes_are_recovered(
     assert result.adjusted_rand_index is not None
     assert result.adjusted_rand_index >= 0.6
     assert 6 <= result.model.n_segments <= 12
+
+
+def test_player_truth_aligned_equals_joined() -> None:
+    events = pl.DataFrame(
+        {
+            "event_id": ["e1", "e2", "e3", "e4"],
+            "player_id": ["p_b", "p_a", "p_b", "p_c"],
+        }
+    )
+    extra = pl.DataFrame(
+        {"event_id": ["e1", "e2", "e3", "e4"], "archetype": ["x", "y", "z", "x"]}
+    )
+    aligned = player_truth(events, extra)
+    joined = player_truth(events, extra.reverse())
+    assert aligned is not None
+    assert joined is not None
+    expected = [("p_a", "y"), ("p_b", "x"), ("p_c", "x")]
+    assert aligned.sort("player_id").rows() == expected
+    assert joined.sort("player_id").rows() == aligned.sort("player_id").rows()
+
+
+class _OnePseudonym(Pseudonymizer):
+    """Maps every raw id to the same pseudonym, as a collision would."""
+
+    def lookup_table(self, raw_ids: pl.Series) -> pl.DataFrame:
+        return pl.DataFrame(
+            {"raw_id": raw_ids, "pseudonym": ["p_same"] * raw_ids.len()}
+        )
+
+
+def test_colliding_pseudonyms_fold_into_one_state(
+    bustabit_events: pl.DataFrame,
+) -> None:
+    events = bustabit_events.head(300)
+    truth = events.group_by("player_id").agg(pl.lit("x").alias("archetype"))
+    states, mapped = _pseudonymize_states(
+        fold(events), truth, events, _OnePseudonym(b"k")
+    )
+    assert states["player_id"].to_list() == ["p_same"]
+    assert states["n_events"][0] == fold(events)["n_events"].sum()
+    assert mapped is not None
+    assert mapped.rows() == [("p_same", "x")]
+
+
+def test_raw_id_fold_matches_pseudonymised_fold(
+    bustabit_events: pl.DataFrame, pseudonymizer
+) -> None:
+    states, _ = _pseudonymize_states(
+        fold(bustabit_events), None, bustabit_events, pseudonymizer
+    )
+    expected = fold(pseudonymizer.pseudonymize_column(bustabit_events))
+    assert states.equals(expected)

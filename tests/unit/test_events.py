@@ -209,6 +209,56 @@ def test_csv_adapter_sends_bad_rows_to_dead_letters(
     assert (tmp_path / "dead.jsonl").stat().st_mode & 0o777 == 0o600
 
 
+def test_ingest_extra_lines_up_with_events(tmp_path: Path, pseudonymizer) -> None:
+    path = tmp_path / "tx.csv"
+    pl.concat(
+        [
+            _raw(archetype="whale"),
+            _raw(event_id="e2", amount="abc", archetype="casual"),
+            _raw(event_id="e3", player_id="bob", archetype="casual"),
+        ],
+        how="diagonal_relaxed",
+    ).write_csv(path)
+    result = ingest(
+        path, pseudonymizer=pseudonymizer, batch_size=2, keep_columns=("archetype",)
+    )
+    assert result.extra is not None
+    assert result.extra["event_id"].to_list() == result.events["event_id"].to_list()
+    assert result.extra["archetype"].to_list() == ["whale", "casual"]
+    assert result.events["player_id"].to_list() == [
+        pseudonymizer.pseudonymize("alice"),
+        pseudonymizer.pseudonymize("bob"),
+    ]
+
+
+def test_normalize_cleans_labels_case_and_spaces() -> None:
+    raw = pl.concat(
+        [
+            _raw(event_type=" BET", product="Sports "),
+            _raw(event_id="e2", product="casino"),
+            _raw(event_id="e3", event_type="Refund"),
+        ]
+    )
+    result = normalize(raw)
+    assert result.events["event_type"].to_list() == ["bet", "bet"]
+    assert result.events["product"].to_list() == ["sports", "casino"]
+    assert (
+        "event_type='Refund' is not a known event type"
+        in (result.dead_letters["errors"][0][0])
+    )
+
+
+def test_normalize_formats_every_failed_check() -> None:
+    result = normalize(_raw(amount="-3", product="darts", multiplier="0.5"))
+    [errors] = result.dead_letters["errors"].to_list()
+    assert [message.split(" is ")[0] for message in errors] == [
+        "amount='-3'",
+        "product='darts'",
+        "multiplier='0.5'",
+    ]
+    assert result.events.height == 0
+
+
 def test_csv_adapter_strict_mode_raises(tmp_path: Path, pseudonymizer) -> None:
     path = tmp_path / "tx.csv"
     _raw(amount="-3").write_csv(path)
@@ -449,3 +499,43 @@ def test_missing_column_names_the_column_and_the_separator(tmp_path: Path) -> No
     message = str(caught.value)
     assert "event_type=None is missing: the input has no column 'event_type'" in message
     assert "separated by ';'" in message
+
+
+def test_normalize_without_free_text_keeps_dead_letter_records() -> None:
+    raw = pl.concat(
+        [_raw(game=" slots "), _raw(event_id="e2", amount="abc", game="poker")],
+        how="diagonal_relaxed",
+    )
+    full = normalize(raw)
+    lean = normalize(raw, free_text=False)
+    assert full.events["game"].to_list() == ["slots"]
+    assert lean.events["game"].to_list() == [None]
+    assert lean.events.schema == full.events.schema
+    assert lean.dead_letters.equals(full.dead_letters)
+    assert '"game":"poker"' in lean.dead_letters["record"][0]
+
+
+def test_lean_parquet_read_keeps_whole_dead_letter(
+    tmp_path: Path, pseudonymizer
+) -> None:
+    path = tmp_path / "tx.parquet"
+    pl.DataFrame(
+        {
+            "event_id": ["1", "2", "3"],
+            "player_id": ["a", "b", "a"],
+            "ts": [datetime(2024, 1, d, tzinfo=UTC) for d in (1, 2, 3)],
+            "event_type": ["deposit", "refund", "deposit"],
+            "amount": [10.0, 5.0, 7.0],
+            "game": ["slots", "poker", "dice"],
+            "channel": ["web", "app", "web"],
+        }
+    ).write_parquet(path)
+    full = ingest(path, pseudonymizer=pseudonymizer, batch_size=2)
+    lean = ingest(path, pseudonymizer=pseudonymizer, batch_size=2, free_text=False)
+    assert lean.dead_letters.equals(full.dead_letters)
+    assert '"game":"poker"' in lean.dead_letters["record"][0]
+    assert lean.events["event_id"].to_list() == ["1", "3"]
+    assert lean.events["game"].null_count() == 2
+    assert lean.events.drop("game", "channel").equals(
+        full.events.drop("game", "channel")
+    )

@@ -5,10 +5,14 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
+from sklearn.cluster import KMeans
+from sklearn.metrics import adjusted_rand_score, silhouette_score
 
 from crmbet.errors import DegenerateDataError
 from crmbet.features import SEGMENTATION_FEATURES, compute_features, fold
 from crmbet.models import select_k, train_segments
+from crmbet.models.bundle import fit_kmeans
+from crmbet.models.kselect import silhouette_scores
 from crmbet.models.onnx_export import check_onnx_labels, export_onnx
 from crmbet.models.segmentation import HeavyTailTransformer
 
@@ -87,6 +91,32 @@ def test_select_k_on_a_handful_of_players_warns_and_keeps_segments_populated(
     messages = " ".join(record.getMessage() for record in caplog.records)
     assert "only 15 players" in messages
     assert "narrowed to 2..2" in messages
+
+
+def test_silhouette_scores_match_scikit_learn() -> None:
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(700, 4))
+    labelings = [rng.integers(0, k, size=700) for k in (2, 3, 7)]
+    # A cluster of one row scores 0, as in scikit-learn.
+    labelings[1][0] = 9
+    found = silhouette_scores(X, labelings, block_entries=5_000)
+    expected = [silhouette_score(X, labels) for labels in labelings]
+    np.testing.assert_allclose(found, expected, rtol=1e-12, atol=1e-14)
+
+
+def test_silhouette_scores_need_two_clusters() -> None:
+    with pytest.raises(ValueError, match="at least 2 clusters"):
+        silhouette_scores(np.zeros((5, 2)), [np.zeros(5, dtype=int)])
+
+
+def test_final_kmeans_refines_sample_fit() -> None:
+    rng = np.random.default_rng(3)
+    centers = rng.uniform(-20, 20, size=(4, 3))
+    Z = np.vstack([rng.normal(c, 1.0, size=(500, 3)) for c in centers])
+    kmeans = fit_kmeans(Z, 4, seed=0, sample=300)
+    full = KMeans(n_clusters=4, n_init=4, random_state=0).fit(Z)
+    assert adjusted_rand_score(kmeans.labels_, full.labels_) == 1.0
+    assert kmeans.inertia_ == pytest.approx(full.inertia_, rel=1e-9)
 
 
 def test_select_k_rejects_bad_range() -> None:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
 from crmbet.events.schema import EVENT_SCHEMA
+from crmbet.features import state as state_module
 from crmbet.features.state import (
     DECAY_WINDOWS,
     SEQUENCE_FIELDS,
@@ -121,6 +122,45 @@ def test_fold_counts_a_duplicate_delivery_once(
     assert_frame_equal(fold(replayed), fold(bustabit_events), rtol=1e-9)
 
 
+def test_fold_same_for_time_ordered_and_shuffled_input(
+    bustabit_events: pl.DataFrame,
+) -> None:
+    # Time-ordered input takes the sort by player alone, shuffled input the
+    # sort on player, time and event id; replays must drop in both.
+    replayed = pl.concat([bustabit_events, bustabit_events.head(1000)])
+    in_time_order = replayed.sort("ts", "event_id")
+    shuffled = replayed.sample(fraction=1.0, shuffle=True, seed=4)
+    assert_frame_equal(fold(in_time_order), fold(shuffled), rtol=1e-9)
+    assert_frame_equal(fold(in_time_order), fold(bustabit_events), rtol=1e-9)
+
+
+def test_fold_orders_same_time_bets_by_event_id() -> None:
+    # In time order, but the tie at minute 10 is not in event-id order.
+    rows = [
+        _bet(1, "a", 0, 10, 0),
+        _bet(3, "a", 10, 30, 0),
+        _bet(2, "a", 10, 20, 0),
+    ]
+    state = fold(_events(rows)).row(0, named=True)
+    assert state["last_bet_stake"] == 30
+    assert state["n_chases"] == 2
+
+
+def test_fold_leaves_bet_fields_null_without_bets() -> None:
+    deposit = {
+        "event_id": "d1",
+        "player_id": "a",
+        "ts": START,
+        "event_type": "deposit",
+        "amount": 50.0,
+    }
+    state = fold(_events([deposit])).row(0, named=True)
+    assert state["first_bet_ts"] is None
+    assert state["last_bet_lost"] is None
+    assert state["n_chases"] == 0
+    assert state["deposit_max"] == 50
+
+
 def test_fold_keeps_distinct_events_with_the_same_time() -> None:
     rows = [_bet(1, "a", 0, 10, 0), _bet(2, "a", 0, 10, 0), _bet(1, "a", 0, 10, 0)]
     state = fold(_events(rows)).row(0, named=True)
@@ -225,3 +265,33 @@ def test_merge_law_property(events: pl.DataFrame, cut_share: float) -> None:
 
 def test_decay_windows_are_seven_and_thirty_days() -> None:
     assert DECAY_WINDOWS == {"7d": 7 * 86400.0, "30d": 30 * 86400.0}
+
+
+def test_fold_hour_and_weekday_at_boundaries() -> None:
+    times = [
+        datetime(2024, 1, 7, 23, 59, 59, 999_999, tzinfo=UTC),  # Sunday
+        datetime(2024, 1, 8, 0, 0, tzinfo=UTC),  # Monday
+        datetime(1969, 12, 31, 23, 30, tzinfo=UTC),  # Wednesday, before 1970
+    ]
+    rows = [{**_bet(i, "a", 0, 10, 0), "ts": ts} for i, ts in enumerate(times, start=1)]
+    state = fold(_events(rows)).row(0, named=True)
+    assert state["hour_23"] == 2
+    assert state["hour_00"] == 1
+    assert state["wday_6"] == 1
+    assert state["wday_0"] == 1
+    assert state["wday_2"] == 1
+
+
+def test_fold_survives_player_hash_collision(
+    bustabit_events: pl.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expected = fold(bustabit_events)
+    # Every player gets the same grouping hash, as in a collision.
+    monkeypatch.setattr(
+        state_module,
+        "_player_hashes",
+        lambda: (pl.col("player_id").hash(seed=0) * 0, pl.col("player_id").hash(1)),
+    )
+    assert_frame_equal(fold(bustabit_events), expected, rtol=1e-9)
+    shuffled = bustabit_events.sample(fraction=1.0, shuffle=True, seed=5)
+    assert_frame_equal(fold(shuffled), expected, rtol=1e-9)

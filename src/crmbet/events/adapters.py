@@ -21,7 +21,12 @@ import orjson
 import polars as pl
 
 from crmbet.events.pseudonym import Pseudonymizer
-from crmbet.events.schema import EVENT_SCHEMA, Event, empty_events
+from crmbet.events.schema import (
+    EVENT_SCHEMA,
+    OPTIONAL_TEXT_FIELDS,
+    Event,
+    empty_events,
+)
 from crmbet.events.validation import (
     DEAD_LETTER_SCHEMA,
     SOURCE_ROW_COLUMN,
@@ -190,12 +195,35 @@ def _csv_batches_row_by_row(
         yield pl.DataFrame(rows, infer_schema_length=None)
 
 
-def _parquet_batches(path: Path, batch_size: int) -> Iterator[pl.DataFrame]:
+def _scan_parquet(path: Path) -> pl.LazyFrame:
     source = str(path / "**" / "*.parquet") if path.is_dir() else str(path)
-    frame = pl.scan_parquet(source)
+    return pl.scan_parquet(source)
+
+
+def _parquet_batches(
+    frame: pl.LazyFrame, batch_size: int, leave_out: list[str]
+) -> Iterator[pl.DataFrame]:
     total = frame.select(pl.len()).collect().item()
     for offset in range(0, total, batch_size):
-        yield frame.slice(offset, batch_size).collect()
+        batch = frame.slice(offset, batch_size)
+        if leave_out:
+            batch = batch.select(pl.all().exclude(leave_out))
+        yield batch.collect()
+
+
+def _unread_free_text(
+    scan: pl.LazyFrame, mapping: ColumnMapping, keep_columns: tuple[str, ...]
+) -> list[str]:
+    """Return the free-text columns of a Parquet source that need not be read.
+
+    Only columns named like the free-text fields are left out, and only when
+    the mapping and ``keep_columns`` do not name them.
+    """
+    named = set(mapping.columns) | set(mapping.columns.values()) | set(keep_columns)
+    present = scan.collect_schema().names()
+    return [
+        name for name in OPTIONAL_TEXT_FIELDS if name in present and name not in named
+    ]
 
 
 def _jsonl_batches(path: Path, batch_size: int) -> Iterator[pl.DataFrame]:
@@ -270,23 +298,53 @@ def iter_ingest(
     mapping: ColumnMapping | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     keep_columns: tuple[str, ...] = (),
+    free_text: bool = True,
 ) -> Iterator[IngestResult]:
     """Read a source in batches of validated, pseudonymised canonical events.
 
     ``keep_columns`` names source columns to carry beside the events in
     ``IngestResult.extra`` (the synthetic generator's ``archetype``, say);
-    they never enter the features.
+    they never enter the features. With ``free_text=False`` the events'
+    free-text fields are left null (see :func:`normalize`).
     """
+    for part in _iter_validated(
+        path,
+        source_format=source_format,
+        mapping=mapping,
+        batch_size=batch_size,
+        keep_columns=keep_columns,
+        free_text=free_text,
+    ):
+        part.events = pseudonymizer.pseudonymize_column(part.events)
+        yield part
+
+
+def _iter_validated(
+    path: str | Path,
+    *,
+    source_format: SourceFormat,
+    mapping: ColumnMapping | None,
+    batch_size: int,
+    keep_columns: tuple[str, ...],
+    free_text: bool,
+) -> Iterator[IngestResult]:
+    """Read a source in batches of validated events with raw player ids."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"input {path} not found; check the path")
     fmt = detect_format(path) if source_format == "auto" else source_format
     source = f"{fmt}:{path.name}"
+    # Free-text columns of a Parquet source left unread (see below).
+    leave_out: list[str] = []
     if fmt in ("csv", "bustabit"):
         separator = "\t" if path.name.lower().endswith(".tsv") else ","
         batches = _csv_batches(path, batch_size, separator)
     elif fmt == "parquet":
-        batches = _parquet_batches(path, batch_size)
+        scan = _scan_parquet(path)
+        if not free_text:
+            column_mapping = mapping or ColumnMapping()
+            leave_out = _unread_free_text(scan, column_mapping, keep_columns)
+        batches = _parquet_batches(scan, batch_size, leave_out)
     elif fmt == "jsonl":
         batches = _jsonl_batches(path, batch_size)
     else:
@@ -300,28 +358,35 @@ def iter_ingest(
         batch_rows = batch.height
         batch, json_dead = _split_json_errors(batch, offset, source)
         raw = bustabit_to_raw(batch) if fmt == "bustabit" else batch
-        result = normalize(raw, mapping, row_offset=offset, source=source)
+        result = normalize(
+            raw,
+            mapping,
+            row_offset=offset,
+            source=source,
+            keep_columns=keep_columns,
+            free_text=free_text,
+        )
+        if leave_out and result.dead_letters.height:
+            # A dead letter keeps the whole raw record, so a batch with
+            # invalid rows is read again with every column.
+            raw = scan.slice(offset, batch_rows).collect()
+            result = normalize(
+                raw,
+                mapping,
+                row_offset=offset,
+                source=source,
+                keep_columns=keep_columns,
+                free_text=free_text,
+            )
         dead = (
             pl.concat([json_dead, result.dead_letters])
             if json_dead.height
             else (result.dead_letters)
         )
-        extra = _extra_columns(batch, result, keep_columns)
-        events = pseudonymizer.pseudonymize_column(result.events)
         offset += batch_rows
-        yield IngestResult(events=events, dead_letters=dead, extra=extra, source=source)
-
-
-def _extra_columns(
-    batch: pl.DataFrame, result: ValidationResult, keep_columns: tuple[str, ...]
-) -> pl.DataFrame | None:
-    wanted = [c for c in keep_columns if c in batch.columns]
-    if not wanted:
-        return None
-    # Extra columns describe the raw player, so they are keyed by the raw id;
-    # callers join them after pseudonymising that id the same way.
-    valid_ids = result.events.select("event_id")
-    return batch.select("event_id", *wanted).join(valid_ids, on="event_id", how="semi")
+        yield IngestResult(
+            events=result.events, dead_letters=dead, extra=result.extra, source=source
+        )
 
 
 def ingest(
@@ -334,22 +399,57 @@ def ingest(
     strict: bool = False,
     dead_letter_path: str | Path | None = None,
     keep_columns: tuple[str, ...] = (),
+    free_text: bool = True,
 ) -> IngestResult:
     """Read a whole source into one table of canonical events.
 
     Invalid records go to the dead letters (written to ``dead_letter_path``
     as JSON lines when given) and the rest is returned. With ``strict=True``
     the first invalid batch raises :class:`crmbet.errors.EventValidationError`
-    instead.
+    instead. ``IngestResult.extra`` lines up with the events row for row.
+    With ``free_text=False`` the events' free-text fields are left null.
+    """
+    result = ingest_raw_ids(
+        path,
+        source_format=source_format,
+        mapping=mapping,
+        batch_size=batch_size,
+        strict=strict,
+        dead_letter_path=dead_letter_path,
+        keep_columns=keep_columns,
+        free_text=free_text,
+    )
+    # Pseudonymised once for the whole source, so each player's id is
+    # hashed once and not once per batch.
+    result.events = pseudonymizer.pseudonymize_column(result.events)
+    return result
+
+
+def ingest_raw_ids(
+    path: str | Path,
+    *,
+    source_format: SourceFormat = "auto",
+    mapping: ColumnMapping | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    strict: bool = False,
+    dead_letter_path: str | Path | None = None,
+    keep_columns: tuple[str, ...] = (),
+    free_text: bool = True,
+) -> IngestResult:
+    """Read a whole source like :func:`ingest` but keep the raw player ids.
+
+    It serves a job that pseudonymises its per-player results instead of
+    every event, such as :func:`crmbet.training.run_training`. The events
+    it returns carry raw ids and must not leave the process.
     """
     parts: list[IngestResult] = []
-    for part in iter_ingest(
+    for part in _iter_validated(
         path,
-        pseudonymizer=pseudonymizer,
         source_format=source_format,
         mapping=mapping,
         batch_size=batch_size,
         keep_columns=keep_columns,
+        free_text=free_text,
     ):
         if strict and part.dead_letters.height:
             ValidationResult(part.events, part.dead_letters).raise_if_invalid()

@@ -11,6 +11,7 @@ import hashlib
 import re
 from collections.abc import Iterable
 
+import numpy as np
 import polars as pl
 
 #: Hex characters kept from the digest: 80 bits, so a collision among a
@@ -84,14 +85,29 @@ class Pseudonymizer:
         """Replace ``column`` of ``frame`` with pseudonyms, hashing each id once."""
         if frame.height == 0:
             return frame
-        unique = frame.get_column(column).unique()
-        lookup = self.lookup_table(unique).rename(
-            {"raw_id": column, "pseudonym": "__pseudonym"}
+        raw_ids = frame.get_column(column)
+        lookup = self.lookup_table(raw_ids.unique()).rename({"raw_id": column})
+        # Only the id column goes through the join, so the frame's other
+        # columns are not copied.
+        pseudonyms = (
+            raw_ids.to_frame()
+            .join(lookup, on=column, how="left", maintain_order="left")
+            .get_column("pseudonym")
         )
-        joined = frame.join(lookup, on=column, how="left", maintain_order="left")
-        return joined.with_columns(pl.col("__pseudonym").alias(column)).drop(
-            "__pseudonym"
-        )
+        # The join returns one chunk. Sliced back into the chunks of the id
+        # column, it stays aligned with the other columns, which would
+        # otherwise all be copied into one chunk by the next query.
+        lengths = raw_ids.chunk_lengths()
+        if len(lengths) > 1:
+            offsets = np.cumsum([0, *lengths[:-1]])
+            pseudonyms = pl.concat(
+                [
+                    pseudonyms.slice(offset, length)
+                    for offset, length in zip(offsets, lengths, strict=True)
+                ],
+                rechunk=False,
+            )
+        return frame.with_columns(pseudonyms.alias(column))
 
     def lookup_table(self, raw_ids: pl.Series) -> pl.DataFrame:
         """Return ``raw_id`` and ``pseudonym`` columns for distinct raw ids."""

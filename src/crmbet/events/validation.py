@@ -10,7 +10,7 @@ naming the row, the field, the value and the fix, so nothing is lost.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -41,6 +41,9 @@ DEAD_LETTER_SCHEMA: dict[str, pl.DataType] = {
     "record": pl.String(),
     "source": pl.String(),
 }
+
+#: Distinct values up to which a label column is cleaned value by value.
+MAX_DISTINCT_LABELS = 1_000
 
 #: Largest amount accepted. Squared stakes are summed into the player state,
 #: so amounts near 1e154 and above overflow to infinity; 1e12 is far above
@@ -88,6 +91,9 @@ class ValidationResult:
 
     events: pl.DataFrame
     dead_letters: pl.DataFrame
+    #: ``event_id`` and the requested source columns of the valid rows, row
+    #: for row with ``events``; None when no such column was requested.
+    extra: pl.DataFrame | None = None
 
     @property
     def n_invalid(self) -> int:
@@ -121,6 +127,27 @@ class ValidationResult:
 
 def _text(name: str) -> pl.Expr:
     return pl.col(name).cast(pl.String, strict=False).str.strip_chars()
+
+
+def _label(frame: pl.DataFrame, name: str) -> pl.Expr:
+    """Return the stripped, lowercase text of a column of a few distinct labels.
+
+    Each distinct label is cleaned once and mapped back, which on 2 million
+    rows cost a fifth of cleaning every row. When every label is already
+    clean, the column is returned as it is.
+    """
+    cleaned = _text(name).str.to_lowercase()
+    column = frame.get_column(name)
+    if column.dtype != pl.String:
+        return cleaned
+    labels = column.unique().drop_nulls()
+    if labels.len() > MAX_DISTINCT_LABELS:
+        return cleaned
+    clean_labels = labels.to_frame().select(cleaned).to_series()
+    changed = labels != clean_labels
+    if not changed.any():
+        return pl.col(name)
+    return pl.col(name).replace(labels.filter(changed), clean_labels.filter(changed))
 
 
 def _number(name: str) -> pl.Expr:
@@ -325,6 +352,8 @@ def normalize(
     row_offset: int = 0,
     source: str = "",
     now: datetime | None = None,
+    keep_columns: Sequence[str] = (),
+    free_text: bool = True,
 ) -> ValidationResult:
     """Validate a raw table and convert its valid rows to canonical events.
 
@@ -342,6 +371,14 @@ def normalize(
     now:
         Reference time for the future-timestamp check; the current time by
         default.
+    free_text:
+        With False the free-text fields (``game``, ``session_id``,
+        ``channel``) of the events are left null, for callers that never
+        read them. Dead letters still keep the whole raw record.
+    keep_columns:
+        Source columns to return in ``ValidationResult.extra`` for the
+        valid rows. A name absent from the source, or renamed by the
+        mapping, is left out.
 
     Returns
     -------
@@ -362,13 +399,18 @@ def normalize(
         _text("event_id").alias("__event_id"),
         _text("player_id").alias("__player_id"),
         _parse_timestamp(frame, "ts").alias("__ts"),
-        _text("event_type").str.to_lowercase().alias("__event_type"),
+        _label(frame, "event_type").alias("__event_type"),
         _number("amount").alias("__amount"),
         _number("payout").alias("__payout"),
         _number("bonus_amount").alias("__bonus_amount"),
-        _text("product").str.to_lowercase().alias("__product"),
+        _label(frame, "product").alias("__product"),
         _number("multiplier").alias("__multiplier"),
-        *[_text(name).alias(f"__{name}") for name in OPTIONAL_TEXT_FIELDS],
+        *[
+            (_text(name) if free_text else pl.lit(None, dtype=pl.String)).alias(
+                f"__{name}"
+            )
+            for name in OPTIONAL_TEXT_FIELDS
+        ],
     )
     is_bet = pl.col("__event_type") == "bet"
     present = {name: pl.col(name).is_not_null() for name in EVENT_SCHEMA}
@@ -486,17 +528,14 @@ def normalize(
         ),
     ]
     # The masks are cheap. The messages are formatted for the failing rows
-    # only, which saves formatting about 30 strings per valid row. A table
-    # without failing rows is not filtered at all.
-    checked = parsed.with_columns(
-        pl.any_horizontal([check.failing() for check in checks]).alias("__bad")
-    )
-    if checked["__bad"].any():
-        bad = checked.filter(pl.col("__bad"))
-        good = checked.filter(~pl.col("__bad"))
-    else:
-        bad = checked.clear()
-        good = checked
+    # only, which saves formatting about 30 strings per valid row. Filtering
+    # copies every column, so a table without failing rows is used as it is.
+    invalid = parsed.select(
+        pl.any_horizontal([check.failing() for check in checks])
+    ).to_series()
+    any_invalid = bool(invalid.any())
+    good = parsed.filter(~invalid) if any_invalid else parsed
+    bad = parsed.filter(invalid) if any_invalid else parsed.clear()
     if bad.height:
         bad = bad.with_columns(
             pl.concat_list([check.message() for check in checks])
@@ -522,6 +561,16 @@ def normalize(
         pl.col("__multiplier").alias("multiplier"),
         *[pl.col(f"__{name}").alias(name) for name in OPTIONAL_TEXT_FIELDS],
     ).cast(EVENT_SCHEMA)
+    carried = [
+        name
+        for name in keep_columns
+        if name in raw.columns and name in frame.columns and name not in EVENT_SCHEMA
+    ]
+    extra = (
+        good.select(pl.col("__event_id").alias("event_id"), *carried)
+        if carried
+        else None
+    )
 
     record_columns = [c for c in bad.columns if not c.startswith("__")]
     dead = (
@@ -545,5 +594,6 @@ def normalize(
             source or "input",
             bad["__errors"][0][0],
         )
-        dead = dead.cast(DEAD_LETTER_SCHEMA)
-    return ValidationResult(events=events, dead_letters=dead)
+    return ValidationResult(
+        events=events, dead_letters=dead.cast(DEAD_LETTER_SCHEMA), extra=extra
+    )

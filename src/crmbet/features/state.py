@@ -1,8 +1,9 @@
 """Mergeable per-player state: the accumulators every feature is computed from.
 
 A player state is one row of counts, sums, sums of squares, extrema,
-histograms, time-decayed sums and a little sequence context. ``fold`` turns
-events into states with one Polars group-by; ``merge`` combines two state
+histograms, time-decayed sums and a little sequence context. ``fold`` sorts
+the events by player and time with Polars and computes every field with
+NumPy over each player's block of rows. ``merge`` combines two state
 tables. The merge law ``merge(fold(a), fold(b)) == fold(a + b)`` is
 exact (up to floating-point rounding) for every field when ``a`` ends
 before ``b`` begins, and for every field except the loss-chasing count when
@@ -14,12 +15,15 @@ why they produce the same features.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import polars as pl
 
 from crmbet.events.schema import EVENT_TYPES, PRODUCTS
+from crmbet.parallel import usable_cores
 
 #: Version of the state layout; part of every online-store key and model.
 STATE_SCHEMA_VERSION = 1
@@ -196,9 +200,27 @@ STATE_SCHEMA: dict[str, pl.DataType] = {"player_id": pl.String()} | {
 }
 
 
-def _decay_weight(window: str) -> pl.Expr:
-    tau = DECAY_WINDOWS[window]
-    return ((pl.col("__t") - pl.col("__t").max()) / tau).exp()
+_US_PER_HOUR = 3_600_000_000
+_US_PER_DAY = 86_400_000_000
+#: 1970-01-01 was a Thursday, ISO weekday 4, so day 0 has weekday index 3.
+_EPOCH_WEEKDAY = 3
+
+#: Rows folded per chunk, in whole players.
+FOLD_CHUNK_ROWS = 65_536
+
+#: Codes of the event types and products in the sorted rows. A missing
+#: value gets the code one past the last, which no field counts.
+_EVENT_TYPE_CODES = {name: code for code, name in enumerate(EVENT_TYPES)}
+_PRODUCT_CODES = {name: code for code, name in enumerate(PRODUCTS)}
+
+#: Fields of the first and newest bet, null for a player without bets.
+_BET_FIELDS = (
+    "first_bet_ts",
+    "first_bet_stake",
+    "last_bet_ts",
+    "last_bet_stake",
+    "last_bet_lost",
+)
 
 
 def fold(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
@@ -219,44 +241,93 @@ def fold(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
         :data:`STATE_FIELDS`, sorted by ``player_id``.
     """
     frame = events.lazy() if isinstance(events, pl.DataFrame) else events
-    is_bet = pl.col("event_type") == "bet"
-    stake = pl.when(is_bet).then(pl.col("amount")).otherwise(0.0)
-    payout = pl.when(is_bet).then(pl.col("payout")).otherwise(0.0)
-
-    def money(kind: str) -> pl.Expr:
-        return (
-            pl.when(pl.col("event_type") == kind).then(pl.col("amount")).otherwise(0.0)
+    # Event types and products become one-byte codes and the player id a
+    # 64-bit hash, so the sorted copy is small. A second, independent hash
+    # of the id detects two players whose first hashes collide.
+    key, check = _player_hashes()
+    rows = frame.select(
+        "event_id",
+        "player_id",
+        pl.col("event_type")
+        .cast(pl.Enum(EVENT_TYPES))
+        .to_physical()
+        .fill_null(len(EVENT_TYPES))
+        .alias("__type"),
+        pl.col("amount").fill_null(0.0),
+        pl.col("payout").fill_null(0.0),
+        pl.col("bonus_amount").fill_null(0.0),
+        pl.col("product")
+        .cast(pl.Enum(PRODUCTS))
+        .to_physical()
+        .fill_null(len(PRODUCTS))
+        .alias("__product"),
+        pl.col("multiplier").is_not_null().alias("__cashed_out"),
+        pl.col("multiplier").fill_null(1.0),
+        # Microseconds since the epoch, in UTC: seconds, hour and weekday
+        # are computed from them per chunk.
+        pl.col("ts").dt.epoch("us").alias("__us"),
+        key.alias("__player"),
+        check.alias("__check"),
+        pl.int_range(pl.len(), dtype=pl.UInt32).alias("__row"),
+    ).collect()
+    if rows.height == 0:
+        return empty_states()
+    ordered = _order_rows(rows)
+    player = ordered["__player"].to_numpy()
+    check_values = ordered["__check"].to_numpy()
+    same_key = player[1:] == player[:-1]
+    if (same_key & (check_values[1:] != check_values[:-1])).any():
+        # Two players share a 64-bit hash, which is very unlikely, so the
+        # rows are grouped on exact categorical codes instead.
+        codes = pl.col("player_id").cast(pl.Categorical).to_physical()
+        ordered = _order_rows(
+            rows.with_columns(codes.cast(pl.UInt64).alias("__player"))
         )
+    # Only the sorted copy is read from here on, so the unsorted rows are
+    # freed before the fold allocates its own arrays.
+    player_ids = rows["player_id"]
+    del rows
+    return _fold_sorted(ordered, player_ids)
 
-    def count(mask: pl.Expr) -> pl.Expr:
-        return mask.cast(pl.Float64).sum()
 
-    # Sort once by an integer player code, then time. Each player's rows are
-    # then contiguous and in time order, so the loss-chasing pairs and the
-    # first and last bets see the bets in order. The group-by on the sorted
-    # code also costs about a third less CPU than one on the string id.
-    # The string player id stays out of the sorted copy: the categorical
-    # column carries it as a 4-byte code.
-    player = pl.col("player_id").cast(pl.Categorical)
-    ordered = (
-        frame.select(
-            "event_id",
-            # Enums hold one byte per row where strings hold 16 or more.
-            pl.col("event_type").cast(pl.Enum(EVENT_TYPES)),
-            "amount",
-            "payout",
-            "bonus_amount",
-            pl.col("product").cast(pl.Enum(PRODUCTS)),
-            "multiplier",
-            (pl.col("ts").dt.epoch("us").cast(pl.Float64) / 1e6).alias("__t"),
-            pl.col("ts").dt.hour().alias("__hour"),
-            (pl.col("ts").dt.weekday() - 1).alias("__wday"),
-            player.alias("__name"),
-            player.to_physical().alias("__player"),
-        )
-        .sort("__player", "__t", "event_id")
-        .collect()
-    )
+def _player_hashes() -> tuple[pl.Expr, pl.Expr]:
+    """Return the grouping hash of the player id and the hash that checks it.
+
+    The check keeps 32 bits, which is enough to tell two colliding players
+    apart and makes the sorted copy smaller.
+    """
+    player = pl.col("player_id")
+    return player.hash(seed=0), (player.hash(seed=1) % (1 << 32)).cast(pl.UInt32)
+
+
+def _order_rows(rows: pl.DataFrame) -> pl.DataFrame:
+    """Group the rows by ``__player`` in time order and drop repeated deliveries.
+
+    Each player's rows must be contiguous and in the order of time, then
+    event id, so that the loss-chasing pairs and the first and newest bets
+    see the bets in order. Sources are usually written in time order, and
+    then a stable sort by the player key alone gives that order at a
+    fraction of the cost of a sort on all three keys.
+    """
+    rows = rows.drop("player_id")
+    step = pl.col("__us").diff()
+    previous_id = pl.col("event_id").shift(1)
+    in_time_order, repeated_id = rows.select(
+        ((step > 0) | ((step == 0) & (pl.col("event_id") >= previous_id)))
+        .fill_null(True)
+        .all()
+        .alias("in_time_order"),
+        ((step == 0) & (pl.col("event_id") == previous_id))
+        .fill_null(False)
+        .any()
+        .alias("repeated_id"),
+    ).row(0)
+    if in_time_order and not repeated_id:
+        # An event delivered twice has the same time and id, so in time
+        # order its copies would be adjacent. Without such a pair there is
+        # nothing to drop, so the event id is left out of the sort.
+        return rows.drop("event_id").sort("__player", maintain_order=True)
+    ordered = rows.sort("__player", "__us", "event_id")
     # An event delivered twice (a file ingested twice, a producer retry) has
     # the same id, player and time, so after the sort its copies are
     # adjacent, and the filter keeps the first. The filter copies every
@@ -265,113 +336,215 @@ def fold(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
         pl.all_horizontal(
             [
                 pl.col(name) == pl.col(name).shift(1)
-                for name in ("__t", "event_id", "__player")
+                for name in ("__us", "event_id", "__player", "__check")
             ]
         ).fill_null(False)
     ).to_series()
     if repeat.any():
         ordered = ordered.filter(~repeat)
-    bet_stake = pl.col("amount").filter(is_bet)
-    bet_time = pl.col("__t").filter(is_bet)
-    bet_lost = (pl.col("payout") < pl.col("amount")).filter(is_bet)
-    sequence = [
-        (
-            bet_lost.shift(1)
-            & (bet_stake > bet_stake.shift(1))
-            & ((bet_time - bet_time.shift(1)) <= LOSS_CHASE_WINDOW_S)
-        )
-        .fill_null(False)
-        .cast(pl.Float64)
-        .sum()
-        .alias("n_chases"),
-        bet_time.first().alias("first_bet_ts"),
-        bet_stake.first().alias("first_bet_stake"),
-        bet_time.last().alias("last_bet_ts"),
-        bet_stake.last().alias("last_bet_stake"),
-        bet_lost.last().cast(pl.Float64).alias("last_bet_lost"),
-    ]
+    return ordered
 
-    crash_cashout = (pl.col("product") == "crash") & pl.col("multiplier").is_not_null()
-    aggregations: list[pl.Expr] = [
-        pl.len().cast(pl.Float64).alias("n_events"),
-        pl.col("__t").min().alias("first_ts"),
-        pl.col("__t").max().alias("last_ts"),
-        count(is_bet).alias("n_bets"),
-        count(is_bet & (pl.col("payout") > pl.col("amount"))).alias("n_wins"),
-        stake.sum().alias("stake_sum"),
-        (stake * stake).sum().alias("stake_sq_sum"),
-        stake.log1p().sum().alias("log_stake_sum"),
-        stake.max().alias("stake_max"),
-        payout.sum().alias("payout_sum"),
-        pl.when(is_bet)
-        .then(pl.col("bonus_amount"))
-        .otherwise(0.0)
-        .sum()
-        .alias("bet_bonus_sum"),
-        count(pl.col("event_type") == "deposit").alias("n_deposits"),
-        money("deposit").sum().alias("deposit_sum"),
-        money("deposit").max().alias("deposit_max"),
-        count(pl.col("event_type") == "withdrawal").alias("n_withdrawals"),
-        money("withdrawal").sum().alias("withdrawal_sum"),
-        count(pl.col("event_type") == "bonus").alias("n_bonus"),
-        money("bonus").sum().alias("bonus_sum"),
-        count(pl.col("event_type") == "cashback").alias("n_cashback"),
-        money("cashback").sum().alias("cashback_sum"),
-        count(is_bet & (pl.col("product") == "crash")).alias("n_crash"),
-        count(is_bet & crash_cashout).alias("n_cashouts"),
-        pl.when(is_bet & crash_cashout)
-        .then(pl.col("multiplier").log())
-        .otherwise(0.0)
-        .sum()
-        .alias("cashout_log_sum"),
-        pl.when(is_bet & crash_cashout)
-        .then(pl.col("multiplier"))
-        .otherwise(0.0)
-        .max()
-        .alias("cashout_max"),
-    ]
-    for product in PRODUCTS:
-        on_product = is_bet & (pl.col("product") == product)
-        aggregations.append(count(on_product).alias(f"n_{product}_bets"))
-        aggregations.append(
-            pl.when(on_product)
-            .then(pl.col("amount"))
-            .otherwise(0.0)
-            .sum()
-            .alias(f"stake_{product}")
+
+def _fold_sorted(ordered: pl.DataFrame, player_ids: pl.Series) -> pl.DataFrame:
+    """Compute every state field from rows grouped by player in time order.
+
+    Each player's rows are one contiguous block, so sums and extrema are
+    one ``reduceat`` over the blocks, and counts and sums by event type,
+    product, hour and weekday one ``bincount`` each. On 2 million events
+    this took a fifth of the CPU time of a Polars group-by with one
+    expression per field. ``player_ids`` contains the id of each row
+    before the sort, which ``__row`` numbers.
+
+    The rows are cut into chunks of whole players of about
+    :data:`FOLD_CHUNK_ROWS` rows, folded on all cores. A chunk's temporary
+    arrays fit in the CPU cache, and the allocator reuses their memory,
+    whereas arrays of every row cost a page fault per page.
+    """
+    code = ordered["__player"].to_numpy()
+    n_rows = code.size
+    starts = np.flatnonzero(np.r_[True, code[1:] != code[:-1]])
+    n_players = starts.size
+    names = player_ids.gather(ordered["__row"].gather(starts))
+    arrays = {
+        name: ordered[name].to_numpy()
+        for name in (
+            "__us",
+            "__type",
+            "amount",
+            "payout",
+            "bonus_amount",
+            "__product",
+            "__cashed_out",
+            "multiplier",
         )
-    for hour in range(24):
-        aggregations.append(
-            count(is_bet & (pl.col("__hour") == hour)).alias(f"hour_{hour:02d}")
+    }
+    out = np.empty((len(STATE_FIELDS), n_players))
+    bounds = np.unique(
+        np.r_[np.searchsorted(starts, np.arange(0, n_rows, FOLD_CHUNK_ROWS)), n_players]
+    )
+    row_bounds = np.r_[starts, n_rows]
+
+    def fold_chunk(first: int, last: int) -> None:
+        low, high = row_bounds[first], row_bounds[last]
+        _fold_chunk(
+            {name: values[low:high] for name, values in arrays.items()},
+            starts[first:last] - low,
+            out[:, first:last],
         )
-    for day in range(7):
-        aggregations.append(
-            count(is_bet & (pl.col("__wday") == day)).alias(f"wday_{day}")
-        )
-    for window in DECAY_WINDOWS:
-        weight = _decay_weight(window)
-        aggregations += [
-            (stake * weight).sum().alias(f"stake_d{window}"),
-            (is_bet.cast(pl.Float64) * weight).sum().alias(f"bets_d{window}"),
-            ((pl.col("event_type") == "deposit").cast(pl.Float64) * weight)
-            .sum()
-            .alias(f"deposits_d{window}"),
-            ((stake - payout) * weight).sum().alias(f"net_loss_d{window}"),
+
+    workers = max(1, min(usable_cores(), 8, bounds.size - 1))
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(fold_chunk, bounds[:-1], bounds[1:]))
+
+    states = pl.DataFrame(
+        [names.alias("player_id")]
+        + [
+            pl.Series(name, out[index], dtype=pl.Float64)
+            for index, name in enumerate(STATE_FIELDS)
         ]
+    )
+    # In the bet fields NaN marks a player without bets and becomes null.
+    # Elsewhere a NaN is a computed value and stays.
+    return states.with_columns(pl.col(*_BET_FIELDS).fill_nan(None)).sort("player_id")
 
-    states = (
-        ordered.lazy()
-        .set_sorted("__player")
-        .group_by("__player", maintain_order=True)
-        .agg(
-            pl.col("__name").first().cast(pl.String).alias("player_id"),
-            *aggregations,
-            *sequence,
+
+def _fold_chunk(
+    arrays: dict[str, np.ndarray], starts: np.ndarray, out: np.ndarray
+) -> None:
+    """Fill ``out`` (fields x players) from the rows of whole players.
+
+    ``starts`` gives the first row of each player in ``arrays``.
+    """
+    micros = arrays["__us"]
+    n_rows = micros.size
+    sizes = np.diff(np.r_[starts, n_rows])
+    n_players = starts.size
+    group = np.repeat(np.arange(n_players), sizes)
+    t = micros.astype(np.float64) / 1e6
+    event_type = arrays["__type"].astype(np.intp)
+    amount = arrays["amount"]
+    payout = arrays["payout"]
+    product = arrays["__product"].astype(np.intp)
+    multiplier = arrays["multiplier"]
+
+    columns: dict[str, np.ndarray] = {}
+
+    def total(values: np.ndarray) -> np.ndarray:
+        return np.add.reduceat(values, starts, dtype=np.float64)
+
+    def per_code(
+        groups: np.ndarray,
+        codes: np.ndarray,
+        n_codes: int,
+        weights: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Return a players x (n_codes + 1) table of counts or weight sums."""
+        flat = np.bincount(
+            groups * (n_codes + 1) + codes,
+            weights=weights,
+            minlength=n_players * (n_codes + 1),
         )
+        return flat.reshape(n_players, n_codes + 1).astype(np.float64)
+
+    is_bet = event_type == _EVENT_TYPE_CODES["bet"]
+    is_deposit = event_type == _EVENT_TYPE_CODES["deposit"]
+    stake = np.where(is_bet, amount, 0.0)
+    bet_payout = np.where(is_bet, payout, 0.0)
+
+    columns["n_events"] = sizes.astype(np.float64)
+    columns["first_ts"] = np.minimum.reduceat(t, starts)
+    last_ts = np.maximum.reduceat(t, starts)
+    columns["last_ts"] = last_ts
+    columns["n_wins"] = total(is_bet & (payout > amount))
+    columns["stake_sum"] = total(stake)
+    columns["stake_sq_sum"] = total(stake * stake)
+    columns["log_stake_sum"] = total(np.log1p(stake))
+    columns["stake_max"] = np.maximum.reduceat(stake, starts)
+    columns["payout_sum"] = total(bet_payout)
+    columns["bet_bonus_sum"] = total(np.where(is_bet, arrays["bonus_amount"], 0.0))
+    columns["deposit_max"] = np.maximum.reduceat(
+        np.where(is_deposit, amount, 0.0), starts
     )
-    return (
-        states.select(list(STATE_SCHEMA)).cast(STATE_SCHEMA).sort("player_id").collect()
+
+    type_counts = per_code(group, event_type, len(EVENT_TYPES))
+    type_sums = per_code(group, event_type, len(EVENT_TYPES), amount)
+    columns["n_bets"] = type_counts[:, _EVENT_TYPE_CODES["bet"]]
+    for kind, count_name, sum_name in (
+        ("deposit", "n_deposits", "deposit_sum"),
+        ("withdrawal", "n_withdrawals", "withdrawal_sum"),
+        ("bonus", "n_bonus", "bonus_sum"),
+        ("cashback", "n_cashback", "cashback_sum"),
+    ):
+        columns[count_name] = type_counts[:, _EVENT_TYPE_CODES[kind]]
+        columns[sum_name] = type_sums[:, _EVENT_TYPE_CODES[kind]]
+
+    cashed_out = is_bet & (product == _PRODUCT_CODES["crash"]) & arrays["__cashed_out"]
+    columns["n_cashouts"] = total(cashed_out)
+    columns["cashout_log_sum"] = total(np.where(cashed_out, np.log(multiplier), 0.0))
+    columns["cashout_max"] = np.maximum.reduceat(
+        np.where(cashed_out, multiplier, 0.0), starts
     )
+
+    # Counts and stakes by product, hour and weekday are over bets only.
+    bet_rows = np.flatnonzero(is_bet)
+    bet_group = group[bet_rows]
+    bet_stake = amount[bet_rows]
+    bet_product = product[bet_rows]
+    product_counts = per_code(bet_group, bet_product, len(PRODUCTS))
+    product_stakes = per_code(bet_group, bet_product, len(PRODUCTS), bet_stake)
+    for name, index in _PRODUCT_CODES.items():
+        columns[f"n_{name}_bets"] = product_counts[:, index]
+        columns[f"stake_{name}"] = product_stakes[:, index]
+    columns["n_crash"] = product_counts[:, _PRODUCT_CODES["crash"]]
+    bet_micros = micros[bet_rows]
+    bet_hour = (bet_micros // _US_PER_HOUR % 24).astype(np.intp)
+    hours = per_code(bet_group, bet_hour, 24)
+    for hour in range(24):
+        columns[f"hour_{hour:02d}"] = hours[:, hour]
+    bet_weekday = ((bet_micros // _US_PER_DAY + _EPOCH_WEEKDAY) % 7).astype(np.intp)
+    weekdays = per_code(bet_group, bet_weekday, 7)
+    for day in range(7):
+        columns[f"wday_{day}"] = weekdays[:, day]
+
+    age = t - np.repeat(last_ts, sizes)
+    net_loss = stake - bet_payout
+    for window, tau in DECAY_WINDOWS.items():
+        weight = np.exp(age / tau)
+        columns[f"stake_d{window}"] = total(stake * weight)
+        columns[f"bets_d{window}"] = total(is_bet * weight)
+        columns[f"deposits_d{window}"] = total(is_deposit * weight)
+        columns[f"net_loss_d{window}"] = total(net_loss * weight)
+
+    # Loss chasing: a bet after a lost bet of the same player, with a larger
+    # stake, within the window.
+    bet_time = t[bet_rows]
+    bet_lost = payout[bet_rows] < bet_stake
+    same_player = bet_group[1:] == bet_group[:-1]
+    chase = (
+        same_player
+        & bet_lost[:-1]
+        & (bet_stake[1:] > bet_stake[:-1])
+        & ((bet_time[1:] - bet_time[:-1]) <= LOSS_CHASE_WINDOW_S)
+    )
+    columns["n_chases"] = np.bincount(
+        bet_group[1:], weights=chase, minlength=n_players
+    ).astype(np.float64)
+    first = np.flatnonzero(np.r_[True, ~same_player]) if bet_rows.size else bet_rows
+    last = np.r_[first[1:] - 1, bet_rows.size - 1] if bet_rows.size else bet_rows
+    bettors = bet_group[first]
+    for name, values in (
+        ("first_bet_ts", bet_time[first]),
+        ("first_bet_stake", bet_stake[first]),
+        ("last_bet_ts", bet_time[last]),
+        ("last_bet_stake", bet_stake[last]),
+        ("last_bet_lost", bet_lost[last].astype(np.float64)),
+    ):
+        column = np.full(n_players, np.nan)
+        column[bettors] = values
+        columns[name] = column
+
+    for index, name in enumerate(STATE_FIELDS):
+        out[index] = columns[name]
 
 
 def _rescale(

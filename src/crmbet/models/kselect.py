@@ -15,12 +15,17 @@ The rule, applied to the scaled feature matrix:
 5. Take the k with the highest average; a tie goes to the smaller k.
 
 Everything is seeded, so the same data and seed always give the same k.
+Each fit runs on one thread, with the ks spread over the cores, so the
+result does not depend on the number of cores either. The silhouettes of
+all ks share one computation of the sub-sample's pairwise distances
+(:func:`silhouette_scores`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,10 +34,11 @@ from sklearn.metrics import (
     adjusted_rand_score,
     calinski_harabasz_score,
     davies_bouldin_score,
-    silhouette_score,
 )
+from threadpoolctl import threadpool_limits
 
 from crmbet.errors import DegenerateDataError
+from crmbet.parallel import usable_cores
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +48,9 @@ CRITERIA = ("silhouette", "calinski_harabasz", "davies_bouldin", "stability")
 #: a segment of a handful of players describes those players, not a group
 #: a campaign can target. ``--k`` overrides it.
 MIN_PLAYERS_PER_SEGMENT = 10
+
+#: Players k-means is fitted on while choosing k.
+FIT_SAMPLE = 50_000
 
 
 @dataclass
@@ -65,6 +74,85 @@ class KSelection:
         return rows
 
 
+def silhouette_scores(
+    X: np.ndarray,  # noqa: N803
+    labelings: Sequence[np.ndarray],
+    block_entries: int = 1 << 18,
+) -> list[float]:
+    """Return the mean silhouette of each labelling of the same rows.
+
+    The result equals scikit-learn's ``silhouette_score`` with the Euclidean
+    distance, to floating-point rounding. The pairwise distances do not
+    depend on the labels, so they are computed once, a block of rows at a
+    time, and each block is multiplied by the one-hot matrices of every
+    labelling: the sums of distances from each row to each cluster come out
+    of one matrix product instead of a loop over rows per labelling. A block
+    holds at most ``block_entries`` distances (2 MiB by default).
+
+    Every labelling needs at least 2 and fewer than ``len(X)`` clusters.
+    """
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    n = X.shape[0]
+    codes: list[np.ndarray] = []
+    counts: list[np.ndarray] = []
+    for labels in labelings:
+        _, code, count = np.unique(
+            np.asarray(labels), return_inverse=True, return_counts=True
+        )
+        if not 1 < count.size < n:
+            raise ValueError(
+                f"a labelling has {count.size} clusters for {n} rows, but the "
+                "silhouette needs at least 2 clusters and fewer clusters than "
+                "rows; pass such labels"
+            )
+        codes.append(code.ravel())
+        counts.append(count)
+    offsets = np.cumsum([0] + [count.size for count in counts])
+    rows = np.arange(n)
+    onehot = np.zeros((n, int(offsets[-1])))
+    for code, offset in zip(codes, offsets, strict=False):
+        onehot[rows, offset + code] = 1.0
+    # ||x - y||^2 = ||x||^2 - 2 x.y + ||y||^2 is one matrix product of
+    # [x, ||x||^2, 1] and [-2 y, 1, ||y||^2], clipped at 0 against rounding,
+    # with an exact 0 from each row to itself.
+    squared_norms = np.einsum("ij,ij->i", X, X)[:, None]
+    ones = np.ones((n, 1))
+    left = np.hstack([X, squared_norms, ones])
+    right = np.hstack([-2.0 * X, ones, squared_norms]).T.copy()
+    sums = np.empty_like(onehot)
+    step = max(1, min(n, block_entries // max(n, 1)))
+
+    def fill(first: int, last: int) -> None:
+        for start in range(first, last, step):
+            stop = min(start + step, last)
+            block = left[start:stop] @ right
+            np.maximum(block, 0.0, out=block)
+            block[np.arange(stop - start), np.arange(start, stop)] = 0.0
+            np.sqrt(block, out=block)
+            np.matmul(block, onehot, out=sums[start:stop])
+
+    # Small blocks stay in the CPU cache, where one BLAS thread per block
+    # beats several; NumPy releases the GIL, so Python threads share the
+    # rows out between the cores.
+    workers = max(1, min(usable_cores(), 8, n // (4 * step) or 1))
+    bounds = np.linspace(0, n, workers + 1).astype(int)
+    with threadpool_limits(1), ThreadPoolExecutor(workers) as pool:
+        list(pool.map(fill, bounds[:-1], bounds[1:]))
+    scores = []
+    for code, count, offset in zip(codes, counts, offsets, strict=False):
+        totals = sums[:, offset : offset + count.size]
+        own = totals[rows, code]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            intra = own / (count[code] - 1)
+            means = totals / count
+            means[rows, code] = np.inf
+            inter = means.min(axis=1)
+            values = (inter - intra) / np.maximum(intra, inter)
+        # A row alone in its cluster scores 0, as in scikit-learn.
+        scores.append(float(np.nan_to_num(values).mean()))
+    return scores
+
+
 def _normalise(values: np.ndarray, higher_is_better: bool) -> np.ndarray:
     span = np.ptp(values)
     if span == 0 or not np.isfinite(span):
@@ -73,12 +161,51 @@ def _normalise(values: np.ndarray, higher_is_better: bool) -> np.ndarray:
     return scaled if higher_is_better else 1.0 - scaled
 
 
+@dataclass
+class _KFit:
+    """The two seeds' fits of one k, reduced to what the criteria need."""
+
+    sub_labels: np.ndarray | None
+    calinski_harabasz: float
+    davies_bouldin: float
+    stability: float
+
+
+def _fit_k(
+    X: np.ndarray,  # noqa: N803
+    k: int,
+    seed: int,
+    sil_index: np.ndarray,
+) -> _KFit:
+    """Fit k-means with ``seed`` and ``seed + 1`` and score the first fit."""
+    # The OpenMP thread count is set per thread, so each worker sets its own.
+    with threadpool_limits(1, user_api="openmp"):
+        first = KMeans(n_clusters=k, n_init=1, random_state=seed).fit(X)
+        second = KMeans(n_clusters=k, n_init=1, random_state=seed + 1).fit(X)
+        labels = first.labels_
+        sub_labels = None
+        if np.unique(labels).size < 2:
+            ch, db = 0.0, np.inf
+        else:
+            sub = labels[sil_index]
+            if 1 < np.unique(sub).size < sil_index.size:
+                sub_labels = sub
+            ch = float(calinski_harabasz_score(X, labels))
+            db = float(davies_bouldin_score(X, labels))
+        return _KFit(
+            sub_labels=sub_labels,
+            calinski_harabasz=ch,
+            davies_bouldin=db,
+            stability=float(adjusted_rand_score(labels, second.labels_)),
+        )
+
+
 def select_k(
     X: np.ndarray,  # noqa: N803
     k_min: int = 3,
     k_max: int = 12,
     seed: int = 0,
-    fit_sample: int = 50_000,
+    fit_sample: int = FIT_SAMPLE,
     silhouette_sample: int = 5_000,
     min_stability: float = 0.8,
     progress: Callable[[int], None] | None = None,
@@ -148,28 +275,31 @@ def select_k(
     )
 
     scores: dict[str, list[float]] = {name: [] for name in CRITERIA}
-    for k in ks:
-        first = KMeans(n_clusters=k, n_init=1, random_state=seed).fit(X)
-        second = KMeans(n_clusters=k, n_init=1, random_state=seed + 1).fit(X)
-        labels = first.labels_
-        distinct_labels = np.unique(labels).size
-        if distinct_labels < 2:
-            sil, ch, db = -1.0, 0.0, np.inf
-        else:
-            sub_labels = labels[sil_index]
-            sil = (
-                float(silhouette_score(X[sil_index], sub_labels, random_state=seed))
-                if 1 < np.unique(sub_labels).size < sil_index.size
-                else -1.0
-            )
-            ch = float(calinski_harabasz_score(X, labels))
-            db = float(davies_bouldin_score(X, labels))
-        scores["silhouette"].append(sil)
-        scores["calinski_harabasz"].append(ch)
-        scores["davies_bouldin"].append(db)
-        scores["stability"].append(float(adjusted_rand_score(labels, second.labels_)))
-        if progress is not None:
-            progress(1)
+    # The silhouettes of every k share one set of pairwise distances, so the
+    # labels are kept and scored together after the fits.
+    scored: list[int] = []
+    sub_labelings: list[np.ndarray] = []
+    workers = max(1, min(usable_cores(), len(ks)))
+    # Each fit runs on one thread and the ks are spread over the cores,
+    # because small fits lose time synchronising threads. A fit's result
+    # then does not depend on how many cores the machine has.
+    with threadpool_limits(1), ThreadPoolExecutor(workers) as pool:
+        fits = pool.map(lambda k: _fit_k(X, k, seed, sil_index), ks)
+        for index, fit in enumerate(fits):
+            if fit.sub_labels is not None:
+                scored.append(index)
+                sub_labelings.append(fit.sub_labels)
+            scores["silhouette"].append(-1.0)
+            scores["calinski_harabasz"].append(fit.calinski_harabasz)
+            scores["davies_bouldin"].append(fit.davies_bouldin)
+            scores["stability"].append(fit.stability)
+            if progress is not None:
+                progress(1)
+    if sub_labelings:
+        for index, value in zip(
+            scored, silhouette_scores(X[sil_index], sub_labelings), strict=True
+        ):
+            scores["silhouette"][index] = value
 
     db_values = np.array(scores["davies_bouldin"])
     db_values[~np.isfinite(db_values)] = (

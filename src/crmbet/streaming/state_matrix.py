@@ -1,9 +1,10 @@
 """Player states as NumPy matrices: the fold and merge of one micro-batch.
 
-:func:`crmbet.features.state.fold` and :func:`~crmbet.features.state.merge`
-build a Polars query of about 150 expressions per call. On a micro-batch of
-a few hundred events that planning costs far more than the arithmetic, so
-the stream folds and merges with the NumPy functions here instead. They
+:func:`crmbet.features.state.fold` runs Polars queries to sort and code
+the events, and :func:`~crmbet.features.state.merge` builds a Polars query
+of about 150 expressions per call. On a micro-batch of a few hundred events
+that planning costs far more than the arithmetic, so the stream folds and
+merges with the NumPy functions here instead. They
 compute the same fields with the same rules, and a test checks them against
 the Polars functions to 1e-9. They work on a :class:`StateMatrix`, which has
 one float64 row per player in the column order of
