@@ -29,7 +29,7 @@ from crmbet.events.adapters import (
 from crmbet.events.pseudonym import Pseudonymizer
 from crmbet.events.validation import ColumnMapping
 from crmbet.features.definitions import compute_features
-from crmbet.features.state import fold
+from crmbet.features.state import fold, fold_with_first_rows
 from crmbet.models.bundle import SegmentModel, train_segments
 from crmbet.models.onnx_export import check_onnx_labels, export_onnx
 from crmbet.models.registry import ModelRegistry
@@ -226,18 +226,23 @@ def train_from_events(
     truth: pl.DataFrame | None = None,
     n_dead_letters: int = 0,
     pseudonymizer: Pseudonymizer | None = None,
+    labels: pl.Series | None = None,
 ) -> TrainingResult:
     """Train and register a model from canonical, pseudonymised events.
 
-    ``extra`` (event id and ground-truth column) or ``truth`` (player id and
-    ground-truth column) lets the run score its segments; neither enters
-    the features. With ``pseudonymizer`` the events (and ``truth``) carry
+    ``extra`` (event id and ground-truth column), ``truth`` (player id and
+    ground-truth column) or ``labels`` (the ground-truth column, row for
+    row with ``events``) lets the run score its segments; none enters the
+    features. With ``pseudonymizer`` the events (and ``truth``) carry
     raw player ids instead: they are folded as they are, and the player
     states and ``truth`` are pseudonymised, one row per player instead of
     one per event.
     """
     settings = settings or get_settings()
-    if truth is None:
+    if register:
+        registry = registry or ModelRegistry(settings)
+        registry.warm_up()
+    if truth is None and labels is None:
         truth = player_truth(events, extra)
     timings: dict[str, float] = {}
 
@@ -247,7 +252,15 @@ def train_from_events(
             progress(name, 1)
 
     clock = time.perf_counter()
-    states = fold(events)
+    if labels is not None:
+        # Each player's label is read at the row the fold found first for
+        # them, which saves grouping the events a second time.
+        states, first_rows = fold_with_first_rows(events)
+        truth = pl.DataFrame(
+            [states["player_id"], labels.gather(first_rows).alias(GROUND_TRUTH_COLUMN)]
+        )
+    else:
+        states = fold(events)
     if pseudonymizer is not None:
         states, truth = _pseudonymize_states(states, truth, events, pseudonymizer)
     timings["fold_s"] = time.perf_counter() - clock
@@ -295,7 +308,7 @@ def train_from_events(
 
     if register:
         clock = time.perf_counter()
-        registry = registry or ModelRegistry(settings)
+        assert registry is not None  # created above when register is set
         result.version = registry.register(
             model, onnx_bytes=onnx_bytes, extra_metrics=extra_metrics
         )
@@ -319,6 +332,9 @@ def run_training(
 ) -> TrainingResult:
     """Run the main job on a file: read, fold, train, export and register."""
     settings = settings or get_settings()
+    registry = ModelRegistry(settings) if register else None
+    if registry is not None:
+        registry.warm_up()  # overlaps MLflow's first-use work with the read
     clock = time.perf_counter()
     # The fold reads no free-text field, so those fields are not cleaned.
     # The player ids stay raw until the fold, whose states are then
@@ -334,7 +350,17 @@ def run_training(
     read_s = time.perf_counter() - clock
     if progress:
         progress("read", 1)
-    truth = player_truth(ingested.events, ingested.extra)
+    extra = ingested.extra
+    labels = truth = None
+    if (
+        extra is not None
+        and GROUND_TRUTH_COLUMN in extra.columns
+        and extra.height == ingested.events.height
+        and extra["event_id"].equals(ingested.events["event_id"])
+    ):
+        labels = extra[GROUND_TRUTH_COLUMN]  # row for row with the events
+    else:
+        truth = player_truth(ingested.events, extra)
     # The fold reads neither the free-text columns nor the carried ones, so
     # drop them before it to keep peak memory down.
     events = ingested.events.drop("game", "session_id", "channel")
@@ -349,8 +375,10 @@ def run_training(
         register=register,
         progress=progress,
         truth=truth,
+        labels=labels,
         n_dead_letters=dead_letters,
         pseudonymizer=pseudonymizer_from(settings),
+        registry=registry,
     )
     result.timings["read_s"] = read_s
     return result

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 import pytest
@@ -178,6 +180,28 @@ def test_player_truth_aligned_equals_joined() -> None:
     expected = [("p_a", "y"), ("p_b", "x"), ("p_c", "x")]
     assert aligned.sort("player_id").rows() == expected
     assert joined.sort("player_id").rows() == aligned.sort("player_id").rows()
+
+
+def test_labels_row_for_row_score_like_carried_columns(
+    bustabit_events: pl.DataFrame, tmp_path: Path
+) -> None:
+    events = bustabit_events.head(5_000)
+    players = events["player_id"].unique().sort()
+    label_of = {player: f"g{i % 3}" for i, player in enumerate(players)}
+    labels = events["player_id"].replace_strict(label_of).alias("archetype")
+    settings = Settings(home=tmp_path)
+    by_labels = train_from_events(
+        events, settings=settings, register=False, k=3, labels=labels
+    )
+    by_extra = train_from_events(
+        events,
+        settings=settings,
+        register=False,
+        k=3,
+        extra=pl.DataFrame([events["event_id"], labels]),
+    )
+    assert by_labels.adjusted_rand_index is not None
+    assert by_labels.adjusted_rand_index == by_extra.adjusted_rand_index
 
 
 class _OnePseudonym(Pseudonymizer):

@@ -19,6 +19,7 @@ from crmbet.features.state import (
     STATE_FIELDS,
     empty_states,
     fold,
+    fold_with_first_rows,
     merge,
 )
 
@@ -120,6 +121,22 @@ def test_fold_counts_a_duplicate_delivery_once(
         [bustabit_events, bustabit_events.head(1000), bustabit_events]
     ).sample(fraction=1.0, shuffle=True, seed=3)
     assert_frame_equal(fold(replayed), fold(bustabit_events), rtol=1e-9)
+
+
+@pytest.mark.parametrize("order", ["time", "shuffled"])
+def test_first_rows_point_at_each_players_first_event(
+    bustabit_events: pl.DataFrame, order: str
+) -> None:
+    events = (
+        bustabit_events.sort("ts", "event_id")
+        if order == "time"
+        else bustabit_events.sample(fraction=1.0, shuffle=True, seed=5)
+    )
+    states, first_rows = fold_with_first_rows(events)
+    assert_frame_equal(states, fold(events))
+    assert events["player_id"].gather(first_rows).equals(states["player_id"])
+    first_seen = events["ts"].gather(first_rows).dt.epoch("us") / 1e6
+    assert first_seen.to_list() == states["first_ts"].to_list()
 
 
 def test_fold_same_for_time_ordered_and_shuffled_input(

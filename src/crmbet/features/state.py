@@ -240,6 +240,19 @@ def fold(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
         ``player_id`` and one Float64 column per field of
         :data:`STATE_FIELDS`, sorted by ``player_id``.
     """
+    return fold_with_first_rows(events)[0]
+
+
+def fold_with_first_rows(
+    events: pl.DataFrame | pl.LazyFrame,
+) -> tuple[pl.DataFrame, np.ndarray]:
+    """Fold like :func:`fold` and also return each player's first row.
+
+    The array gives, for each state row, the index in ``events`` of one of
+    the player's rows (the first in time order), so that a column carried
+    row for row with the events, such as a label, can be read per player
+    without grouping the events again.
+    """
     frame = events.lazy() if isinstance(events, pl.DataFrame) else events
     # Event types and products become one-byte codes and the player id a
     # 64-bit hash, so the sorted copy is small. A second, independent hash
@@ -271,7 +284,7 @@ def fold(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
         pl.int_range(pl.len(), dtype=pl.UInt32).alias("__row"),
     ).collect()
     if rows.height == 0:
-        return empty_states()
+        return empty_states(), np.empty(0, dtype=np.int64)
     ordered = _order_rows(rows)
     player = ordered["__player"].to_numpy()
     check_values = ordered["__check"].to_numpy()
@@ -345,7 +358,9 @@ def _order_rows(rows: pl.DataFrame) -> pl.DataFrame:
     return ordered
 
 
-def _fold_sorted(ordered: pl.DataFrame, player_ids: pl.Series) -> pl.DataFrame:
+def _fold_sorted(
+    ordered: pl.DataFrame, player_ids: pl.Series
+) -> tuple[pl.DataFrame, np.ndarray]:
     """Compute every state field from rows grouped by player in time order.
 
     Each player's rows are one contiguous block, so sums and extrema are
@@ -364,7 +379,8 @@ def _fold_sorted(ordered: pl.DataFrame, player_ids: pl.Series) -> pl.DataFrame:
     n_rows = code.size
     starts = np.flatnonzero(np.r_[True, code[1:] != code[:-1]])
     n_players = starts.size
-    names = player_ids.gather(ordered["__row"].gather(starts))
+    first_rows = ordered["__row"].gather(starts)
+    names = player_ids.gather(first_rows)
     arrays = {
         name: ordered[name].to_numpy()
         for name in (
@@ -402,10 +418,12 @@ def _fold_sorted(ordered: pl.DataFrame, player_ids: pl.Series) -> pl.DataFrame:
             pl.Series(name, out[index], dtype=pl.Float64)
             for index, name in enumerate(STATE_FIELDS)
         ]
+        + [first_rows.alias("__first_row")]
     )
     # In the bet fields NaN marks a player without bets and becomes null.
     # Elsewhere a NaN is a computed value and stays.
-    return states.with_columns(pl.col(*_BET_FIELDS).fill_nan(None)).sort("player_id")
+    states = states.with_columns(pl.col(*_BET_FIELDS).fill_nan(None)).sort("player_id")
+    return states.drop("__first_row"), states["__first_row"].to_numpy()
 
 
 def _fold_chunk(

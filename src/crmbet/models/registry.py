@@ -173,6 +173,7 @@ class ModelRegistry:
         self.model_name = self.settings.model_name
         self._cache_dir = (self.settings.home / "model-cache").resolve()
         self._client: Any = None
+        self._warm_up: threading.Thread | None = None
 
     def _mlflow(self) -> Any:
         configure_mlflow_environment(self.settings)
@@ -191,6 +192,34 @@ class ModelRegistry:
                     mlflow.create_experiment(EXPERIMENT, artifact_location=location)
                 self._client = mlflow.MlflowClient()
         return mlflow
+
+    def warm_up(self) -> threading.Thread:
+        """Start, in a daemon thread, the one-off work of the first registration.
+
+        MLflow checks a bundle's requirements against the installed
+        packages, and the first check in a process scans every installed
+        distribution (0.48 s here). Run while the caller reads and folds
+        events, which leave a core partly idle, the scan is cached when
+        :meth:`register` needs it. A failure here only costs the time back.
+        """
+
+        def scan() -> None:
+            try:
+                self._mlflow()
+                from mlflow.utils.requirements_utils import (
+                    warn_dependency_requirement_mismatches,
+                )
+
+                warn_dependency_requirement_mismatches(PIP_REQUIREMENTS)
+            except Exception:  # noqa: BLE001 - an optimisation only
+                logger.debug("warming up the MLflow registry failed", exc_info=True)
+
+        if self._warm_up is None:
+            self._warm_up = threading.Thread(
+                target=scan, name="crmbet-registry-warm-up", daemon=True
+            )
+            self._warm_up.start()
+        return self._warm_up
 
     @property
     def client(self) -> Any:
