@@ -86,10 +86,12 @@ def _log_key_warning() -> None:
     Python would print it with a line of crmbet's source; other warnings
     keep the handler that was in place.
     """
-    warnings.simplefilter("once", InsecureKeyWarning)
     previous = warnings.showwarning
     if getattr(previous, "crmbet_logs_key_warning", False):
         return
+    # Counted here rather than with a "once" filter, because libraries
+    # (MLflow among them) swap the warning filters while they run.
+    logged = False
 
     def show(  # noqa: PLR0913 - the signature warnings.showwarning calls
         message: Warning | str,
@@ -99,8 +101,11 @@ def _log_key_warning() -> None:
         file: Any = None,
         line: str | None = None,
     ) -> None:
+        nonlocal logged
         if issubclass(category, InsecureKeyWarning):
-            logging.getLogger("crmbet.config").warning("%s", message)
+            if not logged:
+                logging.getLogger("crmbet.config").warning("%s", message)
+                logged = True
             return
         previous(message, category, filename, lineno, file, line)
 
