@@ -37,6 +37,9 @@ DEVELOPMENT_PSEUDONYM_KEY = "crmbet-development-key-do-not-use-in-production"
 MIN_PRODUCTION_KEY_BYTES = 32
 
 
+#: URL schemes ``CRMBET_REDIS_URL`` accepts (those of redis-py).
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
 #: Values ``CRMBET_LOG_LEVEL`` accepts, in either case.
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -79,6 +82,18 @@ class Settings(BaseSettings):
     )
     kafka_bootstrap_servers: str | None = None
     log_level: str = "INFO"
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        if not value.get_secret_value().startswith(REDIS_SCHEMES):
+            raise ValueError(
+                f"use a URL starting with {', '.join(REDIS_SCHEMES)}, for example "
+                "redis://127.0.0.1:6379/0, or unset it for the embedded store"
+            )
+        return value
 
     @field_validator("log_level")
     @classmethod

@@ -332,6 +332,9 @@ def run_training(
 ) -> TrainingResult:
     """Run the main job on a file: read, fold, train, export and register."""
     settings = settings or get_settings()
+    # Built first, so that a missing production key stops the job before
+    # the whole source is read.
+    pseudonymizer = pseudonymizer_from(settings)
     registry = ModelRegistry(settings) if register else None
     if registry is not None:
         registry.warm_up()  # overlaps MLflow's first-use work with the read
@@ -377,7 +380,7 @@ def run_training(
         truth=truth,
         labels=labels,
         n_dead_letters=dead_letters,
-        pseudonymizer=pseudonymizer_from(settings),
+        pseudonymizer=pseudonymizer,
         registry=registry,
     )
     result.timings["read_s"] = read_s

@@ -95,3 +95,28 @@ def test_registry_uri_is_shown_without_credentials(uri: str, shown: str) -> None
     from crmbet.models.registry import redact_uri
 
     assert redact_uri(uri) == shown
+
+
+def test_production_training_without_a_key_stops_before_reading(tmp_path: Path) -> None:
+    from crmbet.training import run_training
+
+    settings = Settings(home=tmp_path, pseudonym_key=None, profile="production")
+    # The source does not exist: the key check must come first.
+    with pytest.raises(ValueError, match="CRMBET_PSEUDONYM_KEY is missing"):
+        run_training(tmp_path / "not-read.parquet", settings=settings, register=False)
+
+
+def test_bad_redis_url_is_named_without_its_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A Redis URL may carry a password, so its value is not repeated.
+    monkeypatch.setenv("CRMBET_REDIS_URL", "notaurl-with-secret")
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(SettingsError) as caught:
+            get_settings()
+    finally:
+        get_settings.cache_clear()
+    message = str(caught.value)
+    assert "CRMBET_REDIS_URL=<hidden>: use a URL starting with redis://" in message
+    assert "notaurl-with-secret" not in message
