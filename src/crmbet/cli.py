@@ -149,6 +149,26 @@ def _json_object(text: str, option: str) -> dict[str, Any]:
     return value
 
 
+#: Help of every command's ``--mapping`` option.
+MAPPING_HELP = (
+    "JSON mapping of canonical fields to the source's columns, e.g. "
+    '\'{"player_id": "customer"}\', or an object with the parts "columns", '
+    '"constants" and "event_type_values" (the source\'s event-type labels).'
+)
+
+
+def parse_mapping(text: str | None) -> Any:
+    """Return the :class:`ColumnMapping` of a ``--mapping`` value, or None."""
+    from crmbet.events import ColumnMapping
+
+    if not text:
+        return None
+    try:
+        return ColumnMapping.from_json(text)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
+
+
 def _parse_k(value: str) -> int | None:
     if value == "auto":
         return None
@@ -241,10 +261,7 @@ def train(
         int, typer.Option(min=2, help="Largest k tried by --k auto.")
     ] = 12,
     seed: Annotated[int, typer.Option(help="Seed of every random step.")] = 0,
-    mapping: Annotated[
-        str | None,
-        typer.Option(help="JSON object mapping canonical fields to source columns."),
-    ] = None,
+    mapping: Annotated[str | None, typer.Option(help=MAPPING_HELP)] = None,
     report: Annotated[
         Path | None, typer.Option(help="Also write the HTML report here.")
     ] = None,
@@ -265,15 +282,12 @@ def train(
     ] = False,
 ) -> None:
     """Train a segmentation model on transactions and register it."""
-    from crmbet.events.validation import ColumnMapping
     from crmbet.training import run_training
 
     fixed_k = _parse_k(k)
     if k_min > k_max:
         raise typer.BadParameter(f"--k-min {k_min} is above --k-max {k_max}; swap them")
-    column_mapping = (
-        ColumnMapping(columns=_json_object(mapping, "--mapping")) if mapping else None
-    )
+    column_mapping = parse_mapping(mapping)
     settings = get_settings()
     if engine not in ("local", "dask"):
         raise typer.BadParameter(f"--engine {engine!r} is invalid; pass local or dask")
@@ -461,10 +475,7 @@ def predict(
         str, typer.Option(help="With --input: auto, csv, parquet, jsonl or bustabit.")
     ] = "auto",
     mapping: Annotated[
-        str | None,
-        typer.Option(
-            help="With --input: JSON object mapping canonical fields to source columns."
-        ),
+        str | None, typer.Option(help="With --input: " + MAPPING_HELP)
     ] = None,
     source_ids: Annotated[
         bool,
@@ -478,7 +489,6 @@ def predict(
 ) -> None:
     """Predict one player (by id and/or features) or every player of a file."""
     from crmbet.events.pseudonym import PSEUDONYM_PATTERN
-    from crmbet.events.validation import ColumnMapping
     from crmbet.models.registry import ModelRegistry
     from crmbet.serving.predictor import SegmentPredictor
     from crmbet.training import RecordingPseudonymizer, pseudonymizer_from, read_source
@@ -497,11 +507,7 @@ def predict(
             if source_ids
             else None
         )
-        column_mapping = (
-            ColumnMapping(columns=_json_object(mapping, "--mapping"))
-            if mapping
-            else None
-        )
+        column_mapping = parse_mapping(mapping)
         events = read_source(
             input,
             settings=settings,

@@ -61,3 +61,49 @@ def test_pit_command_keeps_rows(settings: Settings, tmp_path) -> None:  # noqa: 
     assert table["n_prior_events"].to_list()[2] == 0
     assert table["n_prior_events"][0] > 0
     assert table["n_prior_events"][0] == table["n_prior_events"][1]
+
+
+def test_materialize_reads_the_operators_own_columns_and_labels(
+    settings: Settings,
+    tmp_path,  # noqa: ANN001
+) -> None:
+    source = tmp_path / "export.csv"
+    source.write_text(
+        "txn,customer,when,kind,value\n"
+        "t1,c1,2026-01-10T10:00:00Z,dep,50\n"
+        "t2,c1,2026-01-10 10:05:00,wager,10\n"
+        "t3,c2,2026-01-10T11:00:00Z,wager,5\n"
+        "t4,c2,2026-01-10T11:01:00Z,spin,5\n"
+    )
+    mapping = {
+        "columns": {
+            "event_id": "txn",
+            "player_id": "customer",
+            "ts": "when",
+            "event_type": "kind",
+            "amount": "value",
+        },
+        "event_type_values": {"dep": "deposit", "wager": "bet"},
+    }
+    runner = CliRunner()
+    done = runner.invoke(
+        app,
+        [
+            "features",
+            "materialize",
+            "--input",
+            str(source),
+            "--mapping",
+            json.dumps(mapping),
+        ],
+    )
+    assert done.exit_code == 0, done.output
+    # 'spin' has no translation, so its row is a dead letter; the rest land.
+    assert "materialised 3 of 3 events into 2 players" in " ".join(done.output.split())
+
+    bad = runner.invoke(
+        app,
+        ["features", "materialize", "--input", str(source), "--mapping", "[1]"],
+    )
+    assert bad.exit_code == 2
+    assert "must be a JSON object" in bad.output

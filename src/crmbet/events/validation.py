@@ -9,6 +9,7 @@ naming the row, the field, the value and the fix, so nothing is lost.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -83,6 +84,45 @@ class ColumnMapping:
     def source_column(self, name: str) -> str:
         """Return the source column that contains canonical field ``name``."""
         return self.columns.get(name, name)
+
+    @classmethod
+    def from_json(cls, text: str) -> ColumnMapping:
+        """Read a mapping written as JSON, as the ``--mapping`` option takes it.
+
+        A flat object maps canonical fields to source columns. An object
+        whose keys are among ``columns``, ``constants`` and
+        ``event_type_values`` sets those parts.
+
+        Examples
+        --------
+        >>> ColumnMapping.from_json('{"player_id": "customer"}').columns
+        {'player_id': 'customer'}
+        >>> ColumnMapping.from_json(
+        ...     '{"event_type_values": {"wager": "bet"}}'
+        ... ).event_type_values
+        {'wager': 'bet'}
+        """
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"--mapping is not valid JSON ({error}); pass an object such as "
+                '\'{"player_id": "customer"}\''
+            ) from error
+        if not isinstance(value, dict):
+            raise ValueError(f"--mapping must be a JSON object, got {text!r}")
+        if value and set(value) <= _MAPPING_PARTS:
+            wrong = [key for key, part in value.items() if not isinstance(part, dict)]
+            if wrong:
+                raise ValueError(
+                    f"--mapping part(s) {wrong} must be JSON objects, e.g. "
+                    '\'{"event_type_values": {"wager": "bet"}}\''
+                )
+            return cls(**value)
+        return cls(columns=value)
+
+
+_MAPPING_PARTS = {"columns", "constants", "event_type_values"}
 
 
 @dataclass

@@ -35,8 +35,13 @@ def materialize_command(
     format: Annotated[
         str, typer.Option(help="auto, csv, parquet, jsonl or bustabit.")
     ] = "auto",
+    mapping: Annotated[
+        str | None,
+        typer.Option(help="JSON mapping of canonical fields to source columns."),
+    ] = None,
 ) -> None:
     """Fold events into the online store; replayed events are not counted twice."""
+    from crmbet.cli import parse_mapping
     from crmbet.config import get_settings
     from crmbet.features.materialize import materialize
     from crmbet.features.online import MemoryOnlineStore
@@ -44,7 +49,12 @@ def materialize_command(
     from crmbet.training import read_source
 
     settings = get_settings()
-    events = read_source(input, settings=settings, source_format=format).events  # type: ignore[arg-type]
+    events = read_source(
+        input,
+        settings=settings,
+        source_format=format,  # type: ignore[arg-type]
+        mapping=parse_mapping(mapping),
+    ).events
     store = open_backend(settings)
     report = materialize(events, store)
     if isinstance(store, MemoryOnlineStore):

@@ -217,6 +217,10 @@ def retrain(
     format: Annotated[
         str, typer.Option(help="auto, csv, parquet, jsonl or bustabit.")
     ] = "auto",
+    mapping: Annotated[
+        str | None,
+        typer.Option(help="JSON mapping of canonical fields to source columns."),
+    ] = None,
     k: Annotated[
         str, typer.Option(help="'auto' or a fixed number of segments.")
     ] = "auto",
@@ -250,7 +254,14 @@ def retrain(
     elif register_only:
         mode = "never"
     settings = get_settings()
-    events = read_source(input, settings=settings, source_format=format).events  # type: ignore[arg-type]
+    from crmbet.cli import parse_mapping
+
+    events = read_source(
+        input,
+        settings=settings,
+        source_format=format,  # type: ignore[arg-type]
+        mapping=parse_mapping(mapping),
+    ).events
     with console.status("training the challenger"):
         result = lifecycle.retrain(
             events,

@@ -138,6 +138,20 @@ def stream(
     except KeyboardInterrupt:
         logger.info("stopping on Ctrl-C")
     _print_summary(pipeline)
+    health = pipeline.health()
+    if (
+        replay is not None
+        and health["records_processed"]
+        and not health["events_processed"]
+    ):
+        # A scheduled replay must not report success when nothing was read.
+        console.print(
+            f"[red]every record of {replay} was invalid; the reasons are in "
+            f"{settings.home / 'stream' / 'dead_letters.jsonl'}. Stream records "
+            "use the canonical field names (event_id, player_id, ts, event_type, "
+            "amount, ...); rename the source's columns first.[/red]"
+        )
+        raise typer.Exit(1)
 
 
 def _print_summary(pipeline: object) -> None:

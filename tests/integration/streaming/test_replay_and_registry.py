@@ -63,6 +63,19 @@ def test_cli_stream_replay(replay_file, settings):
     assert (settings.home / "stream" / "state.zip").exists()
 
 
+def test_cli_stream_replay_of_only_invalid_records_fails(settings, tmp_path):
+    from crmbet.cli import app
+
+    source = tmp_path / "export.csv"
+    source.write_text("txn,customer,when\nt1,c1,2026-01-10T10:00:00Z\n")
+    result = CliRunner().invoke(
+        app, ["stream", "--replay", str(source), "--model", "none"]
+    )
+    assert result.exit_code == 1, result.output
+    assert "every record of" in " ".join(result.output.split())
+    assert (settings.home / "stream" / "dead_letters.jsonl").exists()
+
+
 @pytest.mark.slow
 # MLflow 3 warns that the registry's pyfunc wrapper takes untyped input.
 @pytest.mark.filterwarnings("ignore:.*Any type hint is inferred:UserWarning")
