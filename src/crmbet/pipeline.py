@@ -207,6 +207,12 @@ class EnterprisePipelineOrchestrator:
             n_dead_letters=ingested.dead_letters.height,
         )
         self.store.put_states(result.states)
+        if isinstance(self.store, MemoryOnlineStore):
+            # As `crmbet train` does: the next process (the CLI, a server, a
+            # new orchestrator) finds the trained players without stop().
+            await asyncio.to_thread(
+                self.store.snapshot, self.settings.home / "online_store.parquet"
+            )
         self.feature_store.register_model(
             self.registry.model_name, result.model.feature_names
         )

@@ -32,6 +32,17 @@ def test_predict_returns_raw_id_and_pseudonym(
     assert result["prediction"]["feature_source"] == "online_store"
 
 
+def test_trained_players_are_known_to_the_next_process(
+    orchestrator: EnterprisePipelineOrchestrator,
+) -> None:
+    # A new orchestrator on the same home stands in for the next process.
+    home = orchestrator.settings.home
+    again = EnterprisePipelineOrchestrator(PipelineConfig(home=str(home)))
+    again.start_background_services()
+    result = asyncio.run(again.predict(player_id="player-000007"))
+    assert result["prediction"]["feature_source"] == "online_store"
+
+
 def test_user_id_is_accepted_for_player_id(
     orchestrator: EnterprisePipelineOrchestrator,
 ) -> None:
