@@ -539,3 +539,21 @@ def test_lean_parquet_read_keeps_whole_dead_letter(
     assert lean.events.drop("game", "channel").equals(
         full.events.drop("game", "channel")
     )
+
+
+def test_format_is_read_from_the_content_when_the_name_misleads(
+    tmp_path: Path,
+) -> None:
+    parquet_named_csv = tmp_path / "export.csv"
+    _raw().write_parquet(parquet_named_csv)
+    assert detect_format(parquet_named_csv) == "parquet"
+
+    csv_named_parquet = tmp_path / "export.parquet"
+    csv_named_parquet.write_text("event_id,player_id\ne1,alice\n")
+    with pytest.raises(ValueError, match="does not start like a Parquet file"):
+        detect_format(csv_named_parquet)
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="holds no .parquet files"):
+        detect_format(empty)

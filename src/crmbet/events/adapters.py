@@ -77,10 +77,28 @@ class IngestResult:
 
 
 def detect_format(path: Path) -> SourceFormat:
-    """Guess a source's format from its name and, for CSV, its header."""
+    """Guess a source's format from its name and, for CSV, its header.
+
+    A file whose first bytes are Parquet's magic number is Parquet whatever
+    its name, and a file named as Parquet that lacks them gets an error
+    that says so; a folder must hold Parquet files.
+    """
     name = path.name.lower()
-    if path.is_dir() or name.endswith((".parquet", ".pq")):
+    if path.is_dir():
+        if not any(path.rglob("*.parquet")):
+            raise ValueError(
+                f"folder {path} holds no .parquet files; pass a folder of Parquet "
+                "files or one file"
+            )
         return "parquet"
+    magic = _first_bytes(path)
+    if magic == _PARQUET_MAGIC:
+        return "parquet"
+    if name.endswith((".parquet", ".pq")):
+        raise ValueError(
+            f"{path} is named as Parquet but does not start like a Parquet file; "
+            "if it holds text, pass --format csv or jsonl"
+        )
     if name.endswith((".jsonl", ".ndjson", ".json", ".jsonl.gz", ".ndjson.gz")):
         return "jsonl"
     if name.endswith((".csv", ".csv.gz", ".tsv")):
@@ -94,6 +112,17 @@ def detect_format(path: Path) -> SourceFormat:
         f"input format of {path} is not recognised from its name; pass "
         "--format csv, parquet, jsonl or bustabit"
     )
+
+
+_PARQUET_MAGIC = b"PAR1"
+
+
+def _first_bytes(path: Path) -> bytes:
+    try:
+        with path.open("rb") as handle:
+            return handle.read(len(_PARQUET_MAGIC))
+    except OSError:
+        return b""  # a missing file is reported by the reader, with its path
 
 
 def bustabit_to_raw(frame: pl.DataFrame) -> pl.DataFrame:
