@@ -532,7 +532,19 @@ def predict(
                 # The file identifies players, like the source data.
                 out.chmod(0o600)
             console.print(f"wrote {table.height:,} predictions to {out}")
-        console.print(table.group_by("segment").len().sort("len", descending=True))
+        counts = Table(title=f"{table.height:,} players by segment")
+        for column in ("segment", "players", "share"):
+            counts.add_column(
+                column, justify="left" if column == "segment" else "right"
+            )
+        sizes = (
+            table.group_by("segment")
+            .len()
+            .sort(["len", "segment"], descending=[True, False])
+        )
+        for segment, size in sizes.iter_rows():
+            counts.add_row(str(segment), f"{size:,}", f"{size / table.height:.1%}")
+        console.print(counts)
         return
     if player is None and features is None:
         raise typer.BadParameter("pass --player, --features or --input")

@@ -108,6 +108,7 @@ def test_demo_generate_train_predict_segments_report(
     assert batch.exit_code == 0, batch.output
     assert out.read_text().count("\n") == 601
     assert "source_player_id" not in out.read_text()
+    assert "600 players by segment" in batch.output
 
     with_ids = tmp_path / "predictions.parquet"
     batch = runner.invoke(
