@@ -557,3 +557,14 @@ def test_format_is_read_from_the_content_when_the_name_misleads(
     empty.mkdir()
     with pytest.raises(ValueError, match="holds no .parquet files"):
         detect_format(empty)
+
+
+def test_timestamps_before_2000_are_dead_letters() -> None:
+    # 20261120, a YYYYMMDD date, reads as Unix seconds in August 1970.
+    raw = pl.concat([_raw(ts="20261120"), _raw(event_id="e2", ts="1768039200")])
+    result = normalize(raw)
+    assert result.n_invalid == 1
+    assert result.events["event_id"].to_list() == ["e2"]
+    assert result.dead_letters["errors"][0][0].startswith(
+        "ts='20261120' is before 2000-01-01; check the unit and format"
+    )

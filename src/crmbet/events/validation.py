@@ -32,6 +32,11 @@ logger = logging.getLogger(__name__)
 #: Events stamped further ahead than this are rejected as clock errors.
 MAX_FUTURE_SKEW = timedelta(days=1)
 
+#: Events stamped before this are rejected: online betting records are
+#: younger, and such times come from a misread unit or format (20261120,
+#: a YYYYMMDD date, read as Unix seconds is 1970-08-23).
+EARLIEST_TIMESTAMP = datetime(2000, 1, 1, tzinfo=UTC)
+
 #: Optional input column with each record's 1-based position in its source,
 #: for sources that drop records before validation (unparsable JSON lines).
 SOURCE_ROW_COLUMN = "__source_row"
@@ -530,6 +535,13 @@ def normalize(
             "ts",
             "more than 1 day in the future",
             "check the source's clock and time zone",
+        ),
+        _message(
+            pl.col("__ts") < pl.lit(EARLIEST_TIMESTAMP),
+            "ts",
+            f"before {EARLIEST_TIMESTAMP:%Y-%m-%d}",
+            "check the unit and format: Unix seconds, or ISO 8601 such as "
+            "2024-05-01T21:00:00Z; a date like 20240501 is read as seconds",
         ),
         _message(
             ~pl.col("__event_type").is_in(EVENT_TYPES),
