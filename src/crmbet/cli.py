@@ -373,8 +373,19 @@ def _print_training(result: Any) -> None:
             model, title=f"{model.n_segments} segments, model version {result.version}"
         )
     )
+    from crmbet.training import TrainingResult
+
+    # The fold counts each delivered event once; the difference is the
+    # repeated deliveries (same id, player and time) it dropped. The scale-out
+    # job keeps its states on disk, so it is not counted there.
+    repeated = 0
+    if isinstance(result, TrainingResult) and result.states.height:
+        repeated = result.n_events - int(result.states["n_events"].sum())
+    events = f"{result.n_events:,}" + (
+        f" ({repeated:,} repeated deliveries counted once)" if repeated > 0 else ""
+    )
     console.print(
-        f"players={int(model.metrics['n_players']):,} events={result.n_events:,} "
+        f"players={int(model.metrics['n_players']):,} events={events} "
         f"dead letters={result.n_dead_letters:,} "
         f"silhouette={model.metrics['silhouette']:.3f} "
         f"onnx label mismatches={result.onnx_mismatches}"

@@ -175,6 +175,21 @@ def test_cli_errors_are_one_line(
     assert "Traceback" not in output
 
 
+def test_train_says_how_many_repeated_deliveries_it_counted_once(
+    settings: Settings, tmp_path: Path
+) -> None:
+    rows = [f"e{i},p{i % 5},2026-01-10T1{i % 10}:00:00Z,bet,{i}" for i in range(10)]
+    source = tmp_path / "twice.csv"
+    source.write_text(
+        "event_id,player_id,ts,event_type,amount\n" + "\n".join(rows + rows) + "\n"
+    )
+    trained = runner.invoke(app, ["train", "--input", str(source), "--k", "2"])
+    assert trained.exit_code == 0, trained.output
+    assert "events=20 (10 repeated deliveries counted once)" in " ".join(
+        trained.output.split()
+    )
+
+
 def test_train_promote_moves_champion(settings: Settings, tmp_path: Path) -> None:
     data = tmp_path / "s.parquet"
     assert (
