@@ -565,13 +565,18 @@ def predict(
     status = None
     if player is not None:
         from crmbet.features.store import EnterpriseFeatureStore, FeatureRequest
+        from crmbet.training import key_mismatch
 
+        pseudonymizer = pseudonymizer_from(settings)
+        mismatch = key_mismatch(predictor.model, pseudonymizer)
+        if mismatch:
+            logger.warning("%s", mismatch)
         store = EnterpriseFeatureStore.from_settings(settings)
         # A pseudonym copied from crmbet's own output is looked up as it is.
         pseudonym = (
             player
             if PSEUDONYM_PATTERN.fullmatch(player)
-            else pseudonymizer_from(settings).pseudonymize(player)
+            else pseudonymizer.pseudonymize(player)
         )
         response = store.get_features_sync(FeatureRequest(pseudonym))
         stored = response.row(0)

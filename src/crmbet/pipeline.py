@@ -205,6 +205,7 @@ class EnterprisePipelineOrchestrator:
             seed=cluster.seed,
             registry=self.registry,
             n_dead_letters=ingested.dead_letters.height,
+            key_fingerprint=self._pseudonymizer.fingerprint,
         )
         self.store.put_states(result.states)
         if isinstance(self.store, MemoryOnlineStore):

@@ -75,6 +75,28 @@ def pseudonymizer_from(settings: Settings) -> Pseudonymizer:
     return Pseudonymizer(settings.pseudonym_key_bytes())
 
 
+#: Model parameter holding the fingerprint of the key its players were
+#: pseudonymised with.
+KEY_FINGERPRINT_PARAM = "pseudonym_key_fingerprint"
+
+
+def key_mismatch(model: SegmentModel, pseudonymizer: Pseudonymizer) -> str | None:
+    """Return a warning when ``model`` was trained under another key, else None.
+
+    Player ids then map to other pseudonyms than the stored ones, so every
+    known player would be served as a new one.
+    """
+    trained = model.params.get(KEY_FINGERPRINT_PARAM)
+    if trained is None or trained == pseudonymizer.fingerprint:
+        return None
+    return (
+        f"model version {model.version} was trained with another "
+        f"pseudonymisation key (fingerprint {trained}, this process "
+        f"{pseudonymizer.fingerprint}): known players will look new; set "
+        "CRMBET_PSEUDONYM_KEY to the key the model was trained with"
+    )
+
+
 class RecordingPseudonymizer(Pseudonymizer):
     """A pseudonymizer that keeps every raw id it maps, for results sent back.
 
@@ -227,6 +249,7 @@ def train_from_events(
     n_dead_letters: int = 0,
     pseudonymizer: Pseudonymizer | None = None,
     labels: pl.Series | None = None,
+    key_fingerprint: str | None = None,
 ) -> TrainingResult:
     """Train and register a model from canonical, pseudonymised events.
 
@@ -236,9 +259,13 @@ def train_from_events(
     features. With ``pseudonymizer`` the events (and ``truth``) carry
     raw player ids instead: they are folded as they are, and the player
     states and ``truth`` are pseudonymised, one row per player instead of
-    one per event.
+    one per event. ``key_fingerprint`` (taken from ``pseudonymizer`` when
+    given) is kept in the model's parameters, so that a process using
+    another key can warn that it will not find the trained players.
     """
     settings = settings or get_settings()
+    if pseudonymizer is not None:
+        key_fingerprint = pseudonymizer.fingerprint
     if register:
         registry = registry or ModelRegistry(settings)
         registry.warm_up()
@@ -277,6 +304,8 @@ def train_from_events(
         features, k=k, k_range=k_range, seed=seed, as_of=as_of, progress=progress
     )
     timings["train_s"] = time.perf_counter() - clock
+    if key_fingerprint is not None:
+        model.params[KEY_FINGERPRINT_PARAM] = key_fingerprint
 
     clock = time.perf_counter()
     onnx_bytes = export_onnx(model.pipeline, len(model.feature_names))

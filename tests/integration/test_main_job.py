@@ -204,6 +204,27 @@ def test_labels_row_for_row_score_like_carried_columns(
     assert by_labels.adjusted_rand_index == by_extra.adjusted_rand_index
 
 
+def test_a_process_with_another_key_is_told_so(
+    bustabit_events: pl.DataFrame, tmp_path: Path
+) -> None:
+    from crmbet.training import KEY_FINGERPRINT_PARAM, key_mismatch
+
+    used = Pseudonymizer(b"training-key-" + b"x" * 32)
+    result = train_from_events(
+        bustabit_events.head(3_000),
+        settings=Settings(home=tmp_path),
+        register=False,
+        k=3,
+        key_fingerprint=used.fingerprint,
+    )
+    assert result.model.params[KEY_FINGERPRINT_PARAM] == used.fingerprint
+    assert key_mismatch(result.model, used) is None
+    message = key_mismatch(result.model, Pseudonymizer(b"another-key-" + b"y" * 32))
+    assert message is not None
+    assert "trained with another pseudonymisation key" in message
+    assert used.fingerprint in message
+
+
 class _OnePseudonym(Pseudonymizer):
     """Maps every raw id to the same pseudonym, as a collision would."""
 

@@ -568,3 +568,11 @@ def test_timestamps_before_2000_are_dead_letters() -> None:
     assert result.dead_letters["errors"][0][0].startswith(
         "ts='20261120' is before 2000-01-01; check the unit and format"
     )
+
+
+def test_key_fingerprint_tells_keys_apart_and_reveals_no_pseudonym() -> None:
+    one = Pseudonymizer(b"k" * 32)
+    assert one.fingerprint == Pseudonymizer(b"k" * 32).fingerprint
+    assert one.fingerprint != Pseudonymizer(b"j" * 32).fingerprint
+    assert one.fingerprint.startswith("k_") and len(one.fingerprint) == 14
+    assert one.fingerprint[2:] not in one.pseudonymize("")

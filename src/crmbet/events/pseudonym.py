@@ -25,6 +25,10 @@ PSEUDONYM_PATTERN = re.compile(rf"p_[0-9a-f]{{{PSEUDONYM_HEX_CHARS}}}")
 _SHA256_BLOCK_BYTES = 64
 
 
+#: Message whose keyed hash is the key's fingerprint.
+_FINGERPRINT_TEXT = b"\x00crmbet pseudonymisation key fingerprint"
+
+
 class Pseudonymizer:
     """Map raw player identifiers to pseudonyms with HMAC-SHA256.
 
@@ -57,6 +61,19 @@ class Pseudonymizer:
         # hashlib states cannot be pickled; Dask workers rebuild them from
         # the key.
         return (Pseudonymizer, (self._key,))
+
+    @property
+    def fingerprint(self) -> str:
+        """A short tag of the key, safe to store and log, to tell keys apart.
+
+        It is the keyed hash of a fixed text that no player id uses, so it
+        reveals neither the key nor any player's pseudonym.
+        """
+        inner = self._inner.copy()
+        inner.update(_FINGERPRINT_TEXT)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return "k_" + outer.hexdigest()[:12]
 
     def pseudonymize(self, raw_id: str) -> str:
         """Return the pseudonym of one raw player identifier."""

@@ -29,7 +29,7 @@ from crmbet.serving.features import FeatureSource, FeatureStoreSource
 from crmbet.serving.routing import CHALLENGER, CHAMPION, Mode, TrafficRouter
 from crmbet.serving.schemas import PredictionRequest
 from crmbet.serving.settings import ServingSettings
-from crmbet.training import pseudonymizer_from
+from crmbet.training import key_mismatch, pseudonymizer_from
 
 logger = logging.getLogger(__name__)
 
@@ -249,6 +249,9 @@ class ModelServingSystem:
             except ModelNotFoundError:
                 onnx_bytes = None
             engine = choose_engine(model, onnx_bytes, self.serving.engine)
+            mismatch = key_mismatch(model, self._pseudonymizer)
+            if mismatch:
+                logger.warning("%s", mismatch)
             self._loaded[version] = ServingModel(model, engine)
             logger.info(
                 "loaded %s version %s with the %s engine",
