@@ -35,6 +35,13 @@ def stream(
             help="Replay speed in records per second; as fast as possible when unset."
         ),
     ] = None,
+    mapping: Annotated[
+        str | None,
+        typer.Option(
+            help="JSON mapping of canonical fields to the records' own field names "
+            "(and event-type labels, as for crmbet train)."
+        ),
+    ] = None,
     bootstrap_servers: Annotated[
         str | None,
         typer.Option(
@@ -96,6 +103,7 @@ def stream(
     ] = 0,
 ) -> None:
     """Keep player state and segments current from Kafka or a replayed file."""
+    from crmbet.cli import parse_mapping
     from crmbet.config import get_settings
     from crmbet.errors import ModelNotFoundError
     from crmbet.streaming.config import StreamConfig
@@ -112,6 +120,7 @@ def stream(
         enable_online_learning=online_learning,
         snapshot_path=snapshot or settings.home / "stream" / "state.zip",
         model_ref=None if model.lower() == "none" else model,
+        column_mapping=parse_mapping(mapping),
     )
     if metrics_port:
         from prometheus_client import start_http_server
@@ -149,7 +158,7 @@ def stream(
             f"[red]every record of {replay} was invalid; the reasons are in "
             f"{settings.home / 'stream' / 'dead_letters.jsonl'}. Stream records "
             "use the canonical field names (event_id, player_id, ts, event_type, "
-            "amount, ...); rename the source's columns first.[/red]"
+            "amount, ...) unless --mapping names the records' own.[/red]"
         )
         raise typer.Exit(1)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from crmbet.events.validation import ColumnMapping
+
 
 @dataclass
 class StreamConfig:
@@ -49,6 +51,9 @@ class StreamConfig:
         ADWIN confidence and the quiet time after an alarm.
     model_ref:
         Registry alias or version that assigns segments; None skips them.
+    column_mapping:
+        How the records' own field names and event-type labels map to the
+        canonical event; None reads the canonical names.
     """
 
     kafka_bootstrap_servers: str | None = None
@@ -73,6 +78,7 @@ class StreamConfig:
     drift_delta: float = 0.002
     drift_cooldown_s: float = 300.0
     model_ref: str | None = "champion"
+    column_mapping: ColumnMapping | None = None
     consumer_options: dict[str, str | int | float | bool] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -109,6 +109,7 @@ class StreamingMLPipeline:
             topic=config.topic,
             predictor=self.predictor,
             dedupe_window=config.dedupe_window,
+            mapping=config.column_mapping,
         )
 
         self.learner: OnlineCentroids | None = None

@@ -21,11 +21,17 @@ import orjson
 import polars as pl
 
 from crmbet.events.pseudonym import Pseudonymizer
-from crmbet.events.validation import normalize
+from crmbet.events.validation import ColumnMapping, normalize
 from crmbet.features.definitions import compute_columns
 from crmbet.streaming import metrics
 from crmbet.streaming.dedupe import DedupeWindow
-from crmbet.streaming.records import DeadLetter, RecordBatch, dead_letter_at, decode
+from crmbet.streaming.records import (
+    RAW_SCHEMA,
+    DeadLetter,
+    RecordBatch,
+    dead_letter_at,
+    decode,
+)
 from crmbet.streaming.state_matrix import (
     FIELD_NAMES,
     StateMatrix,
@@ -267,6 +273,9 @@ class BatchProcessor:
         Assigns segments to updated players; None keeps states only.
     dedupe_window:
         Event ids remembered per partition.
+    mapping:
+        The records' own field names and event-type labels; None when the
+        records use the canonical names.
     """
 
     def __init__(
@@ -278,7 +287,17 @@ class BatchProcessor:
         topic: str,
         predictor: SegmentPredictor | None = None,
         dedupe_window: int = 100_000,
+        mapping: ColumnMapping | None = None,
     ) -> None:
+        self.mapping = mapping
+        # The fields are read under the names the records use.
+        self.raw_schema = (
+            RAW_SCHEMA
+            if mapping is None
+            else {
+                mapping.source_column(name): kind for name, kind in RAW_SCHEMA.items()
+            }
+        )
         self.store = store
         self.group_id = group_id
         self.topic = topic
@@ -325,8 +344,8 @@ class BatchProcessor:
         result.timestamps_ms = batch.timestamps_ms
 
         # Step 1: parse, validate and set invalid records aside.
-        raw, index, result.dead_letters = decode(batch)
-        checked = normalize(raw, source=f"kafka:{batch.topic}")
+        raw, index, result.dead_letters = decode(batch, self.raw_schema)
+        checked = normalize(raw, self.mapping, source=f"kafka:{batch.topic}")
         positions = np.asarray(index, dtype=np.intp)
         if checked.dead_letters.height:
             dead_rows = []

@@ -65,10 +65,14 @@ class DeadLetter:
         ]
 
 
-def _read(values: list[bytes], joined: bytes | None = None) -> pl.DataFrame:
+def _read(
+    values: list[bytes],
+    joined: bytes | None = None,
+    schema: dict[str, pl.DataType] = RAW_SCHEMA,
+) -> pl.DataFrame:
     if joined is None:
         joined = b"\n".join(values)
-    frame = pl.read_ndjson(io.BytesIO(joined), schema=RAW_SCHEMA)
+    frame = pl.read_ndjson(io.BytesIO(joined), schema=schema)
     if frame.height != len(values):
         raise ValueError(f"read {frame.height} rows from {len(values)} records")
     return frame
@@ -88,8 +92,13 @@ def _parse_one(value: bytes) -> str | None:
     return None
 
 
-def decode(batch: RecordBatch) -> tuple[pl.DataFrame, list[int], list[DeadLetter]]:
-    """Decode a batch into a raw table.
+def decode(
+    batch: RecordBatch, schema: dict[str, pl.DataType] | None = None
+) -> tuple[pl.DataFrame, list[int], list[DeadLetter]]:
+    """Decode a batch into a raw table of the fields in ``schema``.
+
+    ``schema`` defaults to :data:`RAW_SCHEMA`; a consumer with a column
+    mapping passes the source's names instead.
 
     Returns
     -------
@@ -97,6 +106,7 @@ def decode(batch: RecordBatch) -> tuple[pl.DataFrame, list[int], list[DeadLetter
         The raw table (text columns of the canonical fields), the batch
         index of each of its rows, and the records that are not JSON objects.
     """
+    schema = RAW_SCHEMA if schema is None else schema
     values = batch.values
     # A batch without empty values and without newlines inside a value has
     # exactly one newline between each two records once joined.
@@ -106,7 +116,7 @@ def decode(batch: RecordBatch) -> tuple[pl.DataFrame, list[int], list[DeadLetter
         clean = joined.count(b"\n") == len(values) - 1
     if clean:
         try:
-            return _read(values, joined), list(range(len(values))), []  # type: ignore[arg-type]
+            return _read(values, joined, schema), list(range(len(values))), []  # type: ignore[arg-type]
         except (pl.exceptions.ComputeError, ValueError, TypeError):
             pass
     kept: list[bytes] = []
@@ -124,7 +134,7 @@ def decode(batch: RecordBatch) -> tuple[pl.DataFrame, list[int], list[DeadLetter
         # Re-serialising removes newlines inside the object, which NDJSON forbids.
         kept.append(orjson.dumps(orjson.loads(value)) if b"\n" in value else value)  # type: ignore[operator]
         index.append(position)
-    frame = _read(kept) if kept else pl.DataFrame(schema=RAW_SCHEMA)
+    frame = _read(kept, schema=schema) if kept else pl.DataFrame(schema=schema)
     return frame, index, dead
 
 

@@ -63,6 +63,30 @@ def test_cli_stream_replay(replay_file, settings):
     assert (settings.home / "stream" / "state.zip").exists()
 
 
+def test_cli_stream_replay_reads_the_records_own_names(settings, tmp_path):
+    from crmbet.cli import app
+
+    source = tmp_path / "export.csv"
+    source.write_text(
+        "txn,customer,when,kind,value\n"
+        "t1,c1,2026-01-10T10:00:00Z,dep,50\n"
+        "t2,c1,2026-01-10T10:01:00Z,wager,5\n"
+        "t3,c2,2026-01-10T10:02:00Z,spin,5\n"
+    )
+    mapping = (
+        '{"columns": {"event_id": "txn", "player_id": "customer", "ts": "when", '
+        '"event_type": "kind", "amount": "value"}, '
+        '"event_type_values": {"dep": "deposit", "wager": "bet"}}'
+    )
+    result = CliRunner().invoke(
+        app,
+        ["stream", "--replay", str(source), "--model", "none", "--mapping", mapping],
+    )
+    assert result.exit_code == 0, result.output
+    # 'spin' has no translation, so that record alone is a dead letter.
+    assert "records=3 events=2 dead letters=1" in result.output
+
+
 def test_cli_stream_replay_of_only_invalid_records_fails(settings, tmp_path):
     from crmbet.cli import app
 
