@@ -28,8 +28,8 @@ os.environ.setdefault(
 )
 
 # MLflow logs its database migrations at INFO and draws a progress bar for
-# every artifact download, from whichever module imports it first; crmbet
-# reports registration and loading itself. Values in the environment win.
+# every artifact download. crmbet reports registration and loading itself,
+# so both are off unless the environment already sets them.
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 

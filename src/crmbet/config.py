@@ -45,7 +45,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class SettingsError(ValueError):
-    """Raised when a ``CRMBET_*`` variable holds a value crmbet cannot use."""
+    """Error raised when a ``CRMBET_*`` variable contains an invalid value."""
 
 
 class InsecureKeyWarning(UserWarning):

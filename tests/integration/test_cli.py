@@ -175,9 +175,7 @@ def test_cli_errors_are_one_line(
     assert "Traceback" not in output
 
 
-def test_train_says_how_many_repeated_deliveries_it_counted_once(
-    settings: Settings, tmp_path: Path
-) -> None:
+def test_train_reports_repeated_deliveries(settings: Settings, tmp_path: Path) -> None:
     rows = [f"e{i},p{i % 5},2026-01-10T1{i % 10}:00:00Z,bet,{i}" for i in range(10)]
     source = tmp_path / "twice.csv"
     source.write_text(

@@ -35,7 +35,7 @@ def test_predict_returns_raw_id_and_pseudonym(
 def test_trained_players_are_known_to_the_next_process(
     orchestrator: EnterprisePipelineOrchestrator,
 ) -> None:
-    # A new orchestrator on the same home stands in for the next process.
+    # A new orchestrator on the same home plays the part of the next process.
     home = orchestrator.settings.home
     again = EnterprisePipelineOrchestrator(PipelineConfig(home=str(home)))
     again.start_background_services()

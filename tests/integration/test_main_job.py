@@ -204,7 +204,7 @@ def test_labels_row_for_row_score_like_carried_columns(
     assert by_labels.adjusted_rand_index == by_extra.adjusted_rand_index
 
 
-def test_a_process_with_another_key_is_told_so(
+def test_key_mismatch_names_both_fingerprints(
     bustabit_events: pl.DataFrame, tmp_path: Path
 ) -> None:
     from crmbet.training import KEY_FINGERPRINT_PARAM, key_mismatch

@@ -541,7 +541,7 @@ def test_lean_parquet_read_keeps_whole_dead_letter(
     )
 
 
-def test_format_is_read_from_the_content_when_the_name_misleads(
+def test_detect_format_reads_file_content(
     tmp_path: Path,
 ) -> None:
     parquet_named_csv = tmp_path / "export.csv"
@@ -555,7 +555,7 @@ def test_format_is_read_from_the_content_when_the_name_misleads(
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(ValueError, match="holds no .parquet files"):
+    with pytest.raises(ValueError, match="contains no .parquet files"):
         detect_format(empty)
 
 
@@ -570,9 +570,11 @@ def test_timestamps_before_2000_are_dead_letters() -> None:
     )
 
 
-def test_key_fingerprint_tells_keys_apart_and_reveals_no_pseudonym() -> None:
-    one = Pseudonymizer(b"k" * 32)
-    assert one.fingerprint == Pseudonymizer(b"k" * 32).fingerprint
-    assert one.fingerprint != Pseudonymizer(b"j" * 32).fingerprint
-    assert one.fingerprint.startswith("k_") and len(one.fingerprint) == 14
-    assert one.fingerprint[2:] not in one.pseudonymize("")
+def test_key_fingerprint_separates_keys() -> None:
+    pseudonymizer = Pseudonymizer(b"k" * 32)
+    fingerprint = pseudonymizer.fingerprint
+    assert fingerprint == Pseudonymizer(b"k" * 32).fingerprint
+    assert fingerprint != Pseudonymizer(b"j" * 32).fingerprint
+    assert fingerprint.startswith("k_")
+    assert len(fingerprint) == 14
+    assert fingerprint[2:] not in pseudonymizer.pseudonymize("")

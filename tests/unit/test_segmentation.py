@@ -78,7 +78,7 @@ def test_select_k_finds_separated_blobs() -> None:
     assert len(selection.combined) == 7
 
 
-def test_select_k_on_a_handful_of_players_warns_and_keeps_segments_populated(
+def test_select_k_few_players_warns(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     rng = np.random.default_rng(2)

@@ -79,15 +79,15 @@ class IngestResult:
 def detect_format(path: Path) -> SourceFormat:
     """Guess a source's format from its name and, for CSV, its header.
 
-    A file whose first bytes are Parquet's magic number is Parquet whatever
-    its name, and a file named as Parquet that lacks them gets an error
-    that says so; a folder must hold Parquet files.
+    A file that starts with Parquet's magic number is Parquet whatever its
+    name. A file named as Parquet without it raises an error, and so does a
+    folder without Parquet files.
     """
     name = path.name.lower()
     if path.is_dir():
         if not any(path.rglob("*.parquet")):
             raise ValueError(
-                f"folder {path} holds no .parquet files; pass a folder of Parquet "
+                f"folder {path} contains no .parquet files; pass a folder of Parquet "
                 "files or one file"
             )
         return "parquet"

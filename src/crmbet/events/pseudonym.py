@@ -66,8 +66,9 @@ class Pseudonymizer:
     def fingerprint(self) -> str:
         """A short tag of the key, safe to store and log, to tell keys apart.
 
-        It is the keyed hash of a fixed text that no player id uses, so it
-        reveals neither the key nor any player's pseudonym.
+        It is the keyed hash of a fixed text that starts with a NUL byte,
+        which player ids do not contain, so it reveals neither the key nor a
+        player's pseudonym.
         """
         inner = self._inner.copy()
         inner.update(_FINGERPRINT_TEXT)

@@ -248,10 +248,10 @@ def fold_with_first_rows(
 ) -> tuple[pl.DataFrame, np.ndarray]:
     """Fold like :func:`fold` and also return each player's first row.
 
-    The array gives, for each state row, the index in ``events`` of one of
-    the player's rows (the first in time order), so that a column carried
-    row for row with the events, such as a label, can be read per player
-    without grouping the events again.
+    The array gives, for each state row, the index in ``events`` of the
+    player's first row in time order. A column carried row for row with the
+    events, such as a label, can then be read per player without grouping
+    the events again.
     """
     frame = events.lazy() if isinstance(events, pl.DataFrame) else events
     # Event types and products become one-byte codes and the player id a

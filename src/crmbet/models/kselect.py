@@ -44,9 +44,9 @@ logger = logging.getLogger(__name__)
 
 CRITERIA = ("silhouette", "calinski_harabasz", "davies_bouldin", "stability")
 
-#: Automatic k keeps at least this many players per segment on average;
-#: a segment of a handful of players describes those players, not a group
-#: a campaign can target. ``--k`` overrides it.
+#: Automatic k keeps at least this many players per segment on average,
+#: because a segment of a few players describes them, not a group a
+#: campaign can target. ``--k`` overrides it.
 MIN_PLAYERS_PER_SEGMENT = 10
 
 #: Players k-means is fitted on while choosing k.

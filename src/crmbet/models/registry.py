@@ -60,8 +60,8 @@ class _DropPickleAdvice(logging.Filter):
     """Drop MLflow's advice against pickled models: the bundle is one by design.
 
     The pickle is crmbet's own :class:`SegmentModel`, written and read by the
-    same package version; loading any MLflow model runs its code, so models
-    must come from a registry the operator controls (see the README).
+    same package version. Loading any MLflow model runs its code, so models
+    must come from a registry the operator controls.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -117,11 +117,11 @@ def _pyfunc_class() -> type:
             {"cluster_id": labels, "segment": names, "confidence": confidence}
         )
 
-    # A DataFrame hint tells MLflow 3 that no schema is inferred from it (the
-    # bundle passes an explicit signature); without a hint MLflow prints
-    # advice on every class definition, under a filter of its own that a
-    # caller's warning filters cannot silence. The hint is set as an object
-    # because this module's annotations are strings.
+    # MLflow 3 infers no schema from a DataFrame hint, and the bundle passes
+    # an explicit signature. Without a hint MLflow prints advice on every
+    # class definition, under a "once" filter of its own that the caller's
+    # warning filters cannot override. The hint is set as an object because
+    # this module's annotations are strings.
     predict.__annotations__ = {"model_input": pd.DataFrame}
 
     def load_context(self, context: Any) -> None:  # noqa: ANN001
