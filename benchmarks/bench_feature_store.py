@@ -15,13 +15,21 @@ fills the L1 first, and only the requests after it are scored. The
 parameters also report ``l1_hit_rate_ceiling``, the share of scored
 requests for players requested earlier in the stream: the first request of
 a player misses every cache, so no eviction policy can exceed it.
+
+Two figures show how much of a miss is Redis and the network path rather
+than the store: ``l2_round_trip_*_us``, the time from writing a miss's
+``GET`` to parsing its reply, taken in a second pass over the scored
+stream, and ``redis_benchmark_get_*_us``, what ``redis-benchmark`` (the C
+client shipped with Redis) measures for the same ``GET`` on one connection.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import json
+import shutil
 import subprocess
 import tempfile
 import time
@@ -146,6 +154,55 @@ async def _replay(
     return latencies / 1000.0, tiers
 
 
+def _round_trips(
+    store: EnterpriseFeatureStore, backend: RedisOnlineStore, ids: list[str]
+) -> np.ndarray:
+    """Replay ``ids`` and return each miss's Redis round trip in microseconds.
+
+    The store's one-player read is timed from writing the ``GET`` to parsing
+    the reply. This pass is separate from the scored one, so the timer's
+    own cost does not reach ``l2_p99_us``.
+    """
+    trips: list[int] = []
+    untimed = backend._round_trip  # noqa: SLF001
+
+    def timed(packed: bytes, replies: int) -> list[Any]:
+        started = time.perf_counter_ns()
+        result = untimed(packed, replies)
+        trips.append(time.perf_counter_ns() - started)
+        return result
+
+    backend._round_trip = timed  # type: ignore[method-assign]  # noqa: SLF001
+    try:
+        asyncio.run(_replay(store, ids))
+    finally:
+        del backend._round_trip  # noqa: SLF001
+    return np.asarray(trips, dtype=np.float64) / 1000.0
+
+
+def _redis_benchmark_get(port: int, key: str, requests: int) -> dict[str, Any] | None:
+    """Time ``GET key`` with ``redis-benchmark`` on one connection, if installed."""
+    binary = shutil.which("redis-benchmark")
+    if binary is None:
+        return None
+    done = subprocess.run(
+        [binary, "-h", "127.0.0.1", "-p", str(port), "-c", "1", "-n", str(requests)]
+        + ["--csv", "GET", key],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    rows = list(csv.DictReader(done.stdout.splitlines()))
+    if done.returncode != 0 or not rows:
+        return None
+    return {
+        "p50_us": round(float(rows[-1]["p50_latency_ms"]) * 1000, 1),
+        "p99_us": round(float(rows[-1]["p99_latency_ms"]) * 1000, 1),
+        "requests": requests,
+    }
+
+
 def _run_feast(
     args: argparse.Namespace,
     states: pl.DataFrame,
@@ -232,6 +289,10 @@ def _measure(args: argparse.Namespace, port: int, folder: Path) -> list[dict[str
     tier_array = np.asarray(tiers)
     hit_latency = latencies[tier_array == "l1"]
     miss_latency = latencies[tier_array == "l2"]
+    trips = _round_trips(store, backend, ids[warmup:])
+    c_client = _redis_benchmark_get(
+        port, backend.state_key(ids[-1]), max(len(miss_latency), 10_000)
+    )
 
     rng = np.random.default_rng(args.seed + 1)
     batch_ms = []
@@ -257,6 +318,9 @@ def _measure(args: argparse.Namespace, port: int, folder: Path) -> list[dict[str
         "l1_hit_rate_ceiling": round(ceiling, 4),
         "players_requested": len(set(ids)),
         "l2_p50_us": round(float(np.percentile(miss_latency, 50)), 2),
+        "l2_round_trip_p50_us": round(float(np.percentile(trips, 50)), 2),
+        "l2_round_trip_p99_us": round(float(np.percentile(trips, 99)), 2),
+        "redis_benchmark_get": c_client,
         "batch_10k_ms_all": [round(value, 1) for value in batch_ms],
         "store_errors": store.get_performance_stats()["errors"],
         "feast": feast,
