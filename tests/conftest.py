@@ -57,7 +57,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     Uses database 15 of the server on 127.0.0.1:6379 when one runs there
     (``CRMBET_TEST_REDIS_DB`` picks another, so that two test runs on one
     machine keep apart), otherwise starts ``redis-server`` on a free loopback
-    port.
+    port. ``CRMBET_TEST_OWN_REDIS=1`` starts one even when 6379 answers.
     """
     import os
     import shutil
@@ -65,7 +65,8 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     import subprocess
     import time
 
-    if _redis_reachable("127.0.0.1", 6379):
+    own = os.environ.get("CRMBET_TEST_OWN_REDIS", "") == "1"
+    if not own and _redis_reachable("127.0.0.1", 6379):
         database = int(os.environ.get("CRMBET_TEST_REDIS_DB", "15"))
         yield f"redis://127.0.0.1:6379/{database}"
         return
