@@ -39,6 +39,20 @@ class EventValidationError(CrmbetError, ValueError):
         super().__init__(f"{count} invalid event field(s):\n  {shown}{more}")
 
 
+class QueryValidationError(CrmbetError, ValueError):
+    """Raised when the rows of a point-in-time query table are not valid."""
+
+    def __init__(
+        self, source: str, errors: list[FieldError], total: int | None = None
+    ) -> None:
+        self.source = source
+        self.errors = errors
+        shown = "\n  ".join(str(error) for error in errors[:10])
+        count = total if total is not None else len(errors)
+        more = f"\n  ... and {count - 10} more" if count > 10 else ""
+        super().__init__(f"{count} invalid value(s) in {source}:\n  {shown}{more}")
+
+
 class DegenerateDataError(CrmbetError, ValueError):
     """Raised when the data cannot support the requested model."""
 

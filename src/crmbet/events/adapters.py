@@ -91,8 +91,7 @@ def detect_format(path: Path) -> SourceFormat:
                 "files or one file"
             )
         return "parquet"
-    magic = _first_bytes(path)
-    if magic == _PARQUET_MAGIC:
+    if starts_like_parquet(path):
         return "parquet"
     if name.endswith((".parquet", ".pq")):
         raise ValueError(
@@ -115,6 +114,11 @@ def detect_format(path: Path) -> SourceFormat:
 
 
 _PARQUET_MAGIC = b"PAR1"
+
+
+def starts_like_parquet(path: Path) -> bool:
+    """Return whether the file at ``path`` starts with Parquet's magic number."""
+    return _first_bytes(path) == _PARQUET_MAGIC
 
 
 def _first_bytes(path: Path) -> bytes:

@@ -246,9 +246,10 @@ def _parse_timestamp(frame: pl.DataFrame, name: str) -> pl.Expr:
         return column.dt.convert_time_zone("UTC").dt.cast_time_unit("us")
     if dtype.is_numeric():
         # Numbers are read as Unix epoch seconds.
+        # Values too large for microseconds become null, reported by the checks.
         return (
             (column.cast(pl.Float64) * 1_000_000)
-            .cast(pl.Int64)
+            .cast(pl.Int64, strict=False)
             .cast(pl.Datetime("us", "UTC"))
         )
     text = column.cast(pl.String).str.strip_chars()
@@ -286,6 +287,105 @@ def _iso_forms(text: pl.Expr) -> list[pl.Expr]:
 #: ISO 8601 forms tried row by row when one column mixes them; a space
 #: between date and time is read as "T" first. Naive times are UTC.
 _ISO_FORMS = ("%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d")
+
+
+#: Numbers from this many Unix seconds on (the year 5138) are read as a
+#: misread unit: Unix milliseconds have been above it since 1973.
+MAX_UNIX_SECONDS = 1e11
+
+
+def _key_checks(latest: datetime) -> list[_Check]:
+    """Return the checks of the parsed ``__player_id`` and ``__ts`` columns."""
+    ts = pl.col("__ts")
+    present = pl.col("ts").is_not_null()
+    in_milliseconds = (
+        pl.col("ts").cast(pl.String, strict=False).str.strip_chars()
+    ).cast(pl.Float64, strict=False).abs() >= MAX_UNIX_SECONDS
+    return [
+        _message(
+            pl.col("__player_id").is_null() | (pl.col("__player_id") == ""),
+            "player_id",
+            "missing",
+            "give every record the id of the player it belongs to",
+        ),
+        _message(
+            ~present,
+            "ts",
+            "missing",
+            "give every record its time as ISO 8601, e.g. 2024-05-01T21:00:00Z",
+        ),
+        _message(
+            present & ts.is_null() & ~in_milliseconds.fill_null(False),
+            "ts",
+            "not a timestamp",
+            "write ISO 8601, e.g. 2024-05-01T21:00:00Z, 2024-05-01 21:00:00 or "
+            "2024-05-01T23:00:00+02:00, or Unix seconds",
+        ),
+        _message(
+            in_milliseconds,
+            "ts",
+            "too large for Unix seconds",
+            "it looks like milliseconds (or microseconds): divide by 1000 "
+            "(or 1000000) to get seconds",
+        ),
+        _message(
+            (ts > pl.lit(latest)) & ~in_milliseconds.fill_null(False),
+            "ts",
+            "more than 1 day in the future",
+            "check the source's clock and time zone",
+        ),
+        _message(
+            ts < pl.lit(EARLIEST_TIMESTAMP),
+            "ts",
+            f"before {EARLIEST_TIMESTAMP:%Y-%m-%d}",
+            "check the unit and format: Unix seconds, or ISO 8601 such as "
+            "2024-05-01T21:00:00Z; a date like 20240501 is read as seconds",
+        ),
+    ]
+
+
+def parse_keys(
+    frame: pl.DataFrame,
+    *,
+    now: datetime | None = None,
+    limit: int = 50,
+) -> tuple[pl.DataFrame, list[FieldError], int]:
+    """Parse ``player_id`` and ``ts`` as the fields of events are parsed.
+
+    For tables keyed by player and time that are not events, such as the
+    rows of a point-in-time training set. ``player_id`` becomes stripped
+    text (numbers included) and ``ts`` a UTC datetime, read by the same
+    rules and checked against the same limits as an event's time.
+
+    Returns
+    -------
+    tuple
+        ``frame`` with the two columns parsed, the first ``limit`` errors
+        (rows counted from 1, in row order) and the number of errors.
+    """
+    latest = (now or datetime.now(UTC)) + MAX_FUTURE_SKEW
+    parsed = frame.with_columns(
+        _text("player_id").alias("__player_id"),
+        _parse_timestamp(frame, "ts").alias("__ts"),
+    ).with_row_index("__row", offset=1)
+    errors: list[tuple[int, FieldError]] = []
+    total = 0
+    for check in _key_checks(latest):
+        failing = parsed.filter(check.failing())
+        total += failing.height
+        for row, value in failing.select("__row", check.name).head(limit).iter_rows():
+            errors.append(
+                (row, FieldError(row, check.name, value, check.problem, check.fix))
+            )
+    errors.sort(key=lambda pair: pair[0])
+    keys = parsed.select(
+        pl.col("__player_id").alias("player_id"), pl.col("__ts").alias("ts")
+    )
+    return (
+        frame.with_columns(keys.get_columns()),
+        [error for _, error in errors[:limit]],
+        total,
+    )
 
 
 @dataclass(frozen=True)
@@ -512,37 +612,7 @@ def normalize(
             "missing",
             "give every record a unique id so replays are not counted twice",
         ),
-        _message(
-            blank("player_id"),
-            "player_id",
-            "missing",
-            "give every record the id of the player it belongs to",
-        ),
-        _message(
-            ~present["ts"],
-            "ts",
-            "missing",
-            "give every record its time as ISO 8601, e.g. 2024-05-01T21:00:00Z",
-        ),
-        _message(
-            unparsable("ts"),
-            "ts",
-            "not a timestamp",
-            "write ISO 8601, e.g. 2024-05-01T21:00:00Z, or Unix seconds",
-        ),
-        _message(
-            pl.col("__ts") > pl.lit(latest),
-            "ts",
-            "more than 1 day in the future",
-            "check the source's clock and time zone",
-        ),
-        _message(
-            pl.col("__ts") < pl.lit(EARLIEST_TIMESTAMP),
-            "ts",
-            f"before {EARLIEST_TIMESTAMP:%Y-%m-%d}",
-            "check the unit and format: Unix seconds, or ISO 8601 such as "
-            "2024-05-01T21:00:00Z; a date like 20240501 is read as seconds",
-        ),
+        *_key_checks(latest),
         _message(
             ~pl.col("__event_type").is_in(EVENT_TYPES),
             "event_type",

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import polars as pl
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from crmbet.config import Settings
 
 console = Console()
 
@@ -28,33 +31,46 @@ def _features_group(app: typer.Typer) -> typer.Typer:
     return group_app
 
 
-def materialize_command(
-    input: Annotated[
-        Path, typer.Option("--input", "-i", help="Transactions file or folder.")
-    ],
-    format: Annotated[
-        str, typer.Option(help="auto, csv, parquet, jsonl or bustabit.")
-    ] = "auto",
-    mapping: Annotated[
-        str | None,
-        typer.Option(help="JSON mapping of canonical fields to source columns."),
-    ] = None,
-) -> None:
-    """Fold events into the online store; replayed events are not counted twice."""
+InputOption = Annotated[
+    Path, typer.Option("--input", "-i", help="Transactions file or folder.")
+]
+FormatOption = Annotated[
+    str, typer.Option(help="auto, csv, parquet, jsonl or bustabit.")
+]
+MappingOption = Annotated[
+    str | None,
+    typer.Option(help="JSON mapping of canonical fields to source columns."),
+]
+
+
+def _read_events(
+    input: Path, format: str, mapping: str | None, settings: Settings
+) -> pl.DataFrame:
+    """Read the transactions given by ``--input``, ``--format`` and ``--mapping``."""
     from crmbet.cli import parse_mapping
-    from crmbet.config import get_settings
-    from crmbet.features.materialize import materialize
-    from crmbet.features.online import MemoryOnlineStore
-    from crmbet.features.store import open_backend
     from crmbet.training import read_source
 
-    settings = get_settings()
-    events = read_source(
+    return read_source(
         input,
         settings=settings,
         source_format=format,  # type: ignore[arg-type]
         mapping=parse_mapping(mapping),
     ).events
+
+
+def materialize_command(
+    input: InputOption,
+    format: FormatOption = "auto",
+    mapping: MappingOption = None,
+) -> None:
+    """Fold events into the online store; replayed events are not counted twice."""
+    from crmbet.config import get_settings
+    from crmbet.features.materialize import materialize
+    from crmbet.features.online import MemoryOnlineStore
+    from crmbet.features.store import open_backend
+
+    settings = get_settings()
+    events = _read_events(input, format, mapping, settings)
     store = open_backend(settings)
     report = materialize(events, store)
     if isinstance(store, MemoryOnlineStore):
@@ -121,9 +137,7 @@ def get_command(
 
 
 def pit_command(
-    input: Annotated[
-        Path, typer.Option("--input", "-i", help="Transactions file or folder.")
-    ],
+    input: InputOption,
     queries: Annotated[
         Path, typer.Option(help="Parquet or CSV file with player_id and ts.")
     ],
@@ -134,19 +148,22 @@ def pit_command(
         bool,
         typer.Option(help="Pseudonymise the query player ids with the configured key."),
     ] = True,
+    format: FormatOption = "auto",
+    mapping: MappingOption = None,
 ) -> None:
     """Build a point-in-time training set: features from events before each row."""
     from crmbet.config import get_settings
-    from crmbet.features.pit import point_in_time_features
-    from crmbet.training import pseudonymizer_from, read_source
+    from crmbet.features.pit import point_in_time_features, read_queries
+    from crmbet.training import pseudonymizer_from
 
+    if out.is_dir():
+        raise typer.BadParameter(
+            f"--out {out} is a folder; name a Parquet file such as "
+            f"{out / 'train.parquet'}"
+        )
     settings = get_settings()
-    events = read_source(input, settings=settings).events
-    table = (
-        pl.read_csv(queries, try_parse_dates=True)
-        if queries.suffix == ".csv"
-        else pl.read_parquet(queries)
-    )
+    table = read_queries(queries)
+    events = _read_events(input, format, mapping, settings)
     if pseudonymize:
         table = pseudonymizer_from(settings).pseudonymize_column(table)
     result = point_in_time_features(events, table)

@@ -18,9 +18,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import polars as pl
 
+from crmbet.errors import QueryValidationError
+from crmbet.events.adapters import starts_like_parquet
+from crmbet.events.validation import parse_keys
 from crmbet.features.definitions import FEATURES, compute_columns, state_columns
 from crmbet.features.state import fold
 
@@ -29,6 +33,79 @@ logger = logging.getLogger(__name__)
 _KEY = "__pit_key"
 _ROW = "__pit_row"
 _AS_OF = "__pit_as_of"
+
+#: File names read as Parquet even without Parquet's magic number, which is
+#: then reported; any other file is read as CSV unless it starts like Parquet.
+_PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+def read_queries(path: Path, names: Sequence[str] | None = None) -> pl.DataFrame:
+    """Read a query table from a CSV or Parquet file and check it.
+
+    A file that starts with Parquet's magic number is read as Parquet,
+    whatever its name; any other file is read as CSV, with ``player_id`` and
+    ``ts`` as text so that they are parsed as the fields of events are (see
+    :func:`check_queries`).
+    """
+    if path.is_dir():
+        raise ValueError(f"queries {path} is a folder; pass one CSV or Parquet file")
+    if not path.exists():
+        raise FileNotFoundError(f"queries file {path} does not exist")
+    if not starts_like_parquet(path) and path.name.lower().endswith(_PARQUET_SUFFIXES):
+        raise ValueError(
+            f"queries file {path} is named as Parquet but does not start like a "
+            "Parquet file; if it holds CSV text, rename it to .csv"
+        )
+    try:
+        if starts_like_parquet(path):
+            table = pl.read_parquet(path)
+        else:
+            table = pl.read_csv(
+                path,
+                schema_overrides={"player_id": pl.String, "ts": pl.String},
+                try_parse_dates=True,
+            )
+    except pl.exceptions.PolarsError as error:
+        raise ValueError(
+            f"cannot read queries file {path} as "
+            f"{'Parquet' if starts_like_parquet(path) else 'CSV'}: {error}"
+        ) from error
+    return check_queries(table, names, source=f"queries file {path}")
+
+
+def check_queries(
+    queries: pl.DataFrame,
+    names: Sequence[str] | None = None,
+    *,
+    source: str = "the query table",
+) -> pl.DataFrame:
+    """Return ``queries`` with ``player_id`` as text and ``ts`` as a UTC datetime.
+
+    Both are parsed as the fields of events are: ids may be numbers, and
+    ``ts`` may be ISO 8601 in any mix of forms, a datetime column or Unix
+    seconds. Raises :class:`~crmbet.errors.QueryValidationError` naming the
+    rows with a missing id or an invalid time, and ``ValueError`` when a
+    column is missing or has the name of a computed column.
+    """
+    missing = [
+        column for column in ("player_id", "ts") if column not in queries.columns
+    ]
+    if missing:
+        raise ValueError(
+            f"{source} lacks column(s) {missing}; pass one row per (player_id, ts)"
+        )
+    computed = {"n_prior_events", _KEY, _ROW, _AS_OF, *(names or FEATURES)}
+    clashing = [column for column in queries.columns if column in computed]
+    if clashing:
+        raise ValueError(
+            f"{source} has column(s) {clashing} named like the computed columns; "
+            "rename or drop them (a table written by crmbet features pit already "
+            "holds them)"
+        )
+    parsed, errors, total = parse_keys(queries)
+    if total:
+        raise QueryValidationError(source, errors, total)
+    return parsed
 
 
 def _chunks(
@@ -59,8 +136,8 @@ def point_in_time_features(
     events:
         Canonical events (see :mod:`crmbet.events.schema`).
     queries:
-        Rows with ``player_id`` and ``ts`` (a UTC datetime); other columns,
-        such as labels, are carried through unchanged.
+        Rows with ``player_id`` and ``ts``, read as in :func:`check_queries`;
+        other columns, such as labels, are carried through unchanged.
     names:
         Features to compute; every registered feature by default.
     max_rows:
@@ -69,21 +146,15 @@ def point_in_time_features(
     Returns
     -------
     polars.DataFrame
-        ``queries`` in its row order, plus ``n_prior_events`` and one column
-        per feature (null where the player had no earlier event).
+        ``queries`` in its row order, with ``player_id`` as text and ``ts``
+        as a UTC datetime, plus ``n_prior_events`` and one column per feature
+        (null where the player had no earlier event). No rows give an empty
+        table with those columns.
     """
-    missing = [
-        column for column in ("player_id", "ts") if column not in queries.columns
-    ]
-    if missing:
-        raise ValueError(
-            f"query table lacks column(s) {missing}; pass one row per (player_id, ts)"
-        )
     names = list(names) if names is not None else list(FEATURES)
-    rows = queries.with_row_index(_ROW)
-    queried_ts = pl.col("ts").cast(pl.Datetime("us", "UTC"))
+    rows = check_queries(queries, names).with_row_index(_ROW)
     keys = (
-        rows.select("player_id", queried_ts.alias(_AS_OF))
+        rows.select("player_id", pl.col("ts").alias(_AS_OF))
         .unique(maintain_order=True)
         .with_row_index(_KEY)
     )
@@ -91,10 +162,11 @@ def point_in_time_features(
     parts = [
         _features_of_pairs(events, chunk, names)
         for chunk in _chunks(keys, sizes, max_rows)
+        if chunk.height
     ]
-    computed = pl.concat(parts) if parts else pl.DataFrame()
+    computed = pl.concat(parts) if parts else pl.DataFrame(schema=_schema(names))
     out = (
-        rows.with_columns(queried_ts.alias(_AS_OF))
+        rows.with_columns(pl.col("ts").alias(_AS_OF))
         .join(keys, on=["player_id", _AS_OF], how="left")
         .join(computed, on=_KEY, how="left")
         .with_columns(pl.col("n_prior_events").fill_null(0.0))
@@ -118,9 +190,7 @@ def _features_of_pairs(
         .with_columns(pl.col(_KEY).cast(pl.String).alias("player_id"))
         .drop(_KEY, _AS_OF)
     )
-    schema = {_KEY: pl.UInt32, "n_prior_events": pl.Float64} | {
-        name: pl.Float64 for name in names
-    }
+    schema = _schema(names)
     if earlier.height == 0:
         return pl.DataFrame(schema=schema)
     states = fold(earlier)
@@ -137,3 +207,10 @@ def _features_of_pairs(
     return pl.DataFrame(
         {_KEY: key, "n_prior_events": states["n_events"], **columns}, schema=schema
     )
+
+
+def _schema(names: list[str]) -> dict[str, pl.DataType]:
+    """Return the schema of the computed columns, keyed by pair."""
+    return {_KEY: pl.UInt32(), "n_prior_events": pl.Float64()} | {
+        name: pl.Float64() for name in names
+    }
