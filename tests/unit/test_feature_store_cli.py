@@ -107,3 +107,115 @@ def test_materialize_reads_the_operators_own_columns_and_labels(
     )
     assert bad.exit_code == 2
     assert "must be a JSON object" in bad.output
+
+
+def test_pit_reads_unix_seconds_from_a_csv_with_an_upper_case_suffix(
+    settings: Settings,
+    tmp_path,  # noqa: ANN001
+) -> None:
+    queries = tmp_path / "q.CSV"
+    queries.write_text(
+        "player_id,ts,label\n"
+        "pd17d1eda179c,1638316800,1\n"
+        "pd17d1eda179c,2021-12-01T00:00:00Z,0\n"
+    )
+    out = tmp_path / "train.parquet"
+
+    result = CliRunner().invoke(
+        app,
+        [
+            "features",
+            "pit",
+            "--input",
+            str(bundled_bustabit_path()),
+            "--queries",
+            str(queries),
+            "--out",
+            str(out),
+        ],
+    )
+
+    assert result.exit_code == 0, result.output
+    table = pl.read_parquet(out)
+    assert table["label"].to_list() == [1, 0]
+    assert table["n_prior_events"][0] > 0
+    assert table["n_prior_events"][0] == table["n_prior_events"][1]
+    assert table["avg_stake"][0] == table["avg_stake"][1]
+
+
+def test_pit_reads_the_operators_own_columns(
+    settings: Settings,
+    tmp_path,  # noqa: ANN001
+) -> None:
+    source = tmp_path / "export.dat"
+    source.write_text(
+        "txn,customer,when,kind,value\n"
+        "t1,c1,2026-01-10T10:00:00Z,wager,50\n"
+        "t2,c1,2026-01-10 10:05:00,wager,10\n"
+        "t3,c2,2026-01-10T11:00:00Z,wager,5\n"
+    )
+    mapping = {
+        "columns": {
+            "event_id": "txn",
+            "player_id": "customer",
+            "ts": "when",
+            "event_type": "kind",
+            "amount": "value",
+        },
+        "event_type_values": {"wager": "bet"},
+    }
+    queries = tmp_path / "q.csv"
+    queries.write_text("player_id,ts\nc1,2026-01-10T10:01:00Z\nc1,2026-01-11\n")
+    out = tmp_path / "train.parquet"
+
+    result = CliRunner().invoke(
+        app,
+        [
+            "features",
+            "pit",
+            "--input",
+            str(source),
+            "--format",
+            "csv",
+            "--mapping",
+            json.dumps(mapping),
+            "--queries",
+            str(queries),
+            "--out",
+            str(out),
+        ],
+    )
+
+    assert result.exit_code == 0, result.output
+    table = pl.read_parquet(out)
+    assert table["n_prior_events"].to_list() == [1.0, 2.0]
+    assert table["avg_stake"].to_list() == [50.0, 30.0]
+
+
+def test_pit_out_folder_rejected_with_its_path(
+    settings: Settings,
+    tmp_path,  # noqa: ANN001
+) -> None:
+    queries = tmp_path / "q.csv"
+    queries.write_text("player_id,ts\npd17d1eda179c,2021-12-01T00:00:00Z\n")
+    folder = tmp_path / "sets"
+    folder.mkdir()
+
+    result = CliRunner().invoke(
+        app,
+        [
+            "features",
+            "pit",
+            "--input",
+            str(bundled_bustabit_path()),
+            "--queries",
+            str(queries),
+            "--out",
+            str(folder),
+        ],
+        # Wide enough that the error box does not wrap the path.
+        env={"COLUMNS": "500"},
+    )
+
+    assert result.exit_code == 2
+    assert f"--out {folder} is a folder" in " ".join(result.output.split())
