@@ -246,7 +246,7 @@ def _parse_timestamp(frame: pl.DataFrame, name: str) -> pl.Expr:
         return column.dt.convert_time_zone("UTC").dt.cast_time_unit("us")
     if dtype.is_numeric():
         # Numbers are read as Unix epoch seconds.
-        # Values too large for microseconds become null, reported by the checks.
+        # Values too large for microseconds become null, so the checks report them.
         return (
             (column.cast(pl.Float64) * 1_000_000)
             .cast(pl.Int64, strict=False)
@@ -289,8 +289,8 @@ def _iso_forms(text: pl.Expr) -> list[pl.Expr]:
 _ISO_FORMS = ("%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d")
 
 
-#: Numbers from this many Unix seconds on (the year 5138) are read as a
-#: misread unit: Unix milliseconds have been above it since 1973.
+#: Numbers of Unix seconds from this value on (the year 5138) are rejected,
+#: because they come from a misread unit: Unix milliseconds exceed it after 1973.
 MAX_UNIX_SECONDS = 1e11
 
 

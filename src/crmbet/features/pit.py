@@ -34,8 +34,8 @@ _KEY = "__pit_key"
 _ROW = "__pit_row"
 _AS_OF = "__pit_as_of"
 
-#: File names read as Parquet even without Parquet's magic number, which is
-#: then reported; any other file is read as CSV unless it starts like Parquet.
+#: Names of files that must contain Parquet. Such a file that does not start
+#: with Parquet's magic number is reported instead of being read as CSV.
 _PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
@@ -43,21 +43,22 @@ def read_queries(path: Path, names: Sequence[str] | None = None) -> pl.DataFrame
     """Read a query table from a CSV or Parquet file and check it.
 
     A file that starts with Parquet's magic number is read as Parquet,
-    whatever its name; any other file is read as CSV, with ``player_id`` and
-    ``ts`` as text so that they are parsed as the fields of events are (see
-    :func:`check_queries`).
+    whatever its name. Any other file is read as CSV, with ``player_id`` and
+    ``ts`` as text, so that :func:`check_queries` parses them as it parses
+    the fields of events.
     """
     if path.is_dir():
         raise ValueError(f"queries {path} is a folder; pass one CSV or Parquet file")
     if not path.exists():
         raise FileNotFoundError(f"queries file {path} does not exist")
-    if not starts_like_parquet(path) and path.name.lower().endswith(_PARQUET_SUFFIXES):
+    is_parquet = starts_like_parquet(path)
+    if not is_parquet and path.name.lower().endswith(_PARQUET_SUFFIXES):
         raise ValueError(
             f"queries file {path} is named as Parquet but does not start like a "
-            "Parquet file; if it holds CSV text, rename it to .csv"
+            "Parquet file; if it contains CSV text, rename it to .csv"
         )
     try:
-        if starts_like_parquet(path):
+        if is_parquet:
             table = pl.read_parquet(path)
         else:
             table = pl.read_csv(
@@ -66,9 +67,9 @@ def read_queries(path: Path, names: Sequence[str] | None = None) -> pl.DataFrame
                 try_parse_dates=True,
             )
     except pl.exceptions.PolarsError as error:
+        kind = "Parquet" if is_parquet else "CSV"
         raise ValueError(
-            f"cannot read queries file {path} as "
-            f"{'Parquet' if starts_like_parquet(path) else 'CSV'}: {error}"
+            f"failed to read queries file {path} as {kind}: {error}"
         ) from error
     return check_queries(table, names, source=f"queries file {path}")
 
