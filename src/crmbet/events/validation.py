@@ -294,13 +294,40 @@ _ISO_FORMS = ("%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d")
 MAX_UNIX_SECONDS = 1e11
 
 
-def _key_checks(latest: datetime) -> list[_Check]:
-    """Return the checks of the parsed ``__player_id`` and ``__ts`` columns."""
+def _too_large_for_seconds(
+    frame: pl.DataFrame, name: str, parsed: pl.Expr, latest: datetime
+) -> pl.Expr:
+    """Return the mask of ``name`` values that are numbers of Unix seconds >= 1e11.
+
+    Such values were written in milliseconds or microseconds. A text column
+    is tested only when some value did not parse or lies in the future, so
+    that a valid column of ten million ISO strings skips the number parse.
+    """
+    dtype = frame.schema[name]
+    if dtype.is_numeric():
+        return pl.col(name).cast(pl.Float64).abs() >= MAX_UNIX_SECONDS
+    if dtype != pl.String:
+        return pl.lit(False)
+    suspect = frame.select(
+        ((parsed.is_null() & pl.col(name).is_not_null()) | (parsed > pl.lit(latest)))
+        .fill_null(False)
+        .any()
+    ).item()
+    if not suspect:
+        return pl.lit(False)
+    return (
+        pl.col(name).str.strip_chars().cast(pl.Float64, strict=False).abs()
+        >= MAX_UNIX_SECONDS
+    )
+
+
+def _key_checks(latest: datetime, in_milliseconds: pl.Expr) -> list[_Check]:
+    """Return the checks of the parsed ``__player_id`` and ``__ts`` columns.
+
+    ``in_milliseconds`` is the mask of :func:`_too_large_for_seconds`.
+    """
     ts = pl.col("__ts")
     present = pl.col("ts").is_not_null()
-    in_milliseconds = (
-        pl.col("ts").cast(pl.String, strict=False).str.strip_chars()
-    ).cast(pl.Float64, strict=False).abs() >= MAX_UNIX_SECONDS
     return [
         _message(
             pl.col("__player_id").is_null() | (pl.col("__player_id") == ""),
@@ -364,13 +391,15 @@ def parse_keys(
         (rows counted from 1, in row order) and the number of errors.
     """
     latest = (now or datetime.now(UTC)) + MAX_FUTURE_SKEW
+    timestamps = _parse_timestamp(frame, "ts")
+    in_milliseconds = _too_large_for_seconds(frame, "ts", timestamps, latest)
     parsed = frame.with_columns(
         _text("player_id").alias("__player_id"),
-        _parse_timestamp(frame, "ts").alias("__ts"),
+        timestamps.alias("__ts"),
     ).with_row_index("__row", offset=1)
     errors: list[tuple[int, FieldError]] = []
     total = 0
-    for check in _key_checks(latest):
+    for check in _key_checks(latest, in_milliseconds):
         failing = parsed.filter(check.failing())
         total += failing.height
         for row, value in failing.select("__row", check.name).head(limit).iter_rows():
@@ -540,10 +569,12 @@ def normalize(
         frame = frame.with_row_index("__row", offset=row_offset + 1)
 
     # Parse every field into its canonical dtype; a failed parse becomes null.
+    timestamps = _parse_timestamp(frame, "ts")
+    in_milliseconds = _too_large_for_seconds(frame, "ts", timestamps, latest)
     parsed = frame.with_columns(
         _text("event_id").alias("__event_id"),
         _text("player_id").alias("__player_id"),
-        _parse_timestamp(frame, "ts").alias("__ts"),
+        timestamps.alias("__ts"),
         _label(frame, "event_type").alias("__event_type"),
         _number("amount").alias("__amount"),
         _number("payout").alias("__payout"),
@@ -612,7 +643,7 @@ def normalize(
             "missing",
             "give every record a unique id so replays are not counted twice",
         ),
-        *_key_checks(latest),
+        *_key_checks(latest, in_milliseconds),
         _message(
             ~pl.col("__event_type").is_in(EVENT_TYPES),
             "event_type",
