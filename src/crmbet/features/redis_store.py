@@ -366,7 +366,7 @@ def _parse_announcement(data: Any) -> tuple[float | None, list[str] | None]:
 
 def _check_key_ttl(key_ttl_seconds: float | None) -> None:
     # Keys are written with PX in whole milliseconds, and Redis rejects an
-    # expiry of zero or less; one second keeps the retention meaningful.
+    # expiry of zero or less. The floor of one second matches EXPIRE.
     if key_ttl_seconds is None:
         return
     if not (
@@ -656,7 +656,7 @@ class RedisOnlineStore:
 
     @property
     def listening(self) -> bool:
-        """False when the invalidation thread was started and has stopped unasked."""
+        """False when the invalidation thread has stopped without :meth:`close`."""
         thread = self._listener_thread
         return thread is None or thread.is_alive() or self._stop.is_set()
 
@@ -889,7 +889,7 @@ class RedisOnlineStore:
         return rows, found, unreadable
 
     def _read_players_strictly(self, player_ids: Sequence[str]) -> StoredPlayers:
-        """Read states for tools and writes: an unreadable value raises.
+        """Read states for tools and writes, raising on an unreadable value.
 
         Materialisation merges new events into the stored states, so it
         must not take an unreadable value for a missing one and overwrite it.
