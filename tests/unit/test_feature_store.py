@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -247,6 +248,10 @@ def test_large_batch_skips_l1_fill(small_events: pl.DataFrame) -> None:
 class _FailingStore(MemoryOnlineStore):
     def read_player(self, player_id: str) -> None:
         raise OnlineStoreUnavailableError("connection refused")
+
+    def health(self) -> dict[str, Any]:
+        # Like a Redis store whose PING fails while its reads do.
+        return {**super().health(), "status": "degraded"}
 
 
 def test_single_read_failure_degrades() -> None:

@@ -38,6 +38,23 @@ class OnlineStoreUnavailableError(CrmbetError, ConnectionError):
     """Raised when the online store backend cannot be reached."""
 
 
+class OnlineStoreSettingsError(OnlineStoreUnavailableError):
+    """Raised when the online store refuses the connection settings.
+
+    Wrong credentials or a database the server does not have: the server
+    answers, but waiting will not help until the settings are fixed.
+    """
+
+
+class StoredValueError(CrmbetError, ValueError):
+    """Raised when one player's stored value cannot be decoded.
+
+    The value has the wrong size, layout marker or Redis type. The other
+    players are not affected; the feature store serves this one as
+    ``unavailable``.
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class StoredPlayers:
     """States read for a list of players, in request order.
@@ -46,12 +63,15 @@ class StoredPlayers:
     :data:`FIELD_NAMES` order) and NaN rows where ``found`` is False.
     ``vectors`` contains feature vectors stored at write time, computed at
     ``vector_as_of``; backends that store none leave both as None.
+    ``unreadable`` is True where a stored value exists but cannot be
+    decoded (such players are not ``found``); None when every value could.
     """
 
     states: np.ndarray
     found: np.ndarray
     vectors: np.ndarray | None = None
     vector_as_of: np.ndarray | None = None
+    unreadable: np.ndarray | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,8 @@ state schema version, so a new layout never reads an old one):
 - ``{ns}:v1:vector:{player_id}``: ``[layout, vector_as_of, last_ts,
   *feature values]`` alone, a quarter of the size, for large batches;
 - ``{ns}:v1:applied:{player_id}``: the ids of the player's newest applied
-  events, joined by ``\\x1f``, read only by materialisation;
+  events as a JSON array, read only by materialisation (values written
+  before the JSON form joined the ids by ``\\x1f`` and are still read);
 - ``{ns}:v1:meta``: a hash with the store watermark;
 - ``{ns}:v1:invalidate``: the pub/sub channel that announces changed players.
 
@@ -34,6 +35,7 @@ decoded with one ``numpy.frombuffer``.
 from __future__ import annotations
 
 import logging
+import math
 import select
 import socket
 import threading
@@ -56,8 +58,10 @@ from crmbet.features.online import (
     LAST_TS,
     AppliedMark,
     InvalidationListener,
+    OnlineStoreSettingsError,
     OnlineStoreUnavailableError,
     StoredPlayers,
+    StoredValueError,
     matrix_frame,
     states_matrix,
 )
@@ -70,12 +74,17 @@ _T = TypeVar("_T")
 
 @dataclass(frozen=True, slots=True)
 class StoredVectors:
-    """Feature vectors read for a list of players, in request order (NaN if missing)."""
+    """Feature vectors read for a list of players, in request order (NaN if missing).
+
+    ``unreadable`` is True where a value exists but cannot be decoded (such
+    players are not ``found``); None when every value could.
+    """
 
     found: np.ndarray
     vectors: np.ndarray
     vector_as_of: np.ndarray
     last_ts: np.ndarray
+    unreadable: np.ndarray | None = None
 
     @classmethod
     def join(cls, parts: Sequence[StoredVectors]) -> StoredVectors:
@@ -87,11 +96,22 @@ class StoredVectors:
                 np.empty(0),
                 np.empty(0),
             )
+        unreadable = None
+        if any(part.unreadable is not None for part in parts):
+            unreadable = np.concatenate(
+                [
+                    np.zeros(len(part.found), dtype=bool)
+                    if part.unreadable is None
+                    else part.unreadable
+                    for part in parts
+                ]
+            )
         return cls(
             np.concatenate([part.found for part in parts]),
             np.concatenate([part.vectors for part in parts]),
             np.concatenate([part.vector_as_of for part in parts]),
             np.concatenate([part.last_ts for part in parts]),
+            unreadable,
         )
 
 
@@ -101,6 +121,7 @@ N_FEATURES = len(FEATURE_NAMES)
 #: First element of every packed value; a value with another layout is rejected.
 LAYOUT = float(N_FIELDS * 1000 + N_FEATURES)
 ROW_LENGTH = 2 + N_FIELDS + N_FEATURES
+ROW_BYTES = 8 * ROW_LENGTH
 #: Layout of the vector-only values: ``[layout, vector_as_of, last_ts, *features]``.
 VECTOR_LAYOUT = float(3000 + N_FEATURES)
 VECTOR_LENGTH = 3 + N_FEATURES
@@ -108,7 +129,11 @@ WRITE_CHUNK = 2000
 #: Keys per MGET of a pipelined read. Redis serves one chunk while the
 #: client builds the next command or parses the previous reply.
 READ_CHUNK = 1000
+#: Separator of the event ids in applied marks written before the JSON form.
 MARK_SEPARATOR = "\x1f"
+#: Unreadable keys remembered so that each is logged once; the memory is
+#: cleared when it reaches this size, so a key may be logged again later.
+_LOGGED_KEYS_MAX = 10_000
 
 # Raises the stored watermark only when the new one is newer, atomically.
 _RAISE_WATERMARK = """
@@ -145,12 +170,36 @@ def _mget(prefix: str, player_ids: Sequence[str]) -> Iterator[bytes]:
         yield _pack_mget(prefix, player_ids[start : start + READ_CHUNK])
 
 
-def _layout_error(prefix: str, layout: float) -> ValueError:
-    return ValueError(
-        f"Redis values under {prefix}* do not have the layout {layout:.0f}; "
-        "another crmbet version wrote them, so use another namespace or "
-        "re-materialise the store"
+def _layout_hint(prefix: str, layout: float) -> str:
+    return (
+        f"values under {prefix}* must have the layout {layout:.0f}; if every "
+        "key fails, another crmbet version wrote them, so use another namespace "
+        "or re-materialise the store"
     )
+
+
+def _value_problem(value: bytes, size: int, layout: float) -> str:
+    """Say what is wrong with a stored value, without showing its bytes."""
+    if len(value) != size:
+        return f"{len(value)} bytes where {size} were expected"
+    found = float(np.frombuffer(value, np.float64, 1)[0])
+    return f"layout marker {found!r} where {layout:.0f} was expected"
+
+
+def _refused_setting(error: BaseException) -> str | None:
+    """Return which URL setting the server refused, or None for other errors.
+
+    ``credentials`` for a wrong or missing password or user name,
+    ``database`` for a database index the server does not have.
+    """
+    message = str(error)
+    if isinstance(error, redis.AuthenticationError) or message.startswith(
+        ("NOAUTH", "WRONGPASS")
+    ):
+        return "credentials"
+    if "DB index is out of range" in message or "invalid DB index" in message:
+        return "database"
+    return None
 
 
 #: Error replies that mean the server cannot serve now rather than a bad
@@ -236,9 +285,18 @@ class _ReadConnection:
                 parser.feed(view, 0, received)
                 reply = parser.gets()
             if isinstance(reply, hiredis.ReplyError):
+                # Read the replies still due, so the connection stays in step.
+                self._skip(count - len(replies) - 1, spin)
                 raise _reply_error(str(reply))
             replies.append(reply)
         return replies
+
+    def _skip(self, count: int, spin: bool) -> None:
+        for _ in range(count):
+            try:
+                self.read_replies(1, spin)
+            except redis.ResponseError:
+                pass
 
     def _connect(self) -> Any:
         self._connection.connect()
@@ -265,9 +323,69 @@ class _ReadConnection:
         self._connection.disconnect()
 
 
+def _decode_mark(value: bytes | None) -> frozenset[str]:
+    """Return the event ids of an applied mark, in either stored form.
+
+    Marks are JSON arrays; older ones joined the ids by
+    :data:`MARK_SEPARATOR`, which an id may contain itself.
+    """
+    if not value:
+        return frozenset()
+    if value.startswith(b"["):
+        try:
+            ids = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            ids = None
+        if isinstance(ids, list) and all(isinstance(i, str) for i in ids):
+            return frozenset(ids)
+    return frozenset(value.decode().split(MARK_SEPARATOR))
+
+
+def _parse_announcement(data: Any) -> tuple[float | None, list[str] | None]:
+    """Return the watermark and player ids of a change announcement.
+
+    Either is None when the message lacks it or it is not of the expected
+    type; the valid part is still applied.
+    """
+    try:
+        body = orjson.loads(data)
+    except (orjson.JSONDecodeError, TypeError):
+        return None, None
+    if not isinstance(body, dict):
+        return None, None
+    watermark = body.get("watermark")
+    if isinstance(watermark, int | float) and not isinstance(watermark, bool):
+        watermark = float(watermark) if math.isfinite(watermark) else None
+    else:
+        watermark = None
+    players = body.get("players")
+    if not (isinstance(players, list) and all(isinstance(p, str) for p in players)):
+        players = None
+    return watermark, players
+
+
+def _check_key_ttl(key_ttl_seconds: float | None) -> None:
+    # Keys are written with PX in whole milliseconds, and Redis rejects an
+    # expiry of zero or less. The floor of one second matches EXPIRE.
+    if key_ttl_seconds is None:
+        return
+    if not (
+        isinstance(key_ttl_seconds, int | float)
+        and math.isfinite(key_ttl_seconds)
+        and key_ttl_seconds >= 1
+    ):
+        raise ValueError(
+            f"key_ttl_seconds must be None or a number of seconds >= 1, got "
+            f"{key_ttl_seconds!r}; pass None to keep keys until they are "
+            "overwritten, or the retention in seconds, for example 86400"
+        )
+
+
 def _reply_error(message: str) -> redis.RedisError:
     if message.startswith(_UNAVAILABLE_REPLIES):
         return redis.ConnectionError(f"Redis cannot serve reads now: {message}")
+    if message.startswith(("NOAUTH", "WRONGPASS")):
+        return redis.AuthenticationError(message)
     return redis.ResponseError(message)
 
 
@@ -281,9 +399,9 @@ class RedisOnlineStore:
     namespace:
         First part of every key, so several stores can share one database.
     key_ttl_seconds:
-        Wall-clock retention of a player's keys after its last write; None
-        keeps them until overwritten. Event-time expiry of feature views is
-        applied on read by the feature store, not here.
+        Wall-clock retention of a player's keys after its last write, at
+        least 1 second; None keeps them until overwritten. Event-time expiry
+        of feature views is applied on read by the feature store, not here.
     socket_timeout:
         Seconds a read may take before the store counts Redis as down.
     write_timeout:
@@ -311,6 +429,7 @@ class RedisOnlineStore:
         write_timeout: float = 30.0,
         read_spin_seconds: float = 0.0002,
     ) -> None:
+        _check_key_ttl(key_ttl_seconds)
         self.namespace = namespace
         self.key_ttl_seconds = key_ttl_seconds
         prefix = f"{namespace}:v{STATE_SCHEMA_VERSION}"
@@ -352,8 +471,13 @@ class RedisOnlineStore:
         #: Set while the invalidation thread has a live subscription.
         self.subscribed = threading.Event()
         self.last_error: str | None = None
+        self._logged_keys: set[bytes] = set()
         try:
             self.refresh_watermark()
+        except OnlineStoreSettingsError:
+            # Waiting does not fix a wrong password or database: fail now.
+            self.close()
+            raise
         except OnlineStoreUnavailableError:
             logger.warning("Redis is unreachable at start; the store starts degraded")
 
@@ -364,12 +488,41 @@ class RedisOnlineStore:
         try:
             yield
         except (redis.ConnectionError, redis.TimeoutError) as error:
-            self.last_error = f"{type(error).__name__}: {error}"
-            raise OnlineStoreUnavailableError(
-                f"Redis online store failed to {action}: {error}; check that the "
-                "server in CRMBET_REDIS_URL is running and reachable"
-            ) from error
+            raise self._unavailable(action, error) from error
+        except redis.ResponseError as error:
+            if _refused_setting(error) is None:
+                raise
+            raise self._unavailable(action, error) from error
         self.last_error = None
+
+    def _unavailable(
+        self, action: str, error: redis.RedisError
+    ) -> OnlineStoreUnavailableError:
+        """Record ``error`` and return the error to raise to the caller.
+
+        The URL itself is never shown, because it may carry a password.
+        """
+        self.last_error = f"{type(error).__name__}: {error}"
+        refused = _refused_setting(error)
+        if refused == "credentials":
+            return OnlineStoreSettingsError(
+                f"Redis online store failed to {action}: Redis refused the "
+                f"credentials in CRMBET_REDIS_URL ({error}); fix the user name "
+                "and password in the URL"
+            )
+        if refused == "database":
+            db = self._client.connection_pool.connection_kwargs.get("db", 0)
+            return OnlineStoreSettingsError(
+                f"Redis online store failed to {action}: the server has no "
+                f"database {db}, the database part '/{db}' of CRMBET_REDIS_URL "
+                f"({error}); Redis has 16 databases by default, 0 to 15, so "
+                "use one of those or raise 'databases' in the server's "
+                "configuration"
+            )
+        return OnlineStoreUnavailableError(
+            f"Redis online store failed to {action}: {error}; check that the "
+            "server in CRMBET_REDIS_URL is running and reachable"
+        )
 
     def _execute(self, commands: Iterable[bytes]) -> list[Any]:
         """Send packed commands on the read connection and return their replies.
@@ -433,18 +586,24 @@ class RedisOnlineStore:
                     try:
                         reader.send(packed)
                         result = reader.read_replies(replies, spin=True)
+                    except redis.ResponseError:
+                        raise
                     except BaseException:
                         reader.disconnect()
                         raise
+                except redis.ResponseError:
+                    # Every reply was read before the error was raised, so
+                    # the connection is still in step.
+                    raise
                 except BaseException:
                     reader.disconnect()
                     raise
         except (redis.ConnectionError, redis.TimeoutError) as error:
-            self.last_error = f"{type(error).__name__}: {error}"
-            raise OnlineStoreUnavailableError(
-                f"Redis online store failed to read player states: {error}; check "
-                "that the server in CRMBET_REDIS_URL is running and reachable"
-            ) from error
+            raise self._unavailable("read player states", error) from error
+        except redis.ResponseError as error:
+            if _refused_setting(error) is None:
+                raise
+            raise self._unavailable("read player states", error) from error
         if self.last_error is not None:
             self.last_error = None
         return result
@@ -474,15 +633,32 @@ class RedisOnlineStore:
             return False
 
     def health(self) -> dict[str, Any]:
-        """Return ``healthy`` when Redis replies to a PING, else ``degraded``."""
+        """Return ``healthy`` when Redis replies to a PING, else ``degraded``.
+
+        The store is ``degraded`` too when its invalidation thread has
+        stopped: L1 entries then live until their TTL.
+        """
         up = self.ping()
+        listening = self.listening
+        last_error = self.last_error
+        if not listening:
+            last_error = (
+                f"the invalidation thread for {self.channel} has stopped; "
+                "L1 entries are dropped only by their TTL"
+            )
         return {
-            "status": "healthy" if up else "degraded",
+            "status": "healthy" if up and listening else "degraded",
             "backend": self.backend,
             "namespace": self.namespace,
             "watermark": self._watermark,
-            "last_error": self.last_error,
+            "last_error": last_error,
         }
+
+    @property
+    def listening(self) -> bool:
+        """False when the invalidation thread has stopped without :meth:`close`."""
+        thread = self._listener_thread
+        return thread is None or thread.is_alive() or self._stop.is_set()
 
     def __len__(self) -> int:
         # NOTE: a SCAN over the namespace, O(keys in the database); for the CLI
@@ -495,18 +671,25 @@ class RedisOnlineStore:
     # -- reads ------------------------------------------------------------
 
     def read_players(self, player_ids: Sequence[str]) -> StoredPlayers:
-        """Read states and stored feature vectors with pipelined MGETs."""
+        """Read states and stored feature vectors with pipelined MGETs.
+
+        A value that cannot be decoded is logged once per key and marked in
+        ``unreadable``; the player is not ``found``.
+        """
         if not player_ids:
             values: list[bytes | None] = []
         else:
             replies = self._read_values(_mget(self._state_prefix, player_ids))
             values = [*chain.from_iterable(replies)]
-        rows, found = self._decode(values, ROW_LENGTH, LAYOUT, self._state_prefix)
+        rows, found, unreadable = self._decode(
+            values, ROW_LENGTH, LAYOUT, self._state_prefix, player_ids
+        )
         return StoredPlayers(
             states=rows[:, 2 : 2 + N_FIELDS],
             found=found,
             vectors=rows[:, 2 + N_FIELDS :],
             vector_as_of=rows[:, 1],
+            unreadable=unreadable,
         )
 
     def read_player(
@@ -518,22 +701,51 @@ class RedisOnlineStore:
         stored value, or None for an unknown player. The command is written
         with one ``sendall`` and its reply parsed by hiredis, with the
         watermark's ``HGET`` in the same write unless the subscription is
-        live.
+        live. A value of the wrong size, layout or Redis type raises
+        :class:`StoredValueError` and is logged once per key.
         """
         key = self._state_prefix_bytes + player_id.encode()
         command = b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(key), key)
-        if self.subscribed.is_set():
-            (value,) = self._round_trip(command, 1)
-        else:
-            value, watermark = self._round_trip(command + self._hget_watermark, 2)
-            if watermark is not None:
-                self._watermark = max(self._watermark, float(watermark))
+        try:
+            if self.subscribed.is_set():
+                (value,) = self._round_trip(command, 1)
+            else:
+                value, watermark = self._round_trip(command + self._hget_watermark, 2)
+                if watermark is not None:
+                    self._watermark = max(self._watermark, float(watermark))
+        except redis.ResponseError as error:
+            if not str(error).startswith("WRONGTYPE"):
+                raise
+            raise self._unreadable(key, "it is not a string value", False) from error
         if value is None:
             return None
+        if len(value) != ROW_BYTES:
+            raise self._unreadable(key, _value_problem(value, ROW_BYTES, LAYOUT))
         row = np.frombuffer(value, np.float64)
-        if row.size != ROW_LENGTH or row[0] != LAYOUT:
-            raise _layout_error(self._state_prefix, LAYOUT)
+        if row[0] != LAYOUT:
+            raise self._unreadable(key, _value_problem(value, ROW_BYTES, LAYOUT))
         return row[2 : 2 + N_FIELDS], row[2 + N_FIELDS :], float(row[1])
+
+    def _unreadable(
+        self, key: bytes, problem: str, layout_hint: bool = True
+    ) -> StoredValueError:
+        """Log an unreadable value once per key and return the error to raise."""
+        text = key.decode(errors="replace")
+        message = (
+            f"Redis key {text[:200]!r} is unreadable: {problem}; the player is "
+            "served as unavailable until the key is rewritten or deleted"
+        )
+        if layout_hint:
+            vector = text.startswith(self._vector_prefix)
+            prefix = self._vector_prefix if vector else self._state_prefix
+            layout = VECTOR_LAYOUT if vector else LAYOUT
+            message += f" ({_layout_hint(prefix, layout)})"
+        if key not in self._logged_keys:
+            if len(self._logged_keys) >= _LOGGED_KEYS_MAX:
+                self._logged_keys.clear()
+            self._logged_keys.add(key)
+            logger.warning("%s", message)
+        return StoredValueError(message)
 
     def _read_values(self, commands: Iterable[bytes]) -> list[Any]:
         """Run read commands and return their replies.
@@ -586,57 +798,118 @@ class RedisOnlineStore:
         dropped connection the reads are sent again on a new one, so
         ``receive`` may see a chunk twice and must overwrite, not add.
         """
-        sent: list[int] = []
+        sent: list[tuple[int, Sequence[str]]] = []
         prefix = self._vector_prefix
 
         def commands() -> Iterator[bytes]:
             for index, ids in enumerate(chunks):
                 if ids:
-                    sent.append(index)
+                    sent.append((index, ids))
                     yield _pack_mget(prefix, ids)
 
         def decode(replies: Iterator[Any]) -> None:
-            for index in sent:
-                rows, found = self._decode(
-                    next(replies), VECTOR_LENGTH, VECTOR_LAYOUT, prefix
+            for index, ids in sent:
+                rows, found, unreadable = self._decode(
+                    next(replies), VECTOR_LENGTH, VECTOR_LAYOUT, prefix, ids
                 )
                 receive(
-                    index, StoredVectors(found, rows[:, 3:], rows[:, 1], rows[:, 2])
+                    index,
+                    StoredVectors(
+                        found, rows[:, 3:], rows[:, 1], rows[:, 2], unreadable
+                    ),
                 )
 
         with self._guard("read feature vectors"):
             self._pipeline(commands(), decode)
 
-    @staticmethod
     def _decode(
-        values: list[bytes | None], length: int, layout: float, prefix: str
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Decode fixed-size packed values with one frombuffer call."""
+        self,
+        values: list[bytes | None],
+        length: int,
+        layout: float,
+        prefix: str,
+        player_ids: Sequence[str],
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Decode fixed-size packed values with one frombuffer call.
+
+        Returns the rows, the found mask and the unreadable mask (None when
+        every value could be decoded).
+        """
         n = len(values)
         missing = values.count(None)
         if missing == n:
-            return np.full((n, length), np.nan), np.zeros(n, dtype=bool)
+            return np.full((n, length), np.nan), np.zeros(n, dtype=bool), None
         if missing:
             found = np.array([v is not None for v in values], dtype=bool)
             data = b"".join([v for v in values if v is not None])
         else:
             found = np.ones(n, dtype=bool)
             data = b"".join(values)  # type: ignore[arg-type]
-        decoded = np.frombuffer(data, np.float64)
-        if decoded.size != (n - missing) * length:
-            raise _layout_error(prefix, layout)
-        decoded = decoded.reshape(-1, length)
+        if len(data) != (n - missing) * length * 8:
+            return self._decode_each(values, length, layout, prefix, player_ids)
+        decoded = np.frombuffer(data, np.float64).reshape(-1, length)
         if np.any(decoded[:, 0] != layout):
-            raise _layout_error(prefix, layout)
+            return self._decode_each(values, length, layout, prefix, player_ids)
         if not missing:
-            return decoded, found
+            return decoded, found, None
         rows = np.full((n, length), np.nan)
         rows[found] = decoded
-        return rows, found
+        return rows, found, None
+
+    def _decode_each(
+        self,
+        values: list[bytes | None],
+        length: int,
+        layout: float,
+        prefix: str,
+        player_ids: Sequence[str],
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Decode values one by one, marking the unreadable ones.
+
+        The slow path of :meth:`_decode`, taken only when some value has the
+        wrong size or layout marker.
+        """
+        size = length * 8
+        n = len(values)
+        rows = np.full((n, length), np.nan)
+        found = np.zeros(n, dtype=bool)
+        unreadable = np.zeros(n, dtype=bool)
+        for i, value in enumerate(values):
+            if value is None:
+                continue
+            if len(value) == size:
+                row = np.frombuffer(value, np.float64)
+                if row[0] == layout:
+                    rows[i] = row
+                    found[i] = True
+                    continue
+            unreadable[i] = True
+            key = (prefix + player_ids[i]).encode()
+            self._unreadable(key, _value_problem(value, size, layout))
+        return rows, found, unreadable
+
+    def _read_players_strictly(self, player_ids: Sequence[str]) -> StoredPlayers:
+        """Read states for tools and writes, raising on an unreadable value.
+
+        Materialisation merges new events into the stored states, so it
+        must not take an unreadable value for a missing one and overwrite it.
+        """
+        stored = self.read_players(player_ids)
+        if stored.unreadable is not None and stored.unreadable.any():
+            bad = [
+                self._state_prefix + player_ids[i]
+                for i in np.flatnonzero(stored.unreadable)[:5].tolist()
+            ]
+            raise StoredValueError(
+                f"{int(stored.unreadable.sum())} stored state(s) cannot be "
+                f"decoded, for example {bad}; delete those keys, or "
+                f"{_layout_hint(self._state_prefix, LAYOUT)}"
+            )
+        return stored
 
     def get_state(self, player_id: str) -> dict[str, float] | None:
         """Return one player's state, or None for an unknown player."""
-        stored = self.read_players([player_id])
+        stored = self._read_players_strictly([player_id])
         if not stored.found[0]:
             return None
         return dict(zip(FIELD_NAMES, stored.states[0].tolist(), strict=True))
@@ -646,7 +919,7 @@ class RedisOnlineStore:
         ids = list(player_ids)
         if not ids:
             return empty_states()
-        stored = self.read_players(ids)
+        stored = self._read_players_strictly(ids)
         known = [pid for pid, hit in zip(ids, stored.found, strict=True) if hit]
         return matrix_frame(known, stored.states[stored.found])
 
@@ -656,19 +929,15 @@ class RedisOnlineStore:
         marks: dict[str, AppliedMark] = {}
         for start in range(0, len(ids), WRITE_CHUNK):
             chunk = ids[start : start + WRITE_CHUNK]
-            stored = self.read_players(chunk)
+            stored = self._read_players_strictly(chunk)
             with self._guard("read applied event ids"):
                 applied = self._client.mget(
                     [self._applied_prefix + pid for pid in chunk]
                 )
             for i, pid in enumerate(chunk):
                 if stored.found[i]:
-                    text = (applied[i] or b"").decode()
-                    event_ids = (
-                        frozenset(text.split(MARK_SEPARATOR)) if text else frozenset()
-                    )
                     marks[pid] = AppliedMark(
-                        float(stored.states[i, LAST_TS]), event_ids
+                        float(stored.states[i, LAST_TS]), _decode_mark(applied[i])
                     )
         return marks
 
@@ -729,7 +998,7 @@ class RedisOnlineStore:
             pipe.set(self._state_prefix + pid, row.tobytes(), px=expiry_ms)
             pipe.set(self._vector_prefix + pid, vector.tobytes(), px=expiry_ms)
             if applied is not None and pid in applied:
-                text = MARK_SEPARATOR.join(sorted(applied[pid].event_ids))
+                text = orjson.dumps(sorted(applied[pid].event_ids))
                 pipe.set(self._applied_prefix + pid, text, px=expiry_ms)
         self._raise_watermark(
             keys=[self._meta_key], args=[repr(watermark)], client=pipe
@@ -787,6 +1056,19 @@ class RedisOnlineStore:
             listener(players)  # type: ignore[arg-type]
 
     def _listen(self) -> None:
+        try:
+            self._listen_until_stopped()
+        finally:
+            # Without the subscription, reads fetch the watermark themselves.
+            self.subscribed.clear()
+            if not self._stop.is_set():
+                logger.error(
+                    "the invalidation thread for %s stopped; L1 entries are "
+                    "dropped only by their TTL from now on",
+                    self.channel,
+                )
+
+    def _listen_until_stopped(self) -> None:
         logger.info("listening for invalidations on %s", self.channel)
         lost = False
         backoff = 0.1
@@ -812,6 +1094,14 @@ class RedisOnlineStore:
                 lost = True
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 2.0)
+            except Exception:
+                # A failing listener may have left some caches unchanged, so
+                # resubscribe and let every listener forget everything.
+                self.subscribed.clear()
+                logger.exception("invalidation on %s failed", self.channel)
+                lost = True
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 2.0)
             finally:
                 pubsub.close()
         logger.info("stopped listening on %s", self.channel)
@@ -821,9 +1111,17 @@ class RedisOnlineStore:
             message = pubsub.get_message(timeout=0.2)
             if message is None or message.get("type") != "message":
                 continue
-            body = orjson.loads(message["data"])
-            self._watermark = max(self._watermark, float(body["watermark"]))
-            self._dispatch(body["players"])
+            watermark, players = _parse_announcement(message["data"])
+            if watermark is None or players is None:
+                logger.warning(
+                    "skipping a malformed message on %s: %.120r",
+                    self.channel,
+                    message["data"],
+                )
+            if watermark is not None:
+                self._watermark = max(self._watermark, watermark)
+            if players is not None:
+                self._dispatch(players)
 
     def close(self) -> None:
         """Stop the invalidation thread and close the connections."""

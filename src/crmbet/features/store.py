@@ -50,6 +50,7 @@ from crmbet.features.online import (
     MemoryOnlineStore,
     OnlineStore,
     OnlineStoreUnavailableError,
+    StoredValueError,
 )
 
 logger = logging.getLogger(__name__)
@@ -401,6 +402,7 @@ class EnterpriseFeatureStore:
         # chunk may arrive twice after a reconnection, so these overwrite.
         unserved: dict[int, np.ndarray] = {}
         served_counts: dict[int, int] = {}
+        unreadable_counts: dict[int, int] = {}
 
         # A short first chunk, so that the store starts working sooner.
         bounds = [0, *range(min(BATCH_CHUNK // 4, n), n, BATCH_CHUNK), n]
@@ -422,6 +424,9 @@ class EnterpriseFeatureStore:
 
         def receive(index: int, got: Any) -> None:
             rows = miss_rows[index]
+            if got.unreadable is not None:
+                # Those players' states are read next, and served from them.
+                unreadable_counts[index] = int(got.unreadable.sum())
             usable = got.found & (got.vector_as_of == as_of)
             if usable.all():
                 vectors[rows] = got.vectors
@@ -453,6 +458,7 @@ class EnterpriseFeatureStore:
         if self._degraded:
             self._leave_degraded()
         self._counts["l2_hits"] += sum(served_counts.values())
+        self._counts["errors"] += sum(unreadable_counts.values())
         left = [unserved[index] for index in sorted(unserved)]
         return np.concatenate(left).tolist() if left else []
 
@@ -581,6 +587,11 @@ class EnterpriseFeatureStore:
             self._enter_degraded(error)
             self._counts["unavailable"] += 1
             return self._one_without_value(request, names, "unavailable", started)
+        except StoredValueError:
+            # The backend logged the key; the store itself answered.
+            self._counts["errors"] += 1
+            self._counts["unavailable"] += 1
+            return self._one_without_value(request, names, "unavailable", started)
         if self._degraded:
             self._leave_degraded()
         if stored is None:
@@ -694,12 +705,21 @@ class EnterpriseFeatureStore:
             self._leave_degraded()
         if stored is None:
             return
+        unreadable = getattr(stored, "unreadable", None)
+        bad = 0
+        if unreadable is not None and unreadable.any():
+            bad_rows = np.flatnonzero(unreadable)
+            bad = len(bad_rows)
+            self._counts["errors"] += bad
+            self._mark_unavailable(
+                np.asarray(misses, dtype=np.intp)[bad_rows].tolist(), status_codes
+            )
 
         # Compute or take the vectors of the players found, then cache them.
         found = stored.found
         hit_rows = np.flatnonzero(found)
         self._counts["l2_hits"] += len(hit_rows)
-        self._counts["l2_unknown"] += len(misses) - len(hit_rows)
+        self._counts["l2_unknown"] += len(misses) - len(hit_rows) - bad
         if not len(hit_rows):
             return
         states = stored.states[hit_rows]
@@ -753,6 +773,9 @@ class EnterpriseFeatureStore:
     ) -> list[int]:
         """Serve the misses whose stored vector is as of ``as_of``; return the rest."""
         got = self.backend.read_vectors([ids[i] for i in misses])  # type: ignore[attr-defined]
+        if got.unreadable is not None:
+            # Those players' states are read next, and served from them.
+            self._counts["errors"] += int(got.unreadable.sum())
         usable = got.found & (got.vector_as_of == as_of)
         served = np.flatnonzero(usable)
         targets = np.asarray(misses, dtype=np.intp)[served]
@@ -882,8 +905,15 @@ class EnterpriseFeatureStore:
             close()
 
     def health(self) -> dict[str, Any]:
-        """Return ``healthy``, or ``degraded`` with the last online-store error."""
+        """Return ``healthy``, or ``degraded`` with the last online-store error.
+
+        A healthy online store ends degraded mode at once, so the next
+        request reads it without waiting out the retry interval.
+        """
         backend = self.backend.health()
+        if self._degraded and backend["status"] == "healthy":
+            self._retry_at = 0.0
+            self._leave_degraded()
         degraded = self._degraded or backend["status"] != "healthy"
         return {
             "status": "degraded" if degraded else "healthy",

@@ -14,6 +14,7 @@ import redis
 
 from crmbet.features import compute_features, fold
 from crmbet.features.materialize import materialize, materialize_batches
+from crmbet.features.online import StoredValueError
 from crmbet.features.redis_store import RedisOnlineStore
 from crmbet.features.state import STATE_SCHEMA_VERSION
 from crmbet.features.store import (
@@ -370,7 +371,7 @@ def test_error_reply_keeps_connection_usable(
     client.hset(redis_store.state_key(players[0]), "field", "value")
     client.close()
 
-    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+    with pytest.raises(StoredValueError, match="not a string value"):
         redis_store.read_player(players[0])
 
     assert redis_store.read_player(players[1]) is not None
