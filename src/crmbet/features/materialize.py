@@ -172,8 +172,8 @@ def materialize(
     key_fingerprint:
         Fingerprint of the pseudonymisation key of ``events``
         (``Pseudonymizer.fingerprint``). The store records it on the first
-        write and refuses events under another key with
-        :class:`KeyFingerprintMismatchError`; None skips the check.
+        write, and events under another key raise
+        :class:`KeyFingerprintMismatchError`. None skips the check.
     """
     if key_fingerprint is not None:
         check_key_fingerprint(store, key_fingerprint)
