@@ -83,6 +83,22 @@ class Settings(BaseSettings):
     kafka_bootstrap_servers: str | None = None
     log_level: str = "INFO"
 
+    @field_validator("home")
+    @classmethod
+    def _home_is_a_folder(cls, value: Path) -> Path:
+        # The nearest existing path decides: a file there, or above it, can
+        # never hold the snapshots and the registry.
+        for path in (value, *value.parents):
+            if path.exists():
+                if not path.is_dir():
+                    raise ValueError(
+                        f"{str(path)!r} is a file, not a folder; point "
+                        "CRMBET_HOME at a folder, or at a path that does not "
+                        "exist yet so crmbet creates it"
+                    )
+                break
+        return value
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: SecretStr | None) -> SecretStr | None:

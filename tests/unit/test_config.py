@@ -120,3 +120,21 @@ def test_bad_redis_url_is_named_without_its_value(
     message = str(caught.value)
     assert "CRMBET_REDIS_URL=<hidden>: use a URL starting with redis://" in message
     assert "notaurl-with-secret" not in message
+
+
+@pytest.mark.parametrize("below", ["", "sub"])
+def test_home_on_a_file_is_a_settings_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, below: str
+) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    home = blocker / below if below else blocker
+    monkeypatch.setenv("CRMBET_HOME", str(home))
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(SettingsError, match="CRMBET_HOME") as caught:
+            get_settings()
+    finally:
+        get_settings.cache_clear()
+    assert repr(str(home)) in str(caught.value)
+    assert "is a file, not a folder" in str(caught.value)

@@ -10,7 +10,11 @@ import polars as pl
 import pytest
 
 from crmbet.features import compute_features, fold
-from crmbet.features.materialize import materialize, materialize_batches
+from crmbet.features.materialize import (
+    KeyFingerprintMismatchError,
+    materialize,
+    materialize_batches,
+)
 from crmbet.features.online import (
     MemoryOnlineStore,
     OnlineStore,
@@ -266,3 +270,145 @@ def test_single_read_failure_degrades() -> None:
     assert second.status == ["unavailable"]
     assert store.get_performance_stats()["errors"] == 1
     assert store.health()["status"] == "degraded"
+
+
+def _numbered_per_player(events: pl.DataFrame) -> pl.DataFrame:
+    """Return ``events`` with ids 1, 2, ... counted within each player."""
+    return (
+        events.sort("player_id", "ts")
+        .with_columns(
+            (pl.int_range(pl.len()).over("player_id") + 1)
+            .cast(pl.String)
+            .alias("event_id")
+        )
+        .sort("ts")
+    )
+
+
+def test_ids_repeating_across_players_are_all_applied(
+    small_events: pl.DataFrame,
+) -> None:
+    events = _numbered_per_player(small_events)
+    assert events["event_id"].n_unique() < events.height
+    backend = MemoryOnlineStore()
+
+    report = materialize(events, backend)
+    replay = materialize(events, backend)
+
+    assert report.events_applied == events.height
+    assert report.duplicates_in_input == 0
+    assert replay.events_applied == 0
+    offline = compute_features(fold(events))
+    response = EnterpriseFeatureStore(backend).get_features_sync(
+        FeatureRequest(offline["player_id"].to_list())
+    )
+    expected = offline.select(FEATURE_NAMES).to_numpy()
+    np.testing.assert_allclose(response.values, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_same_id_of_one_player_twice_in_input_is_one_event(
+    small_events: pl.DataFrame,
+) -> None:
+    # alice has events 1 and 2, bob events 1, 2 and 3.
+    players = pl.Series("player_id", ["alice"] * 2 + ["bob"] * 3)
+    events = _numbered_per_player(small_events.head(5).with_columns(players))
+    backend = MemoryOnlineStore()
+
+    report = materialize(pl.concat([events, events.head(1)]), backend)
+
+    assert report.duplicates_in_input == 1
+    assert backend.get_state("alice")["n_events"] == 2.0
+    assert backend.get_state("bob")["n_events"] == 3.0
+
+
+def test_late_events_are_reported_as_skipped_with_a_warning(
+    small_events: pl.DataFrame, caplog: pytest.LogCaptureFixture
+) -> None:
+    split = small_events["ts"][small_events.height // 2]
+    early = small_events.filter(pl.col("ts") < split)
+    late = small_events.filter(pl.col("ts") >= split)
+    backend = MemoryOnlineStore()
+    materialize(late.head(late.height - 10), backend)
+
+    with caplog.at_level("INFO", logger="crmbet.features.materialize"):
+        replay = materialize(late.head(late.height - 10), backend)
+    assert [r.levelname for r in caplog.records] == ["INFO"]
+    assert "skipped" in caplog.text and "applied before" not in caplog.text
+    caplog.clear()
+
+    with caplog.at_level("INFO", logger="crmbet.features.materialize"):
+        report = materialize(pl.concat([early, late.tail(10)]), backend)
+
+    stored = late.head(late.height - 10)["player_id"].unique()
+    earlier = early.filter(pl.col("player_id").is_in(stored.implode()))
+    assert replay.skipped == late.height - 10
+    assert report.skipped == report.skipped_earlier == earlier.height > 0
+    assert report.events_applied == early.height - earlier.height + 10
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert "late events" in warnings[0].getMessage()
+    assert "docs/feature-store.md" in warnings[0].getMessage()
+
+
+def test_another_key_fingerprint_is_refused(
+    small_events: pl.DataFrame, tmp_path: Path
+) -> None:
+    backend = MemoryOnlineStore()
+    materialize(small_events.head(10), backend, key_fingerprint="aaaa1111")
+    restored = MemoryOnlineStore.from_snapshot(backend.snapshot(tmp_path / "s.pq"))
+
+    with pytest.raises(KeyFingerprintMismatchError, match="aaaa1111.*bbbb2222"):
+        materialize(small_events, restored, key_fingerprint="bbbb2222")
+
+    assert restored.stored_key_fingerprint() == "aaaa1111"
+    assert len(restored) == len(backend)
+    report = materialize(small_events, restored, key_fingerprint="aaaa1111")
+    assert report.events_applied == small_events.height - 10
+
+
+@pytest.mark.parametrize(
+    ("as_of", "expected"),
+    [
+        (float("nan"), "as_of=nan"),
+        (float("inf"), "as_of=inf"),
+        (-1.0, "as_of=-1.0"),
+        (1_714_500_000_000.0, "milliseconds"),
+    ],
+)
+def test_invalid_as_of_is_refused(as_of: float, expected: str) -> None:
+    with pytest.raises(ValueError, match="Unix seconds") as caught:
+        FeatureRequest("p1", as_of=as_of)
+    assert expected in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("features", "expected"),
+    [
+        (["avg_stake", "bet_count"], ("avg_stake", "bet_count")),
+        ("avg_stake", ("avg_stake",)),
+        (("bet_count",), ("bet_count",)),
+    ],
+)
+def test_feature_names_are_stored_as_a_tuple(
+    loaded: EnterpriseFeatureStore, features: object, expected: tuple[str, ...]
+) -> None:
+    request = FeatureRequest("p1", features=features)  # type: ignore[arg-type]
+
+    assert request.features == expected
+    assert loaded.get_features_sync(request).feature_names == expected
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"player_ids": None}, "player_ids"),
+        ({"player_ids": 42}, "player_ids"),
+        ({"player_ids": b"p1"}, "player_ids"),
+        ({"player_ids": "p1", "features": 3}, "features"),
+        ({"player_ids": "p1", "features": [b"avg_stake"]}, "features"),
+        ({"player_ids": "p1", "as_of": "1714500000"}, "as_of"),
+    ],
+)
+def test_wrong_request_types_name_the_field(kwargs: dict, field: str) -> None:
+    with pytest.raises(TypeError, match=f"FeatureRequest.{field} must be"):
+        FeatureRequest(**kwargs)

@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import polars as pl
+import pytest
+from click.testing import Result
 from typer.testing import CliRunner
 
 from crmbet.cli import app
-from crmbet.config import Settings
+from crmbet.config import Settings, get_settings
 from crmbet.events.adapters import bundled_bustabit_path
+from crmbet.features.materialize import KeyFingerprintMismatchError, materialize
+from crmbet.features.online import MemoryOnlineStore, snapshot_lock
+from crmbet.training import pseudonymizer_from, read_source
+
+#: Lets an exception out of ``CliRunner.invoke`` so a test can match it.
+RAISE = {"catch_exceptions": False}
 
 
 def test_materialize_twice_then_get(settings: Settings, tmp_path) -> None:  # noqa: ANN001
@@ -219,3 +232,145 @@ def test_pit_out_folder_rejected_with_its_path(
 
     assert result.exit_code == 2
     assert f"--out {folder} is a folder" in " ".join(result.output.split())
+
+
+def _materialize(runner: CliRunner, source: str, *extra: str) -> Result:
+    return runner.invoke(app, ["features", "materialize", "--input", source, *extra])
+
+
+def _bets_csv(path: Path, players: dict[str, int]) -> Path:
+    """Write bets numbered 1, 2, ... within each player, one minute apart."""
+    lines = ["event_id,player_id,ts,event_type,amount,payout"]
+    for player, count in players.items():
+        for i in range(1, count + 1):
+            lines.append(f"{i},{player},2026-01-10T10:{i:02d}:00Z,bet,10,0")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_materialize_keeps_ids_numbered_per_player(
+    settings: Settings, tmp_path: Path
+) -> None:
+    source = _bets_csv(tmp_path / "bets.csv", {"alice": 2, "bob": 3})
+
+    result = _materialize(CliRunner(), str(source))
+
+    assert result.exit_code == 0, result.output
+    assert "materialised 5 of 5 events into 2 players" in " ".join(
+        result.output.split()
+    )
+
+
+def test_materialize_under_another_key_is_refused(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = str(_bets_csv(tmp_path / "bets.csv", {"alice": 2}))
+    runner = CliRunner()
+    first = _materialize(runner, source)
+    monkeypatch.setenv("CRMBET_PSEUDONYM_KEY", "another-key-" + "x" * 32)
+    get_settings.cache_clear()
+
+    with pytest.raises(KeyFingerprintMismatchError) as caught:
+        runner.invoke(app, ["features", "materialize", "--input", source], **RAISE)
+    hint = runner.invoke(app, ["features", "get", "-p", "alice"])
+
+    assert first.exit_code == 0, first.output
+    new = pseudonymizer_from(get_settings()).fingerprint
+    message = str(caught.value)
+    assert new in message and "CRMBET_PSEUDONYM_KEY" in message
+    assert "another-key" not in message
+    assert "new store" in message
+    assert json.loads(hint.stdout)[0]["status"] == "unknown"
+    assert new in hint.stderr and "fingerprint" in hint.stderr
+
+
+def test_get_on_an_empty_store_hints_to_materialize(settings: Settings) -> None:
+    result = CliRunner().invoke(app, ["features", "get", "-p", "alice"])
+
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)[0]["status"] == "unknown"
+    assert "empty" in result.stderr and "crmbet features materialize" in " ".join(
+        result.stderr.split()
+    )
+
+
+def test_get_trims_ids_and_warns_of_as_of_before_newest_event(
+    settings: Settings, tmp_path: Path
+) -> None:
+    runner = CliRunner()
+    _materialize(runner, str(_bets_csv(tmp_path / "bets.csv", {"alice": 3})))
+    before_last = "1768039320"  # 2026-01-10T10:02:00Z, before event 3
+
+    latest = runner.invoke(app, ["features", "get", "-p", " alice "])
+    past = runner.invoke(
+        app, ["features", "get", "-p", "alice", "--as-of", before_last]
+    )
+
+    assert latest.exit_code == 0, latest.output
+    assert json.loads(latest.stdout)[0]["player"] == "alice"
+    assert json.loads(latest.stdout)[0]["status"] == "fresh"
+    assert latest.stderr == ""
+    assert past.exit_code == 0, past.output
+    assert json.loads(past.stdout)[0]["features"]["bet_count"] == 3
+    assert "crmbet features pit" in " ".join(past.stderr.split())
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-5", "1768039320000"])
+def test_get_refuses_invalid_as_of(settings: Settings, value: str) -> None:
+    with pytest.raises(ValueError, match="as_of.*Unix seconds"):
+        CliRunner().invoke(
+            app, ["features", "get", "-p", "alice", "--as-of", value], **RAISE
+        )
+
+
+def test_get_exits_1_when_the_online_store_is_unreachable(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A port that was free a moment ago: nothing answers on it.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("CRMBET_REDIS_URL", f"redis://127.0.0.1:{port}/0")
+    get_settings.cache_clear()
+
+    result = CliRunner().invoke(app, ["features", "get", "-p", "a", "-p", "b"])
+
+    assert result.exit_code == 1, result.output
+    assert [row["status"] for row in json.loads(result.stdout)] == ["unavailable"] * 2
+    assert "unreachable" in result.stderr
+
+
+def test_concurrent_materialize_waits_and_merges(
+    settings: Settings, tmp_path: Path
+) -> None:
+    first = _bets_csv(tmp_path / "first.csv", {"alice": 2})
+    second = _bets_csv(tmp_path / "second.csv", {"bob": 3})
+    snapshot = settings.home / "online_store.parquet"
+    environment = {**os.environ, "CRMBET_HOME": str(settings.home)}
+    environment["PYTHONPATH"] = os.pathsep.join(sys.path)
+
+    with snapshot_lock(snapshot):
+        other = subprocess.Popen(
+            [sys.executable, "-m", "crmbet", "features", "materialize", "-i", second],
+            env=environment,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        waiting = ""
+        while other.stderr and "waiting" not in waiting:
+            line = other.stderr.readline()
+            if not line:
+                break
+            waiting += line
+        # Read and written while the other run waits for the lock.
+        store = MemoryOnlineStore()
+        materialize(read_source(first, settings=settings).events, store)
+        store.snapshot(snapshot)
+    _, rest = other.communicate(timeout=120)
+
+    assert other.returncode == 0, waiting + rest
+    assert "waiting" in waiting
+    players = MemoryOnlineStore.from_snapshot(snapshot).get_states_frame(
+        [pseudonymizer_from(settings).pseudonymize(p) for p in ("alice", "bob")]
+    )
+    assert sorted(players["n_events"].to_list()) == [2.0, 3.0]

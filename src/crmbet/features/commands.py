@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import polars as pl
 import typer
@@ -13,8 +13,11 @@ from rich.console import Console
 
 if TYPE_CHECKING:
     from crmbet.config import Settings
+    from crmbet.events.pseudonym import Pseudonymizer
 
 console = Console()
+#: Warnings and errors, on stderr so that the JSON on stdout stays parseable.
+errors = Console(stderr=True)
 
 SNAPSHOT_NAME = "online_store.parquet"
 
@@ -44,9 +47,17 @@ MappingOption = Annotated[
 
 
 def _read_events(
-    input: Path, format: str, mapping: str | None, settings: Settings
+    input: Path,
+    format: str,
+    mapping: str | None,
+    settings: Settings,
+    pseudonymizer: Pseudonymizer | None = None,
 ) -> pl.DataFrame:
-    """Read the transactions given by ``--input``, ``--format`` and ``--mapping``."""
+    """Read the transactions given by ``--input``, ``--format`` and ``--mapping``.
+
+    Player ids are pseudonymised with ``pseudonymizer``, or with the
+    configured key when None.
+    """
     from crmbet.cli import parse_mapping
     from crmbet.training import read_source
 
@@ -55,6 +66,7 @@ def _read_events(
         settings=settings,
         source_format=format,  # type: ignore[arg-type]
         mapping=parse_mapping(mapping),
+        pseudonymizer=pseudonymizer,
     ).events
 
 
@@ -66,20 +78,30 @@ def materialize_command(
     """Fold events into the online store; replayed events are not counted twice."""
     from crmbet.config import get_settings
     from crmbet.features.materialize import materialize
-    from crmbet.features.online import MemoryOnlineStore
+    from crmbet.features.online import snapshot_lock
     from crmbet.features.store import open_backend
+    from crmbet.training import pseudonymizer_from
 
     settings = get_settings()
-    events = _read_events(input, format, mapping, settings)
-    store = open_backend(settings)
-    report = materialize(events, store)
-    if isinstance(store, MemoryOnlineStore):
-        store.snapshot(settings.home / SNAPSHOT_NAME)
+    pseudonymizer = pseudonymizer_from(settings)
+    events = _read_events(input, format, mapping, settings, pseudonymizer)
+    if settings.redis_url is not None:
+        store = open_backend(settings)
+        report = materialize(events, store, pseudonymizer.fingerprint)
+    else:
+        # Read, merge and write the snapshot under a lock, so that a
+        # concurrent run merges on top of this one instead of replacing it.
+        snapshot = settings.home / SNAPSHOT_NAME
+        with snapshot_lock(snapshot):
+            store = open_backend(settings)
+            report = materialize(events, store, pseudonymizer.fingerprint)
+            store.snapshot(snapshot)  # type: ignore[attr-defined]
     console.print(
         f"materialised {report.events_applied:,} of {report.events_in:,} events into "
         f"{report.players_updated:,} players of the {store.backend} online store "
-        f"({report.duplicates_in_input:,} duplicated in the input, {report.skipped:,} "
-        f"applied before); watermark {report.watermark:.0f}"
+        f"({report.duplicates_in_input:,} repeated in the input; {report.skipped:,} "
+        "skipped as at or before their player's newest applied event: a replay, "
+        f"or late events, which are not applied); watermark {report.watermark:.0f}"
     )
 
 
@@ -107,11 +129,14 @@ def get_command(
     from crmbet.features.store import EnterpriseFeatureStore, FeatureRequest
     from crmbet.training import pseudonymizer_from
 
+    if as_of is not None:
+        # Checked before the store opens, so a bad value costs no connection.
+        FeatureRequest("", as_of=as_of)
     settings = get_settings()
     store = EnterpriseFeatureStore.from_settings(settings)
     pseudonymizer = pseudonymizer_from(settings)
     rows = []
-    for raw in player:
+    for raw in (name.strip() for name in player):
         pseudonym = pseudonymizer.pseudonymize(raw)
         response = store.get_features_sync(
             FeatureRequest(pseudonym, view=view, as_of=as_of)
@@ -132,8 +157,55 @@ def get_command(
                 "features": values,
             }
         )
-    store.close()
     console.print_json(json.dumps(rows))
+    try:
+        _explain_rows(rows, store, pseudonymizer.fingerprint)
+    finally:
+        store.close()
+
+
+def _explain_rows(rows: list[dict], store: Any, fingerprint: str) -> None:
+    """Warn on stderr about rows that need a word; exit 1 when none was served."""
+    statuses = {row["status"] for row in rows}
+    if statuses == {"unavailable"}:
+        errors.print(
+            "error: the online store was unreachable, so no player could be read; "
+            "check that the server in CRMBET_REDIS_URL is running"
+        )
+        raise typer.Exit(1)
+    # freshness_seconds is as_of minus the player's newest event time.
+    leaked = [row["player"] for row in rows if (row["freshness_seconds"] or 0) < 0]
+    if leaked:
+        errors.print(
+            f"warning: player(s) {', '.join(leaked)} have events after --as-of; "
+            "the online store holds each player's newest state, so these values "
+            "include those later events. Use 'crmbet features pit' for features "
+            "at a past time"
+        )
+    if "unknown" in statuses:
+        hint = _unknown_hint(store.backend, fingerprint)
+        if hint:
+            errors.print(hint)
+
+
+def _unknown_hint(backend: Any, fingerprint: str) -> str | None:
+    """Return why players may be unknown: an empty store, or another key."""
+    try:
+        if len(backend) == 0:
+            return (
+                f"hint: the {backend.backend} online store is empty; fill it with "
+                "'crmbet features materialize'"
+            )
+        stored = backend.stored_key_fingerprint()
+    except ConnectionError:
+        return None
+    if stored is not None and stored != fingerprint:
+        return (
+            f"hint: the online store was filled under the pseudonymisation key of "
+            f"fingerprint {stored}, but CRMBET_PSEUDONYM_KEY has fingerprint "
+            f"{fingerprint}; set CRMBET_PSEUDONYM_KEY to the key it was filled with"
+        )
+    return None
 
 
 def pit_command(

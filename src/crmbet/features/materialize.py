@@ -14,6 +14,11 @@ sequence fields need the new events to follow the stored ones in time, and
 it needs no unbounded record of event ids. Sources must therefore be
 materialised in event-time order per player; one run may contain events in
 any order.
+
+An event is identified by its player and its id, ``(player_id, event_id)``,
+as the marks are: the reader and the offline fold keep events whose id
+repeats across players, so sources that number events per player keep
+every event here too.
 """
 
 from __future__ import annotations
@@ -24,10 +29,14 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from crmbet.errors import CrmbetError
 from crmbet.features.online import AppliedMark, OnlineStore
 from crmbet.features.state import fold, merge
 
 logger = logging.getLogger(__name__)
+
+#: Columns that identify one event: ids may repeat across players.
+EVENT_KEY = ("player_id", "event_id")
 
 
 @dataclass(frozen=True)
@@ -36,12 +45,16 @@ class MaterializeReport:
 
     events_in: int
     events_applied: int
-    #: Events whose id occurred earlier in the same input.
+    #: Events whose player and id occurred earlier in the same input.
     duplicates_in_input: int
-    #: Events at or before their player's mark: replayed, or arrived late.
+    #: Events at or before their player's newest applied event, not applied:
+    #: a replay, or late events (see the module docstring).
     skipped: int
     players_updated: int
     watermark: float
+    #: Skipped events strictly earlier than their player's newest applied
+    #: event; with events applied in the same run they mean late data.
+    skipped_earlier: int = 0
 
 
 def _seconds(column: str = "ts") -> pl.Expr:
@@ -49,14 +62,23 @@ def _seconds(column: str = "ts") -> pl.Expr:
     return pl.col(column).dt.epoch("us").cast(pl.Float64) / 1e6
 
 
-def select_new_events(
-    events: pl.DataFrame, marks: dict[str, AppliedMark]
-) -> tuple[pl.DataFrame, int, int]:
-    """Return the events not applied yet, the in-input duplicates and the skipped."""
-    unique = events.unique(subset="event_id", keep="first", maintain_order=True)
+@dataclass(frozen=True)
+class NewEvents:
+    """The events of an input not applied yet, and counts of the others."""
+
+    fresh: pl.DataFrame
+    duplicates: int
+    skipped: int
+    #: Skipped events strictly earlier than their player's mark.
+    skipped_earlier: int
+
+
+def select_new_events(events: pl.DataFrame, marks: dict[str, AppliedMark]) -> NewEvents:
+    """Return the events not applied yet and the counts of the others."""
+    unique = events.unique(subset=list(EVENT_KEY), keep="first", maintain_order=True)
     repeated_in_input = events.height - unique.height
     if not marks:
-        return unique, repeated_in_input, 0
+        return NewEvents(unique, repeated_in_input, 0, 0)
     mark_frame = pl.DataFrame(
         {
             "player_id": list(marks),
@@ -79,8 +101,11 @@ def select_new_events(
         | (pl.col("__t") > pl.col("__mark_ts"))
         | (at_mark & ~seen_at_mark)
     )
+    counts = tagged.select(
+        is_new.sum().alias("new"), (pl.col("__t") < pl.col("__mark_ts")).sum()
+    ).row(0)
     fresh = tagged.filter(is_new).select(events.columns)
-    return fresh, repeated_in_input, unique.height - fresh.height
+    return NewEvents(fresh, repeated_in_input, unique.height - counts[0], counts[1])
 
 
 def new_marks(
@@ -110,7 +135,32 @@ def new_marks(
     return marks
 
 
-def materialize(events: pl.DataFrame, store: OnlineStore) -> MaterializeReport:
+class KeyFingerprintMismatchError(CrmbetError, ValueError):
+    """Raised when events are materialised under another pseudonymisation key."""
+
+
+def check_key_fingerprint(store: OnlineStore, fingerprint: str) -> None:
+    """Raise when ``store`` was filled under a key other than ``fingerprint``.
+
+    The same player maps to another pseudonym under another key, so
+    materialising would store every player a second time.
+    """
+    stored = store.stored_key_fingerprint()
+    if stored is None or stored == fingerprint:
+        return
+    raise KeyFingerprintMismatchError(
+        f"the {store.backend} online store holds players pseudonymised with the "
+        f"key of fingerprint {stored}, but CRMBET_PSEUDONYM_KEY has fingerprint "
+        f"{fingerprint}; materialising would store every player a second time. "
+        "Set CRMBET_PSEUDONYM_KEY to the original key, or materialise into a new "
+        "store: another CRMBET_HOME for the embedded store, another Redis "
+        "database or namespace for Redis"
+    )
+
+
+def materialize(
+    events: pl.DataFrame, store: OnlineStore, key_fingerprint: str | None = None
+) -> MaterializeReport:
     """Fold ``events`` into ``store`` once, merging with the stored states.
 
     Parameters
@@ -119,18 +169,38 @@ def materialize(events: pl.DataFrame, store: OnlineStore) -> MaterializeReport:
         Canonical events (pseudonymised), in any order.
     store:
         The online store to update.
+    key_fingerprint:
+        Fingerprint of the pseudonymisation key of ``events``
+        (``Pseudonymizer.fingerprint``). The store records it on the first
+        write, and events under another key raise
+        :class:`KeyFingerprintMismatchError`. None skips the check.
     """
+    if key_fingerprint is not None:
+        check_key_fingerprint(store, key_fingerprint)
     players = events["player_id"].unique().to_list() if events.height else []
     marks = store.applied_marks(players)
-    fresh, duplicates, skipped = select_new_events(events, marks)
+    selected = select_new_events(events, marks)
+    fresh = selected.fresh
     if fresh.height == 0:
         logger.info(
-            "all %d events were applied before; nothing to materialise", events.height
+            "none of %d events is new: %d were at or before their player's newest "
+            "applied event and were skipped (a replay), %d repeated in the input",
+            events.height,
+            selected.skipped,
+            selected.duplicates,
         )
         return MaterializeReport(
-            events.height, 0, duplicates, skipped, 0, store.watermark
+            events.height,
+            0,
+            selected.duplicates,
+            selected.skipped,
+            0,
+            store.watermark,
+            selected.skipped_earlier,
         )
 
+    if key_fingerprint is not None and store.stored_key_fingerprint() is None:
+        store.record_key_fingerprint(key_fingerprint)
     folded = fold(fresh)
     current = store.get_states_frame(folded["player_id"].to_list())
     merged = merge(current, folded)
@@ -138,21 +208,38 @@ def materialize(events: pl.DataFrame, store: OnlineStore) -> MaterializeReport:
     report = MaterializeReport(
         events_in=events.height,
         events_applied=fresh.height,
-        duplicates_in_input=duplicates,
-        skipped=skipped,
+        duplicates_in_input=selected.duplicates,
+        skipped=selected.skipped,
         players_updated=merged.height,
         watermark=store.watermark,
+        skipped_earlier=selected.skipped_earlier,
     )
+    _log_report(report)
+    return report
+
+
+def _log_report(report: MaterializeReport) -> None:
     logger.info(
-        "materialised %d of %d events into %d players (%d duplicated in the input, "
-        "%d at or before their player's newest applied event)",
+        "materialised %d of %d events into %d players (%d repeated in the input, "
+        "%d skipped: at or before their player's newest applied event)",
         report.events_applied,
         report.events_in,
         report.players_updated,
         report.duplicates_in_input,
         report.skipped,
     )
-    return report
+    if report.skipped_earlier:
+        # New events beside events older than the mark: the input is not a
+        # replay, so the older events arrived late and are lost.
+        logger.warning(
+            "%d events earlier than their player's newest applied event were "
+            "skipped while %d new events were applied: unless the input repeats "
+            "events applied before, they are late events, which are not applied; "
+            "materialise each player's events in event-time order (see "
+            "docs/feature-store.md, 'Known limits')",
+            report.skipped_earlier,
+            report.events_applied,
+        )
 
 
 def micro_batches(events: pl.DataFrame, size: int) -> Iterator[pl.DataFrame]:
@@ -175,6 +262,7 @@ def materialize_batches(
         events_applied=sum(report.events_applied for report in reports),
         duplicates_in_input=sum(report.duplicates_in_input for report in reports),
         skipped=sum(report.skipped for report in reports),
+        skipped_earlier=sum(report.skipped_earlier for report in reports),
         # Counted per batch, so a player updated by two batches counts twice.
         players_updated=updated,
         watermark=store.watermark,

@@ -10,9 +10,12 @@ event time seen, at which online features are read by default.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -127,6 +130,14 @@ class OnlineStore(Protocol):
         """Call ``listener`` with the ids of players whose state changed."""
         ...
 
+    def stored_key_fingerprint(self) -> str | None:
+        """Return the fingerprint of the pseudonymisation key of the players."""
+        ...
+
+    def record_key_fingerprint(self, fingerprint: str) -> None:
+        """Record the fingerprint of the pseudonymisation key of the players."""
+        ...
+
     def health(self) -> dict[str, Any]:
         """Return the backend's status, ``healthy`` or ``degraded``."""
         ...
@@ -169,6 +180,8 @@ class MemoryOnlineStore:
         self._listeners: list[InvalidationListener] = []
         self._lock = threading.Lock()
         self.watermark = 0.0
+        #: Fingerprint of the pseudonymisation key of the stored players.
+        self.key_fingerprint: str | None = None
 
     def __len__(self) -> int:
         return len(self._states)
@@ -253,6 +266,14 @@ class MemoryOnlineStore:
         for listener in self._listeners:
             listener(player_ids)
 
+    def stored_key_fingerprint(self) -> str | None:
+        """Return the fingerprint of the pseudonymisation key of the players."""
+        return self.key_fingerprint
+
+    def record_key_fingerprint(self, fingerprint: str) -> None:
+        """Record the fingerprint of the pseudonymisation key of the players."""
+        self.key_fingerprint = fingerprint
+
     def health(self) -> dict[str, Any]:
         """Return the backend's status; an in-process store is always healthy."""
         return {"status": "healthy", "backend": self.backend, "players": len(self)}
@@ -262,7 +283,12 @@ class MemoryOnlineStore:
         return self.get_states_frame(list(self._states))
 
     def snapshot(self, path: str | Path) -> Path:
-        """Write every state and applied-event mark to a Parquet file."""
+        """Write every state and applied-event mark to a Parquet file.
+
+        The key fingerprint goes in the file's metadata. The file is written
+        beside ``path`` and renamed over it, so a reader never sees half a
+        snapshot.
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         frame = self.to_frame()
@@ -272,7 +298,14 @@ class MemoryOnlineStore:
         frame = frame.with_columns(
             pl.Series("last_event_ids", marks, dtype=pl.List(pl.String))
         )
-        frame.write_parquet(path)
+        metadata = (
+            {_FINGERPRINT_METADATA: self.key_fingerprint}
+            if self.key_fingerprint is not None
+            else None
+        )
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        frame.write_parquet(partial, metadata=metadata)
+        os.replace(partial, path)
         logger.info("wrote a snapshot of %d player states to %s", len(self), path)
         return path
 
@@ -296,4 +329,36 @@ class MemoryOnlineStore:
                 ).iter_rows()
             }
         store.put_states(frame, applied)
+        store.key_fingerprint = pl.read_parquet_metadata(path).get(
+            _FINGERPRINT_METADATA
+        )
         return store
+
+
+#: Parquet metadata key of a snapshot's pseudonymisation key fingerprint.
+_FINGERPRINT_METADATA = "crmbet.pseudonym_key_fingerprint"
+
+
+@contextmanager
+def snapshot_lock(snapshot: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``snapshot`` for a read-merge-write of it.
+
+    The lock is ``fcntl.flock`` on a file beside the snapshot, so a second
+    materialisation waits for the first and merges on top of its result
+    instead of overwriting it. The lock is released when the process ends.
+    """
+    path = Path(snapshot)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = path.with_name(path.name + ".lock")
+    with open(lock_path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.warning(
+                "waiting for another process that holds %s to finish", lock_path
+            )
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -11,7 +11,8 @@ state schema version, so a new layout never reads an old one):
 - ``{ns}:v1:applied:{player_id}``: the ids of the player's newest applied
   events as a JSON array, read only by materialisation (values written
   before the JSON form joined the ids by ``\\x1f`` and are still read);
-- ``{ns}:v1:meta``: a hash with the store watermark;
+- ``{ns}:v1:meta``: a hash with the store watermark and the fingerprint of
+  the players' pseudonymisation key;
 - ``{ns}:v1:invalidate``: the pub/sub channel that announces changed players.
 
 A read is one ``GET`` for one player, or one pipeline of ``MGET``s of up
@@ -144,6 +145,11 @@ if tonumber(ARGV[1]) > current then
 end
 return tostring(current)
 """
+
+
+#: Field of the meta hash with the fingerprint of the players' pseudonymisation
+#: key, written by materialisation.
+KEY_FINGERPRINT_FIELD = "key_fingerprint"
 
 
 def _pack_mget(prefix: str, player_ids: Sequence[str]) -> bytes:
@@ -623,6 +629,17 @@ class RedisOnlineStore:
             value = self._client.hget(self._meta_key, "watermark")
         self._watermark = max(self._watermark, float(value or 0.0))
         return self._watermark
+
+    def stored_key_fingerprint(self) -> str | None:
+        """Return the pseudonymisation key fingerprint in the meta hash."""
+        with self._guard("read the key fingerprint"):
+            value = self._writer.hget(self._meta_key, KEY_FINGERPRINT_FIELD)
+        return value.decode() if isinstance(value, bytes) else value
+
+    def record_key_fingerprint(self, fingerprint: str) -> None:
+        """Write the pseudonymisation key fingerprint to the meta hash."""
+        with self._guard("write the key fingerprint"):
+            self._writer.hset(self._meta_key, KEY_FINGERPRINT_FIELD, fingerprint)
 
     def ping(self) -> bool:
         """Return True when Redis replies to a PING."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
@@ -105,12 +106,25 @@ class FeatureRequest:
         Feature view whose features and TTL apply.
     features:
         Subset of the view's features; all of them when None.
+    features:
+        Subset of the view's features, as a sequence of names or one name;
+        all of them when None. Stored as a tuple.
     as_of:
         Unix time (seconds) at which to read the features; the store
-        watermark when None.
+        watermark when None. The online store keeps each player's newest
+        state, so an ``as_of`` before a player's newest event gives values
+        that include the later events; build features at past times with
+        :func:`crmbet.features.pit.point_in_time_features`.
     include_expired:
         Return the values of expired players too (still marked expired);
         by default their values are NaN.
+
+    Raises
+    ------
+    TypeError
+        When ``player_ids`` or ``features`` is of a type not listed above.
+    ValueError
+        When ``as_of`` is not a finite time from 0 to :data:`MAX_AS_OF`.
     """
 
     player_ids: str | Sequence[str]
@@ -118,6 +132,64 @@ class FeatureRequest:
     features: tuple[str, ...] | None = None
     as_of: float | None = None
     include_expired: bool = False
+
+    def __post_init__(self) -> None:
+        # The one-player request with defaults passes three identity checks.
+        if type(self.player_ids) is not str:
+            _check_player_ids(self.player_ids)
+        if self.features is not None:
+            object.__setattr__(self, "features", _feature_names(self.features))
+        if self.as_of is not None:
+            _check_as_of(self.as_of)
+
+
+#: Latest ``as_of`` accepted: 3000-01-01 in Unix seconds. A time in
+#: milliseconds is larger than this for any date after 1971.
+MAX_AS_OF = 32_503_680_000.0
+
+
+def _check_player_ids(ids: object) -> None:
+    if isinstance(ids, (bytes, bytearray, memoryview)) or not isinstance(
+        ids, (Sequence, np.ndarray, pl.Series)
+    ):
+        raise TypeError(
+            f"FeatureRequest.player_ids must be a str or a sequence of str, got "
+            f"{type(ids).__name__} {ids!r:.60}"
+        )
+
+
+def _feature_names(features: object) -> tuple[str, ...]:
+    if isinstance(features, str):
+        return (features,)
+    if isinstance(features, (Sequence, np.ndarray, pl.Series)) and not isinstance(
+        features, (bytes, bytearray, memoryview)
+    ):
+        names = tuple(features)
+        if all(isinstance(name, str) for name in names):
+            return names
+    raise TypeError(
+        f"FeatureRequest.features must be None, a feature name or a sequence of "
+        f"feature names (str), got {type(features).__name__} {features!r:.60}"
+    )
+
+
+def _check_as_of(as_of: object) -> None:
+    if isinstance(as_of, bool) or not isinstance(as_of, (int, float, np.number)):
+        raise TypeError(
+            f"FeatureRequest.as_of must be None or a number of Unix seconds, got "
+            f"{type(as_of).__name__} {as_of!r:.60}"
+        )
+    if not 0.0 <= as_of <= MAX_AS_OF:
+        hint = (
+            "; it looks like milliseconds, so divide it by 1000"
+            if as_of > MAX_AS_OF and math.isfinite(as_of)
+            else ""
+        )
+        raise ValueError(
+            f"FeatureRequest.as_of={as_of!r} is not a valid time: expected Unix "
+            f"seconds, a finite number from 0 to {MAX_AS_OF:.0f} (year 3000)"
+            f"{hint}"
+        )
 
 
 @dataclass(slots=True)
@@ -300,6 +372,12 @@ class EnterpriseFeatureStore:
         instead. The work is synchronous and runs on the caller's loop,
         because an L1 hit takes microseconds and an online-store read one
         network round trip.
+
+        Values are computed from each player's newest state. With a
+        ``request.as_of`` earlier than a player's newest event they include
+        events after ``as_of`` (``freshness_seconds`` is then negative); use
+        :func:`crmbet.features.pit.point_in_time_features` for features as
+        they were at a past time.
         """
         return self.get_features_sync(request)
 

@@ -13,9 +13,13 @@ import pytest
 import redis
 
 from crmbet.features import compute_features, fold
-from crmbet.features.materialize import materialize, materialize_batches
+from crmbet.features.materialize import (
+    KeyFingerprintMismatchError,
+    materialize,
+    materialize_batches,
+)
 from crmbet.features.online import StoredValueError
-from crmbet.features.redis_store import RedisOnlineStore
+from crmbet.features.redis_store import KEY_FINGERPRINT_FIELD, RedisOnlineStore
 from crmbet.features.state import STATE_SCHEMA_VERSION
 from crmbet.features.store import (
     DEFAULT_VIEWS,
@@ -277,7 +281,7 @@ def test_single_read_fills_l1(
 def test_read_survives_dropped_connection(
     bustabit_events: pl.DataFrame, redis_store: RedisOnlineStore
 ) -> None:
-    events = bustabit_events.head(200)
+    events = bustabit_events.sort("ts").head(200)
     materialize(events, redis_store)
     player = events["player_id"][0]
     before = redis_store.read_player(player)
@@ -363,7 +367,7 @@ def test_large_batch_with_redis_down_serves_l1(
 def test_error_reply_keeps_connection_usable(
     bustabit_events: pl.DataFrame, redis_store: RedisOnlineStore, redis_url: str
 ) -> None:
-    events = bustabit_events.head(200)
+    events = bustabit_events.sort("ts").head(200)
     materialize(events, redis_store)
     players = fold(events)["player_id"].to_list()
     client = redis.Redis.from_url(redis_url)
@@ -384,7 +388,7 @@ def test_single_read_polling_settings(
     redis_url: str,
     spin_seconds: float,
 ) -> None:
-    events = bustabit_events.head(200)
+    events = bustabit_events.sort("ts").head(200)
     materialize(events, redis_store)
     player = events["player_id"][0]
     reader = RedisOnlineStore(
@@ -432,3 +436,19 @@ def test_vector_reads_with_missing_keys(
     assert np.isnan(got.vectors[~got.found]).all()
     np.testing.assert_array_equal(again.vectors, got.vectors)
     assert redis_store.last_error is None
+
+
+def test_key_fingerprint_is_kept_in_the_meta_hash(
+    bustabit_events: pl.DataFrame, redis_store: RedisOnlineStore
+) -> None:
+    events = bustabit_events.sort("ts").head(200)
+    materialize(events.head(100), redis_store, key_fingerprint="aaaa1111")
+
+    with pytest.raises(KeyFingerprintMismatchError, match="aaaa1111.*bbbb2222"):
+        materialize(events, redis_store, key_fingerprint="bbbb2222")
+
+    meta = redis_store._writer.hgetall(f"{redis_store.namespace}:v1:meta")
+    assert meta[KEY_FINGERPRINT_FIELD.encode()] == b"aaaa1111"
+    assert redis_store.stored_key_fingerprint() == "aaaa1111"
+    report = materialize(events, redis_store, key_fingerprint="aaaa1111")
+    assert report.events_applied == 100
