@@ -329,11 +329,14 @@ def test_late_events_are_reported_as_skipped_with_a_warning(
     late = small_events.filter(pl.col("ts") >= split)
     backend = MemoryOnlineStore()
     materialize(late.head(late.height - 10), backend)
+    caplog.clear()
 
     with caplog.at_level("INFO", logger="crmbet.features.materialize"):
         replay = materialize(late.head(late.height - 10), backend)
-    assert [r.levelname for r in caplog.records] == ["INFO"]
-    assert "skipped" in caplog.text and "applied before" not in caplog.text
+    own = [r for r in caplog.records if r.name == "crmbet.features.materialize"]
+    assert [r.levelname for r in own] == ["INFO"]
+    assert "skipped" in own[0].getMessage()
+    assert "applied before" not in own[0].getMessage()
     caplog.clear()
 
     with caplog.at_level("INFO", logger="crmbet.features.materialize"):
@@ -344,7 +347,11 @@ def test_late_events_are_reported_as_skipped_with_a_warning(
     assert replay.skipped == late.height - 10
     assert report.skipped == report.skipped_earlier == earlier.height > 0
     assert report.events_applied == early.height - earlier.height + 10
-    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    warnings = [
+        r
+        for r in caplog.records
+        if r.levelname == "WARNING" and r.name == "crmbet.features.materialize"
+    ]
     assert len(warnings) == 1
     assert "late events" in warnings[0].getMessage()
     assert "docs/feature-store.md" in warnings[0].getMessage()
