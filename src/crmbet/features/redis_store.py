@@ -347,6 +347,11 @@ def _decode_mark(value: bytes | None) -> frozenset[str]:
     return frozenset(value.decode().split(MARK_SEPARATOR))
 
 
+#: Largest lead of an announced watermark over this host's clock: the one
+#: day that event validation allows, plus a day for clocks that disagree.
+MAX_WATERMARK_LEAD_SECONDS = 2 * 86400.0
+
+
 def _parse_announcement(data: Any) -> tuple[float | None, list[str] | None]:
     """Return the watermark and player ids of a change announcement.
 
@@ -361,7 +366,11 @@ def _parse_announcement(data: Any) -> tuple[float | None, list[str] | None]:
         return None, None
     watermark = body.get("watermark")
     if isinstance(watermark, int | float) and not isinstance(watermark, bool):
-        watermark = float(watermark) if math.isfinite(watermark) else None
+        # Writers announce event times, and events more than a day ahead of
+        # the clock are dead letters, so a later watermark is not a real one;
+        # taking it would mark every player expired until a restart.
+        latest = time.time() + MAX_WATERMARK_LEAD_SECONDS
+        watermark = float(watermark) if 0.0 <= watermark <= latest else None
     else:
         watermark = None
     players = body.get("players")

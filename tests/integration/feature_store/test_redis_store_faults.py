@@ -131,6 +131,39 @@ def test_partial_announcement_still_invalidates(
         reader_backend.close()
 
 
+def test_far_future_watermark_is_ignored(
+    bustabit_events: pl.DataFrame,
+    redis_store: RedisOnlineStore,
+    redis_url: str,
+    client: redis.Redis,
+    wait_until: WaitUntil,
+) -> None:
+    events = bustabit_events.head(200)
+    materialize(events, redis_store)
+    player = events["player_id"][0]
+    reader_backend = RedisOnlineStore(redis_url, namespace=redis_store.namespace)
+    reader = EnterpriseFeatureStore(reader_backend)
+    try:
+        assert reader_backend.subscribed.wait(timeout=5)
+        reader.get_features_sync(FeatureRequest(player))
+        before = reader_backend.watermark
+
+        for watermark in (b"1e300", b"4000000000", b"-5"):
+            client.publish(
+                redis_store.channel,
+                b'{"watermark": %b, "players": ["%b"]}' % (watermark, player.encode()),
+            )
+
+        # The players of each message are still dropped from L1.
+        assert wait_until(lambda: len(reader.l1) == 0, timeout=2.0)
+        assert reader_backend.watermark == before
+        response = reader.get_features_sync(FeatureRequest(player, view="segmentation"))
+        assert response.status == ["fresh"]
+        assert response.as_of == before
+    finally:
+        reader_backend.close()
+
+
 # The thread's end is the point of the test, so pytest's report of it is not.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_stopped_listener_is_reported(
