@@ -261,6 +261,35 @@ def test_materialize_keeps_ids_numbered_per_player(
     )
 
 
+def test_materialize_of_only_invalid_records_exits_1(
+    settings: Settings, tmp_path: Path
+) -> None:
+    source = _bets_csv(tmp_path / "bets.csv", {"alice": 2, "bob": 3})
+    source.write_text(source.read_text().replace(",bet,", ",wager,"))
+
+    result = _materialize(CliRunner(), str(source))
+
+    assert result.exit_code == 1
+    text = " ".join(result.output.split())
+    assert "none of the 5 records" in text
+    assert "dead letters" in text
+    assert not (settings.home / "online_store.parquet").exists()
+
+
+def test_materialize_counts_invalid_records(settings: Settings, tmp_path: Path) -> None:
+    source = _bets_csv(tmp_path / "bets.csv", {"alice": 2, "bob": 3})
+    lines = source.read_text().splitlines()
+    lines[1] = lines[1].replace(",bet,", ",wager,")
+    source.write_text("\n".join(lines) + "\n")
+
+    result = _materialize(CliRunner(), str(source))
+
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "1 of 5 records" in text
+    assert "materialised 4 of 4 events" in text
+
+
 def test_materialize_under_another_key_is_refused(
     settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -56,18 +56,34 @@ def _read_events(
     """Read the transactions given by ``--input``, ``--format`` and ``--mapping``.
 
     Player ids are pseudonymised with ``pseudonymizer``, or with the
-    configured key when None.
+    configured key when None. Invalid records go to the dead letters under
+    ``CRMBET_HOME``; when no record is valid, the command stops with exit
+    status 1 instead of going on with nothing.
     """
     from crmbet.cli import parse_mapping
     from crmbet.training import read_source
 
-    return read_source(
+    result = read_source(
         input,
         settings=settings,
         source_format=format,  # type: ignore[arg-type]
         mapping=parse_mapping(mapping),
         pseudonymizer=pseudonymizer,
-    ).events
+    )
+    invalid = result.dead_letters.height
+    if result.events.height == 0 and invalid:
+        errors.print(
+            f"error: none of the {invalid:,} records in {input} is valid; the reason "
+            f"for each is in the dead letters under {settings.home / 'dead_letters'}. "
+            "Fix the source, or map its columns and labels with --mapping"
+        )
+        raise typer.Exit(1)
+    if invalid:
+        errors.print(
+            f"{invalid:,} of {result.n_read:,} records in {input} are invalid and "
+            f"were left out; reasons in {settings.home / 'dead_letters'}"
+        )
+    return result.events
 
 
 def materialize_command(
