@@ -411,6 +411,7 @@ def test_feature_names_are_stored_as_a_tuple(
         ({"player_ids": None}, "player_ids"),
         ({"player_ids": 42}, "player_ids"),
         ({"player_ids": b"p1"}, "player_ids"),
+        ({"player_ids": [123, 456]}, "player_ids"),
         ({"player_ids": "p1", "features": 3}, "features"),
         ({"player_ids": "p1", "features": [b"avg_stake"]}, "features"),
         ({"player_ids": "p1", "as_of": "1714500000"}, "as_of"),
@@ -419,3 +420,8 @@ def test_feature_names_are_stored_as_a_tuple(
 def test_wrong_request_types_name_the_field(kwargs: dict, field: str) -> None:
     with pytest.raises(TypeError, match=f"FeatureRequest.{field} must be"):
         FeatureRequest(**kwargs)
+
+
+def test_empty_feature_list_is_refused() -> None:
+    with pytest.raises(ValueError, match="FeatureRequest.features is empty"):
+        FeatureRequest("p1", features=[])

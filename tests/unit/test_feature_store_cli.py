@@ -346,10 +346,21 @@ def test_get_trims_ids_and_warns_of_as_of_before_newest_event(
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-5", "1768039320000"])
 def test_get_refuses_invalid_as_of(settings: Settings, value: str) -> None:
-    with pytest.raises(ValueError, match="as_of.*Unix seconds"):
-        CliRunner().invoke(
-            app, ["features", "get", "-p", "alice", "--as-of", value], **RAISE
-        )
+    result = CliRunner().invoke(
+        app, ["features", "get", "-p", "alice", "--as-of", value]
+    )
+
+    assert result.exit_code == 2
+    text = " ".join(result.output.split())
+    assert "error: --as-of:" in text
+    assert "Unix seconds" in text
+
+
+def test_get_refuses_an_empty_player_id(settings: Settings) -> None:
+    result = CliRunner().invoke(app, ["features", "get", "-p", "  "])
+
+    assert result.exit_code == 2
+    assert "--player got an empty id" in " ".join(result.output.split())
 
 
 def test_get_exits_1_when_the_online_store_is_unreachable(

@@ -147,7 +147,18 @@ def get_command(
 
     if as_of is not None:
         # Checked before the store opens, so a bad value costs no connection.
-        FeatureRequest("", as_of=as_of)
+        try:
+            FeatureRequest("", as_of=as_of)
+        except ValueError as error:
+            errors.print(f"error: --as-of: {error}")
+            raise typer.Exit(2) from None
+    blank = [name for name in player if not name.strip()]
+    if blank:
+        errors.print(
+            "error: --player got an empty id; pass the player's id as it appears "
+            "in the transactions, or its pseudonym"
+        )
+        raise typer.Exit(2)
     settings = get_settings()
     store = EnterpriseFeatureStore.from_settings(settings)
     pseudonymizer = pseudonymizer_from(settings)

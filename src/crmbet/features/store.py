@@ -149,8 +149,12 @@ MAX_AS_OF = 32_503_680_000.0
 
 
 def _check_player_ids(ids: object) -> None:
-    if isinstance(ids, (bytes, bytearray, memoryview)) or not isinstance(
-        ids, (Sequence, np.ndarray, pl.Series)
+    # Only the first id's type is checked, so that a batch of 10,000 ids
+    # costs no loop here; a list of numbers is the usual mistake.
+    if (
+        isinstance(ids, (bytes, bytearray, memoryview))
+        or not isinstance(ids, (Sequence, np.ndarray, pl.Series))
+        or (len(ids) and not isinstance(ids[0], str))
     ):
         raise TypeError(
             f"FeatureRequest.player_ids must be a str or a sequence of str, got "
@@ -165,6 +169,11 @@ def _feature_names(features: object) -> tuple[str, ...]:
         features, (bytes, bytearray, memoryview)
     ):
         names = tuple(features)
+        if not names:
+            raise ValueError(
+                "FeatureRequest.features is empty; name at least one feature, "
+                "or pass None for every feature of the view"
+            )
         if all(isinstance(name, str) for name in names):
             return names
     raise TypeError(
