@@ -382,6 +382,19 @@ def test_detect_format_rejects_unknown_suffix(tmp_path: Path) -> None:
         detect_format(path)
 
 
+def test_mapping_on_bustabit_format_is_refused(pseudonymizer) -> None:  # noqa: ANN001
+    mapping = ColumnMapping(columns={"player_id": "Username"})
+    with pytest.raises(ValueError, match="bustabit format.*--format csv"):
+        ingest(bundled_bustabit_path(), pseudonymizer=pseudonymizer, mapping=mapping)
+
+
+def test_csv_read_as_parquet_names_the_file(tmp_path: Path, pseudonymizer) -> None:  # noqa: ANN001
+    path = tmp_path / "tx.csv"
+    path.write_text("event_id,player_id,ts\n1,p1,2024-05-01T21:00:00Z\n")
+    with pytest.raises(ValueError, match=r"tx\.csv is not a Parquet file"):
+        ingest(path, pseudonymizer=pseudonymizer, source_format="parquet")
+
+
 def test_bustabit_header_is_recognised() -> None:
     with gzip.open(bundled_bustabit_path(), "rt") as handle:
         assert tuple(handle.readline().strip().split(",")) == BUSTABIT_COLUMNS

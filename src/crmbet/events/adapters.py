@@ -366,6 +366,17 @@ def _iter_validated(
     if not path.exists():
         raise FileNotFoundError(f"input {path} not found; check the path")
     fmt = detect_format(path) if source_format == "auto" else source_format
+    if fmt == "bustabit" and mapping is not None and mapping != ColumnMapping():
+        raise ValueError(
+            f"{path} is read as the bustabit format, which maps bustabit's "
+            "columns itself, so a column mapping does not apply; read the file "
+            "as csv (--format csv) to map its columns yourself"
+        )
+    if fmt == "parquet" and path.is_file() and not starts_like_parquet(path):
+        raise ValueError(
+            f"{path} is not a Parquet file (it does not start with PAR1); pass "
+            "its real format (--format csv or jsonl), or --format auto to detect it"
+        )
     source = f"{fmt}:{path.name}"
     # Free-text columns of a Parquet source left unread (see below).
     leave_out: list[str] = []
