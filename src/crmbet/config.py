@@ -142,6 +142,15 @@ class Settings(BaseSettings):
                     f"{MIN_PRODUCTION_KEY_BYTES}: set it to a random secret, for "
                     "example the output of 'openssl rand -hex 32'."
                 )
+            if len(key) < MIN_PRODUCTION_KEY_BYTES:
+                warnings.warn(
+                    f"CRMBET_PSEUDONYM_KEY has only {len(key)} bytes; a short key "
+                    "can be guessed, and CRMBET_PROFILE=production refuses keys "
+                    f"under {MIN_PRODUCTION_KEY_BYTES} bytes, so set a random "
+                    "secret such as the output of 'openssl rand -hex 32'",
+                    InsecureKeyWarning,
+                    stacklevel=2,
+                )
             return key
         if self.profile == "production":
             raise ValueError(

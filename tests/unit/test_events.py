@@ -425,6 +425,12 @@ def test_development_key_warns(tmp_path: Path) -> None:
         settings.pseudonym_key_bytes()
 
 
+def test_short_key_warns_outside_production(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, pseudonym_key="short")
+    with pytest.warns(InsecureKeyWarning, match="has only 5 bytes"):
+        assert settings.pseudonym_key_bytes() == b"short"
+
+
 def test_production_profile_requires_key(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, pseudonym_key=None, profile="production")
     with warnings.catch_warnings():
