@@ -57,8 +57,8 @@ def _read_events(
 
     Player ids are pseudonymised with ``pseudonymizer``, or with the
     configured key when None. Invalid records go to the dead letters under
-    ``CRMBET_HOME``; when no record is valid, the command stops with exit
-    status 1 instead of going on with nothing.
+    ``CRMBET_HOME``. When no record is valid, the command stops with exit
+    status 1.
     """
     from crmbet.cli import parse_mapping
     from crmbet.training import read_source
