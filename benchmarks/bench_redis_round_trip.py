@@ -10,8 +10,8 @@ of microseconds. The peer is ``redis-benchmark`` (the C client shipped
 with Redis) sending the same ``GET`` back to back on one connection.
 
 On a virtual machine whose idle vCPUs halt at once (no guest halt
-polling), ``redis-server`` sleeps between requests and each read then
-includes the hypervisor's wake-up; this benchmark shows how much.
+polling), ``redis-server`` sleeps between requests, so each read includes
+the hypervisor's wake-up. This benchmark shows how much that costs.
 
 Metrics: ``read_p50_us_gap_<N>`` and ``read_p99_us_gap_<N>`` per gap.
 """

@@ -306,7 +306,7 @@ def test_ids_repeating_across_players_are_all_applied(
     np.testing.assert_allclose(response.values, expected, rtol=1e-9, atol=1e-12)
 
 
-def test_same_id_of_one_player_twice_in_input_is_one_event(
+def test_repeated_player_event_counts_once(
     small_events: pl.DataFrame,
 ) -> None:
     # alice has events 1 and 2, bob events 1, 2 and 3.
@@ -321,7 +321,7 @@ def test_same_id_of_one_player_twice_in_input_is_one_event(
     assert backend.get_state("bob")["n_events"] == 3.0
 
 
-def test_late_events_are_reported_as_skipped_with_a_warning(
+def test_late_events_skipped_with_warning(
     small_events: pl.DataFrame, caplog: pytest.LogCaptureFixture
 ) -> None:
     split = small_events["ts"][small_events.height // 2]

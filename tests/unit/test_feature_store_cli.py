@@ -122,7 +122,7 @@ def test_materialize_reads_the_operators_own_columns_and_labels(
     assert "must be a JSON object" in bad.output
 
 
-def test_pit_reads_unix_seconds_from_a_csv_with_an_upper_case_suffix(
+def test_pit_reads_upper_case_csv_seconds(
     settings: Settings,
     tmp_path,  # noqa: ANN001
 ) -> None:
@@ -306,11 +306,13 @@ def test_materialize_under_another_key_is_refused(
     assert first.exit_code == 0, first.output
     new = pseudonymizer_from(get_settings()).fingerprint
     message = str(caught.value)
-    assert new in message and "CRMBET_PSEUDONYM_KEY" in message
+    assert new in message
+    assert "CRMBET_PSEUDONYM_KEY" in message
     assert "another-key" not in message
     assert "new store" in message
     assert json.loads(hint.stdout)[0]["status"] == "unknown"
-    assert new in hint.stderr and "fingerprint" in hint.stderr
+    assert new in hint.stderr
+    assert "fingerprint" in hint.stderr
 
 
 def test_get_on_an_empty_store_hints_to_materialize(settings: Settings) -> None:
@@ -318,14 +320,11 @@ def test_get_on_an_empty_store_hints_to_materialize(settings: Settings) -> None:
 
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)[0]["status"] == "unknown"
-    assert "empty" in result.stderr and "crmbet features materialize" in " ".join(
-        result.stderr.split()
-    )
+    assert "empty" in result.stderr
+    assert "crmbet features materialize" in " ".join(result.stderr.split())
 
 
-def test_get_trims_ids_and_warns_of_as_of_before_newest_event(
-    settings: Settings, tmp_path: Path
-) -> None:
+def test_get_trims_ids_warns_past_as_of(settings: Settings, tmp_path: Path) -> None:
     runner = CliRunner()
     _materialize(runner, str(_bets_csv(tmp_path / "bets.csv", {"alice": 3})))
     before_last = "1768039320"  # 2026-01-10T10:02:00Z, before event 3
@@ -363,10 +362,10 @@ def test_get_refuses_an_empty_player_id(settings: Settings) -> None:
     assert "--player got an empty id" in " ".join(result.output.split())
 
 
-def test_get_exits_1_when_the_online_store_is_unreachable(
+def test_get_exits_1_store_unreachable(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A port that was free a moment ago: nothing answers on it.
+    # A port that was free a moment ago, so no server listens on it.
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

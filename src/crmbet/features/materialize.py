@@ -149,7 +149,7 @@ def check_key_fingerprint(store: OnlineStore, fingerprint: str) -> None:
     if stored is None or stored == fingerprint:
         return
     raise KeyFingerprintMismatchError(
-        f"the {store.backend} online store holds players pseudonymised with the "
+        f"the {store.backend} online store contains players pseudonymised with the "
         f"key of fingerprint {stored}, but CRMBET_PSEUDONYM_KEY has fingerprint "
         f"{fingerprint}; materialising would store every player a second time. "
         "Set CRMBET_PSEUDONYM_KEY to the original key, or materialise into a new "

@@ -42,10 +42,10 @@ class OnlineStoreUnavailableError(CrmbetError, ConnectionError):
 
 
 class OnlineStoreSettingsError(OnlineStoreUnavailableError):
-    """Raised when the online store refuses the connection settings.
+    """Raised when the online store rejects the connection settings.
 
     Wrong credentials or a database the server does not have: the server
-    answers, but waiting will not help until the settings are fixed.
+    replies, but retrying fails until the settings are fixed.
     """
 
 
@@ -355,7 +355,7 @@ def snapshot_lock(snapshot: str | Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             logger.warning(
-                "waiting for another process that holds %s to finish", lock_path
+                "waiting for another process to release the lock %s", lock_path
             )
             fcntl.flock(handle, fcntl.LOCK_EX)
         try:

@@ -132,8 +132,8 @@ WRITE_CHUNK = 2000
 READ_CHUNK = 1000
 #: Separator of the event ids in applied marks written before the JSON form.
 MARK_SEPARATOR = "\x1f"
-#: Unreadable keys remembered so that each is logged once; the memory is
-#: cleared when it reaches this size, so a key may be logged again later.
+#: Most unreadable keys remembered, so that each is logged once. The set is
+#: cleared when it reaches this size, and a key may then be logged again.
 _LOGGED_KEYS_MAX = 10_000
 
 # Raises the stored watermark only when the new one is newer, atomically.
@@ -367,8 +367,8 @@ def _parse_announcement(data: Any) -> tuple[float | None, list[str] | None]:
     watermark = body.get("watermark")
     if isinstance(watermark, int | float) and not isinstance(watermark, bool):
         # Writers announce event times, and events more than a day ahead of
-        # the clock are dead letters, so a later watermark is not a real one;
-        # taking it would mark every player expired until a restart.
+        # the clock are dead letters, so a later watermark is invalid. Taking
+        # it would mark every player expired until a restart.
         latest = time.time() + MAX_WATERMARK_LEAD_SECONDS
         watermark = float(watermark) if 0.0 <= watermark <= latest else None
     else:
@@ -521,7 +521,7 @@ class RedisOnlineStore:
         refused = _refused_setting(error)
         if refused == "credentials":
             return OnlineStoreSettingsError(
-                f"Redis online store failed to {action}: Redis refused the "
+                f"Redis online store failed to {action}: Redis rejected the "
                 f"credentials in CRMBET_REDIS_URL ({error}); fix the user name "
                 "and password in the URL"
             )
@@ -861,6 +861,8 @@ class RedisOnlineStore:
         Returns the rows, the found mask and the unreadable mask (None when
         every value could be decoded).
         """
+        # NOTE: MGET returns nil for a key of another Redis type, so such a
+        # player is decoded as missing ("unknown"), not as unreadable.
         n = len(values)
         missing = values.count(None)
         if missing == n:

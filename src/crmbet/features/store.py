@@ -113,7 +113,7 @@ class FeatureRequest:
         Unix time (seconds) at which to read the features; the store
         watermark when None. The online store keeps each player's newest
         state, so an ``as_of`` before a player's newest event gives values
-        that include the later events; build features at past times with
+        that include the later events. Build features at past times with
         :func:`crmbet.features.pit.point_in_time_features`.
     include_expired:
         Return the values of expired players too (still marked expired);
@@ -150,7 +150,7 @@ MAX_AS_OF = 32_503_680_000.0
 
 def _check_player_ids(ids: object) -> None:
     # Only the first id's type is checked, so that a batch of 10,000 ids
-    # costs no loop here; a list of numbers is the usual mistake.
+    # costs no loop here. A list of numbers is the usual mistake.
     if (
         isinstance(ids, (bytes, bytearray, memoryview))
         or not isinstance(ids, (Sequence, np.ndarray, pl.Series))
@@ -675,7 +675,8 @@ class EnterpriseFeatureStore:
             self._counts["unavailable"] += 1
             return self._one_without_value(request, names, "unavailable", started)
         except StoredValueError:
-            # The backend logged the key; the store itself answered.
+            # The backend logged the key. Redis is reachable, so the store
+            # does not enter degraded mode.
             self._counts["errors"] += 1
             self._counts["unavailable"] += 1
             return self._one_without_value(request, names, "unavailable", started)

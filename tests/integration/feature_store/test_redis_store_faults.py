@@ -223,8 +223,8 @@ def test_failing_listener_does_not_stop_the_thread(
         assert reader_backend.subscribed.wait(timeout=5)
         materialize(events.slice(100, 100), redis_store)
 
-        # After the failure the thread resubscribes and asks every listener
-        # to forget everything, since the announcement may have been missed.
+        # After the failure the thread resubscribes and calls every listener
+        # with None (drop all entries), because announcements may be lost.
         assert wait_until(lambda: None in seen, timeout=5.0)
         assert reader_backend.listening
         assert wait_until(reader_backend.subscribed.is_set, timeout=5.0)
@@ -283,7 +283,7 @@ def test_unreadable_value_fails_one_player_only(
     assert small.status[2] == "unknown"
     assert small.tier[1] == "none"
     assert np.isnan(small.values[1]).all()
-    # MGET answers nil for a key of another type, like for a missing key.
+    # MGET returns nil for a key of another type, as for a missing key.
     assert small.status[1] == ("unknown" if bad == "p_hash" else "unavailable")
     stats = store.get_performance_stats()
     assert stats["errors"] == (2 if bad == "p_hash" else 3)
@@ -467,7 +467,7 @@ def test_refused_credentials_are_named(password_server: Any, credentials: str) -
         RedisOnlineStore(url)
 
     message = str(raised.value)
-    assert "refused the credentials in CRMBET_REDIS_URL" in message
+    assert "rejected the credentials in CRMBET_REDIS_URL" in message
     assert "wrong-secret" not in message
     assert "running and reachable" not in message
 
